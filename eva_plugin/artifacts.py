@@ -1,0 +1,154 @@
+"""Stage artifacts on disk: ``<output_dir>/iter_<t>/<stage>/`` written atomically, with manifests.
+
+Each stage folder holds a Hugging Face dataset (``save_to_disk``) or a checkpoint and
+a ``manifest.json`` (fingerprint, counts, seconds, tokens). A folder exists only once
+complete: it is written under a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, load_from_disk
+
+MANIFEST = "manifest.json"
+
+
+class StaleArtifactError(RuntimeError):
+    """A finished stage was made with a different configuration than the current recipe."""
+
+
+def fingerprint(payload: Any) -> str:
+    """A short stable hash of JSON-serialisable configuration."""
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=True, default=str)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+@dataclass
+class StageResult:
+    """What a stage function returns: a dataset (or None for checkpoint stages) and its stats."""
+
+    data: Dataset | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Move a finished temporary folder into place (a stale one is kept aside, never deleted)."""
+    if final.exists():
+        final.rename(final.with_name(f".{final.name}.stale-{int(time.time())}"))
+    os.replace(tmp, final)
+
+
+class StageStore:
+    """Runs stages once: skips a finished stage whose fingerprint matches, refuses a stale one."""
+
+    def __init__(self, root: Path, overwrite_stale: bool = False) -> None:
+        self.root = Path(root)
+        self.overwrite_stale = overwrite_stale
+        self.skipped: list[str] = []
+
+    def path(self, iteration: int, stage: str) -> Path:
+        return self.root / f"iter_{iteration}" / stage
+
+    def manifest(self, iteration: int, stage: str) -> dict | None:
+        file = self.path(iteration, stage) / MANIFEST
+        return read_json(file) if file.exists() else None
+
+    def is_done(self, iteration: int, stage: str, config: dict[str, Any]) -> bool:
+        """True when the stage finished with this config; a different config raises unless overwriting."""
+        manifest = self.manifest(iteration, stage)
+        if manifest is None:
+            return False
+        if manifest.get("fingerprint") == fingerprint(config):
+            return True
+        where = self.path(iteration, stage).relative_to(self.root)
+        changed = _changed_keys(manifest.get("config", {}), config)
+        if not self.overwrite_stale:
+            raise StaleArtifactError(
+                f"{where} was made with a different config (changed: {changed}); revert the change, "
+                "use a new output_dir, or rerun with --overwrite_stale to rebuild from there "
+                "(old artifacts are kept aside)"
+            )
+        return False
+
+    def run(
+        self,
+        iteration: int,
+        stage: str,
+        config: dict[str, Any],
+        fn: Callable[[Path], StageResult],
+        log: Callable[[str], None] = print,
+    ) -> tuple[Dataset | None, dict]:
+        """Run ``fn(tmp_dir)`` unless the stage is already done with this ``config``.
+
+        ``fn`` may write files (a checkpoint) into the temporary folder it is given;
+        a returned dataset is saved there too. Returns the dataset and the manifest.
+        """
+        fp = fingerprint(config)
+        final = self.path(iteration, stage)
+        if self.is_done(iteration, stage, config):
+            self.skipped.append(f"iter_{iteration}/{stage}")
+            manifest = self.manifest(iteration, stage) or {}
+            log(f"[iter {iteration}] {stage}: done before, skipped")
+            return (load_from_disk(str(final / "data")) if (final / "data").exists() else None), manifest
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{stage}.tmp-"))
+        started = time.perf_counter()
+        try:
+            result = fn(tmp)
+            if result.data is not None:
+                result.data.save_to_disk(str(tmp / "data"))
+            manifest = {
+                "stage": stage,
+                "iteration": iteration,
+                "fingerprint": fp,
+                "config": config,
+                "rows": len(result.data) if result.data is not None else None,
+                "seconds": round(time.perf_counter() - started, 3),
+                "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **result.stats,
+            }
+            write_json_atomic(tmp / MANIFEST, manifest)
+            publish_dir(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log(f"[iter {iteration}] {stage}: {manifest['rows'] if manifest['rows'] is not None else '-'} rows "
+            f"in {manifest['seconds']:.1f}s")
+        data = load_from_disk(str(final / "data")) if result.data is not None else None
+        return data, manifest
+
+
+def _changed_keys(old: dict, new: dict, prefix: str = "") -> str:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _changed_keys(a, b, f"{prefix}{key}.")
+            if inner:
+                keys.append(inner)
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return ", ".join(keys) or "upstream artifacts"

@@ -1,0 +1,163 @@
+"""``EvaArguments``: the ``creator:`` flag and ``eva:`` block of a recipe, paper defaults.
+
+Every field carries a ``help``; ``eva_plugin.recipe`` reads them from YAML, validates
+plugin names against the registry and fails with a one-line error naming the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+CREATORS = ("eva", "none")
+REFERENCES = ("previous", "initial")
+
+
+class RecipeError(ValueError):
+    """A recipe value that cannot work; the message says what to change."""
+
+
+@dataclass
+class GenerationArguments:
+    """How responses (or evolved prompts) are sampled."""
+
+    backend: str = field(default="transformers", metadata={"help": "Generation backend plugin name."})
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 = greedy."})
+    top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling probability mass."})
+    max_new_tokens: int = field(default=2048, metadata={"help": "Maximum new tokens per response."})
+    batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (transformers backend)."})
+    dtype: str | None = field(
+        default=None, metadata={"help": "Model dtype for generation; default: the recipe's `dtype`."}
+    )
+    options: dict[str, Any] = field(
+        default_factory=dict, metadata={"help": "Extra keyword arguments passed to the backend factory."}
+    )
+
+
+def _evolver_generation() -> GenerationArguments:
+    # the authors' evolving settings: temperature 0.88, at most 666 new tokens
+    return GenerationArguments(temperature=0.88, top_p=1.0, max_new_tokens=666)
+
+
+@dataclass
+class EvaArguments:
+    """The EVA loop. Defaults are the paper's (EVA §4, SPEC §2)."""
+
+    iterations: int = field(default=3, metadata={"help": "Number of creator→solver iterations."})
+    prompts_per_iteration: int | None = field(
+        default=None, metadata={"help": "Size of every prompt set X_t; null = all seed prompts."}
+    )
+    prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "Seed prompts from a local JSONL/JSON/parquet/CSV file or a `save_to_disk` folder; "
+            "overrides `dataset_mixture` / `dataset_name`."
+        },
+    )
+    prompt_column: str | None = field(
+        default=None,
+        metadata={"help": "Column holding the prompt; default: `prompt`, else the first user turn of "
+                  "`messages`/`chosen`/`conversations`."},
+    )
+    num_samples: int = field(default=6, metadata={"help": "Creator: responses sampled per prompt for scoring."})
+    proxy: str = field(default="a_min", metadata={"help": "Informativeness proxy plugin (see `eva plugins`)."})
+    weighting: str = field(
+        default="minmax", metadata={"help": "How proxy values become weights: minmax | proportional."}
+    )
+    selector: str = field(default="sample", metadata={"help": "Subset selector plugin: sample | greedy | ..."})
+    subset_fraction: float = field(default=0.25, metadata={"help": "Share of X_{t-1} selected for evolving."})
+    evolver: str = field(default="evol_instruct", metadata={"help": "Prompt evolver plugin."})
+    num_evolutions: int = field(default=4, metadata={"help": "Evolutions per selected prompt (all kept)."})
+    evolver_model: str | None = field(
+        default=None, metadata={"help": "Local model path for evolving; null = the current policy."}
+    )
+    evolved_fraction: float = field(default=0.8, metadata={"help": "Share of evolved prompts in X_t."})
+    solver_samples: int = field(default=6, metadata={"help": "Solver: responses sampled per prompt."})
+    reuse_creator_samples: bool = field(
+        default=True,
+        metadata={"help": "Reuse the creator's scored samples for buffer prompts when sampling matches."},
+    )
+    reward_model: str | None = field(default=None, metadata={"help": "Local path of the reward model."})
+    reward_type: str = field(
+        default="sequence_classification",
+        metadata={"help": "Reward model plugin: sequence_classification | embedding | ..."},
+    )
+    reward_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Keyword arguments for the reward model (batch_size, dtype, trust_remote_code, ...)."},
+    )
+    reference: str = field(
+        default="previous",
+        metadata={"help": "DPO reference model each round: previous (last round's policy) | initial."},
+    )
+    seed: int | None = field(default=None, metadata={"help": "Seed for every sampling step; null = recipe `seed`."})
+    generation: GenerationArguments = field(
+        default_factory=GenerationArguments, metadata={"help": "Response sampling (creator and solver)."}
+    )
+    evolver_generation: GenerationArguments = field(
+        default_factory=_evolver_generation, metadata={"help": "Sampling for the evolver LLM."}
+    )
+
+
+NESTED = {"generation": GenerationArguments, "evolver_generation": GenerationArguments}
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RecipeError(f"unknown key(s) {', '.join(unknown)} in `{where}`; known: {', '.join(sorted(known))}")
+    return cls(**values)
+
+
+def eva_arguments(block: dict[str, Any] | None) -> EvaArguments:
+    """Build ``EvaArguments`` from the recipe's ``eva:`` mapping (missing keys = defaults)."""
+    block = dict(block or {})
+    for key, cls in NESTED.items():
+        if key in block:
+            base = dataclasses.asdict(EvaArguments().__getattribute__(key))
+            given = block[key] or {}
+            if not isinstance(given, dict):
+                raise RecipeError(f"`eva.{key}` must be a mapping, got {given!r}")
+            _build(cls, given, f"eva.{key}")
+            block[key] = cls(**{**base, **given})
+    args = _build(EvaArguments, block, "eva")
+    validate(args)
+    return args
+
+
+def validate(args: EvaArguments) -> None:
+    """Check ranges and plugin names before any model loads."""
+    from eva_plugin import plugins
+
+    checks = [
+        (args.iterations >= 1, "eva.iterations must be >= 1"),
+        (args.num_samples >= 2, "eva.num_samples must be >= 2 (the proxies compare responses)"),
+        (args.solver_samples >= 2, "eva.solver_samples must be >= 2 (a pair needs two responses)"),
+        (0 < args.subset_fraction <= 1, "eva.subset_fraction must be in (0, 1]"),
+        (0 <= args.evolved_fraction <= 1, "eva.evolved_fraction must be in [0, 1]"),
+        (args.num_evolutions >= 1, "eva.num_evolutions must be >= 1"),
+        (args.prompts_per_iteration is None or args.prompts_per_iteration >= 1,
+         "eva.prompts_per_iteration must be >= 1 or null"),
+        (args.reference in REFERENCES, f"eva.reference must be one of: {', '.join(REFERENCES)}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RecipeError(message)
+    from eva_plugin.creator.proxies import WEIGHTINGS
+
+    if args.weighting not in WEIGHTINGS:
+        raise RecipeError(f"unknown eva.weighting {args.weighting!r}; known: {', '.join(WEIGHTINGS)}")
+    for kind, name in [
+        ("proxies", args.proxy),
+        ("selectors", args.selector),
+        ("evolvers", args.evolver),
+        ("reward_models", args.reward_type),
+        ("backends", args.generation.backend),
+        ("backends", args.evolver_generation.backend),
+    ]:
+        try:
+            plugins.get(kind, name)
+        except plugins.UnknownPluginError as err:
+            raise RecipeError(str(err).replace("unknown ", "unknown eva ", 1)) from None

@@ -1,0 +1,1 @@
+"""The creator: informativeness proxies, subset selection, evolvers and mixing."""

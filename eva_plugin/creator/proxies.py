@@ -1,0 +1,94 @@
+"""Informativeness proxies (EVA §2, Table 3) and how their values become sampling weights.
+
+A proxy maps the rewards of one prompt's sampled responses to a number. ``inverse``
+proxies prefer *small* values of their base statistic; the authors' code weights them
+with ``1 - minmax(base)`` rather than ``minmax(1 / base)``, which we follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from eva_plugin import hookimpl
+
+WEIGHTINGS = ("minmax", "proportional")
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """An informativeness proxy: ``base(rewards)`` and whether small values are preferred."""
+
+    base: Callable[[np.ndarray], float]
+    inverse: bool = False
+    description: str = ""
+
+    def info(self, rewards: Sequence[float]) -> float:
+        """The proxy value as the paper defines it (``1 / base`` for inverse proxies)."""
+        value = float(self.base(np.asarray(rewards, dtype=np.float64)))
+        if not self.inverse:
+            return value
+        return float("inf") if value == 0 else 1.0 / value
+
+
+def _advantage_min(r: np.ndarray) -> float:
+    return r.max() - r.min()
+
+
+def _advantage_avg(r: np.ndarray) -> float:
+    return r.max() - r.mean()
+
+
+BUILTIN_PROXIES: dict[str, Proxy] = {
+    "a_min": Proxy(_advantage_min, description="max reward - min reward (EVA default)"),
+    "a_avg": Proxy(_advantage_avg, description="max reward - mean reward"),
+    "variance": Proxy(np.var, description="variance of the rewards"),
+    "mean": Proxy(np.mean, description="mean reward"),
+    "inv_mean": Proxy(np.mean, inverse=True, description="1 / mean reward"),
+    "inv_a_min": Proxy(_advantage_min, inverse=True, description="1 / (max - min)"),
+    "uniform": Proxy(lambda r: 1.0, description="every prompt equally informative"),
+}
+
+
+@hookimpl
+def register_proxies(register):
+    for name, proxy in BUILTIN_PROXIES.items():
+        register(name, proxy)
+
+
+def proxy_bases(proxy: Proxy, rewards: Sequence[Sequence[float]]) -> np.ndarray:
+    return np.array([float(proxy.base(np.asarray(r, dtype=np.float64))) for r in rewards])
+
+
+def weights(proxy: Proxy, rewards: Sequence[Sequence[float]], weighting: str = "minmax") -> np.ndarray:
+    """Normalised sampling weights, one per prompt, summing to one.
+
+    ``minmax``: ``w = (v - min v) / (max v - min v)`` on the base value (``1 - w`` for
+    inverse proxies), as in the authors' scripts, so the least informative prompt gets 0.
+    ``proportional``: ``w ∝ max(info, 0)``.
+    A zero weight stays zero unless every weight is zero, in which case all are equal.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; known: {', '.join(WEIGHTINGS)}")
+    n = len(rewards)
+    if n == 0:
+        return np.zeros(0)
+    if weighting == "minmax":
+        v = proxy_bases(proxy, rewards)
+        span = v.max() - v.min()
+        w = np.zeros(n) if span == 0 else (v - v.min()) / span
+        if proxy.inverse and span != 0:
+            w = 1.0 - w
+    else:
+        info = np.array([proxy.info(r) for r in rewards])
+        finite = np.isfinite(info)
+        if not finite.all():  # an infinite value dominates: share the mass among them
+            w = (~finite).astype(np.float64)
+        else:
+            w = np.clip(info, 0.0, None)
+    total = w.sum()
+    if total <= 0:
+        return np.full(n, 1.0 / n)
+    return w / total

@@ -1,0 +1,105 @@
+"""``accelerate launch -m eva_plugin.dpo --config recipe.yaml``: the Handbook's DPO script, plus EVA.
+
+Without ``creator:`` this trains one plain DPO round on the recipe's preference data,
+like the Alignment Handbook's ``scripts/dpo.py``. With ``creator: eva`` (or ``none``) it
+runs the iterative loop of ``eva_plugin.loop``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from eva_plugin.config import RecipeError
+from eva_plugin.recipe import Recipe, load_recipe
+
+logger = logging.getLogger("eva_plugin")
+
+
+def plain_dpo(recipe: Recipe) -> None:
+    """One DPO round over the recipe's preference datasets, saved to ``output_dir``."""
+    from trl import DPOTrainer, get_peft_config
+
+    from eva_plugin.data import load_preferences
+
+    training, model_args = recipe.training, recipe.model
+    training.model_init_kwargs = {
+        **(training.model_init_kwargs or {}),
+        "revision": model_args.model_revision,
+        "dtype": model_args.dtype,
+        "attn_implementation": model_args.attn_implementation,
+        "trust_remote_code": training.trust_remote_code,
+    }
+    dataset = load_preferences(recipe.datasets, seed=recipe.mixture_seed)
+    eval_dataset = None
+    if recipe.test_split_size:
+        split = dataset.train_test_split(test_size=recipe.test_split_size, seed=recipe.mixture_seed)
+        dataset, eval_dataset = split["train"], split["test"]
+    if training.eval_strategy != "no" and eval_dataset is None:
+        training.eval_strategy = "no"
+    trainer = DPOTrainer(
+        model=model_args.model_name_or_path,
+        args=training,
+        train_dataset=dataset,
+        eval_dataset=eval_dataset,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    trainer.save_model(training.output_dir)
+    if trainer.accelerator.is_main_process:
+        trainer.processing_class.save_pretrained(training.output_dir)
+    trainer.accelerator.print(f"saved the DPO policy to {training.output_dir}")
+
+
+def run(recipe: Recipe, *, stop_after: str | None = None, overwrite_stale: bool = False) -> None:
+    if recipe.creator is None:
+        plain_dpo(recipe)
+        return
+    from eva_plugin.loop import EvaLoop, StopAfterStage
+    from eva_plugin.report import print_summary
+
+    loop = EvaLoop(recipe, stop_after=stop_after, overwrite_stale=overwrite_stale)
+    try:
+        reports = loop.run()
+    except StopAfterStage as stop:
+        print(f"stopped after stage {stop.args[0]!r} as asked; rerun the same command to continue")
+        return
+    if loop.state.is_main_process:
+        print_summary(reports)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    stop_after = _pop_option(argv, "--stop_after")
+    overwrite_stale = _pop_flag(argv, "--overwrite_stale")
+    try:
+        recipe = load_recipe(argv)
+        run(recipe, stop_after=stop_after, overwrite_stale=overwrite_stale)
+    except RecipeError as err:
+        print(f"eva: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _pop_option(argv: list[str], name: str) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            value = argv[i + 1]
+            del argv[i : i + 2]
+            return value
+        if arg.startswith(name + "="):
+            del argv[i]
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _pop_flag(argv: list[str], name: str) -> bool:
+    if name in argv:
+        argv.remove(name)
+        return True
+    return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Sampling with ``transformers.generate``: batched, left-padded, prompts sorted by length."""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+import torch
+
+from eva_plugin.generation import Conversation, Generations, SamplingParams
+from eva_plugin.modeling import load_causal_lm, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class TransformersBackend:
+    """Generate with a local causal LM; ``batch_size`` counts prompts per ``generate`` call."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        batch_size: int = 8,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        device: str | None = None,
+        **_: object,
+    ) -> None:
+        self.model_path = str(model_path)
+        self.batch_size = max(1, int(batch_size))
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = load_tokenizer(self.model_path, trust_remote_code=trust_remote_code)
+        self.tokenizer.padding_side = "left"
+        self.model = load_causal_lm(self.model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.model.to(self.device).eval()
+
+    def render(self, conversation: Conversation) -> str:
+        """The prompt text the policy sees: its chat template with the generation prompt."""
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        return "\n\n".join(turn["content"] for turn in conversation) + "\n\n"
+
+    @torch.no_grad()
+    def generate(self, conversations: list[Conversation], n: int, params: SamplingParams) -> Generations:
+        texts: list[list[str]] = [[] for _ in conversations]
+        rendered = [self.render(c) for c in conversations]
+        lengths = [len(self.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in rendered]
+        order = sorted(range(len(rendered)), key=lambda i: -lengths[i])
+        eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
+        sample = params.temperature > 0
+        torch.manual_seed(params.seed)
+        total_tokens = 0
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            batch = self.tokenizer(
+                [rendered[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(self.device)
+            out = self.model.generate(
+                **batch,
+                do_sample=sample,
+                temperature=params.temperature if sample else None,
+                top_p=params.top_p if sample else None,
+                top_k=None,
+                max_new_tokens=params.max_new_tokens,
+                num_return_sequences=n,
+                eos_token_id=eos_ids,
+                pad_token_id=pad_id,
+            )
+            new = out[:, batch["input_ids"].shape[1] :]
+            for row, tokens in enumerate(new):
+                keep = _until_eos(tokens.tolist(), eos_ids, pad_id)
+                total_tokens += len(keep)
+                texts[idx[row // n]].append(self.tokenizer.decode(keep, skip_special_tokens=True).strip())
+            logger.info("generated %d/%d prompts x %d", min(start + self.batch_size, len(order)), len(order), n)
+        return Generations(texts, total_tokens)
+
+    def close(self) -> None:
+        del self.model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _eos_ids(generation_config, tokenizer) -> list[int]:
+    ids = generation_config.eos_token_id if generation_config is not None else None
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    ids = ids if isinstance(ids, list) else [ids]
+    return [i for i in ids if i is not None]
+
+
+def _until_eos(tokens: list[int], eos_ids: list[int], pad_id: int) -> list[int]:
+    for pos, tok in enumerate(tokens):
+        if tok in eos_ids:
+            return tokens[:pos]
+    while tokens and tokens[-1] == pad_id:
+        tokens = tokens[:-1]
+    return tokens

@@ -1,0 +1,431 @@
+"""The iteration loop: creator (score → select → evolve → mix), solver (generate → reward → pairs → train).
+
+Every stage goes through ``StageStore.run``, so a re-run skips finished stages, and a
+changed config that invalidates a finished stage is reported instead of silently reused.
+Stages that sample or score run on the main process; every process trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+
+from eva_plugin import plugins
+from eva_plugin.artifacts import (
+    MANIFEST,
+    StageResult,
+    StageStore,
+    fingerprint,
+    publish_dir,
+    write_json_atomic,
+)
+from eva_plugin.creator.evolvers import mark_duplicates
+from eva_plugin.creator.mixing import plan_mix
+from eva_plugin.creator.proxies import weights as proxy_weights
+from eva_plugin.data import load_prompts, user_turn
+from eva_plugin.generation import SamplingParams
+from eva_plugin.recipe import Recipe
+from eva_plugin.solver.pairs import build_pairs
+from eva_plugin.solver.training import train_round
+
+logger = logging.getLogger(__name__)
+
+CREATOR_STAGES = ("creator_samples", "creator_rewards", "scores", "selected", "evolved")
+SOLVER_STAGES = ("prompts", "solver_samples", "solver_rewards", "pairs", "policy")
+
+
+def stages_for(creator: str) -> tuple[str, ...]:
+    return (CREATOR_STAGES if creator == "eva" else ()) + SOLVER_STAGES
+
+
+@dataclass
+class IterationReport:
+    iteration: int
+    manifests: dict[str, dict] = field(default_factory=dict)
+
+
+class _Lazy:
+    """Build an object on first use; ``close()`` releases it (models before training)."""
+
+    def __init__(self, build: Callable[[], object]) -> None:
+        self._build, self._obj = build, None
+
+    def get(self):
+        if self._obj is None:
+            self._obj = self._build()
+        return self._obj
+
+    def close(self) -> None:
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+
+class EvaLoop:
+    """Runs ``recipe.eva.iterations`` rounds; ``stop_after`` ends the run after one stage (tests, debugging)."""
+
+    def __init__(self, recipe: Recipe, *, log: Callable[[str], None] = print, overwrite_stale: bool = False,
+                 stop_after: str | None = None) -> None:
+        from accelerate import PartialState
+
+        self.recipe = recipe
+        self.eva = recipe.eva
+        self.creator = recipe.creator or "none"
+        self.root = recipe.output_dir
+        self.store = StageStore(self.root, overwrite_stale=overwrite_stale)
+        self.log = log
+        self.state = PartialState()
+        self.seed = self.eva.seed if self.eva.seed is not None else recipe.training.seed
+        self.stop_after = stop_after
+        self.reports: list[IterationReport] = []
+
+    # ---- helpers -------------------------------------------------------------------------
+    def rng(self, iteration: int, stage: str) -> np.random.Generator:
+        """A local RNG per (iteration, stage): reproducible and independent of stage order."""
+        return np.random.default_rng([self.seed, iteration, sum(stage.encode())])
+
+    def params(self, gen, iteration: int, salt: int = 0) -> SamplingParams:
+        return SamplingParams(temperature=gen.temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens,
+                              seed=self.seed * 1000 + iteration * 10 + salt)
+
+    def policy_path(self, iteration: int) -> str:
+        """The checkpoint that samples in ``iteration`` (its predecessor's trained policy)."""
+        if iteration <= 1:
+            return str(self.recipe.model.model_name_or_path)
+        return str(self.store.path(iteration - 1, "policy"))
+
+    def policy_id(self, iteration: int) -> str:
+        if iteration <= 1:
+            return str(self.recipe.model.model_name_or_path)
+        return (self.store.manifest(iteration - 1, "policy") or {}).get("fingerprint", "missing")
+
+    def backend(self, model_path: str, gen) -> object:
+        factory = plugins.get("backends", gen.backend)
+        dtype = gen.dtype or self.recipe.model.dtype
+        return factory(model_path, batch_size=gen.batch_size, dtype=dtype,
+                       trust_remote_code=self.recipe.training.trust_remote_code, **gen.options)
+
+    def reward_model(self) -> object:
+        factory = plugins.get("reward_models", self.eva.reward_type)
+        return factory(self.eva.reward_model, **self.eva.reward_options)
+
+    def upstream(self, iteration: int, *stages: str) -> dict[str, str]:
+        return {s: (self.store.manifest(iteration, s) or {}).get("fingerprint", "") for s in stages}
+
+    def stage(self, iteration: int, name: str, config: dict, fn: Callable[[Path], StageResult]):
+        data, manifest = self.store.run(iteration, name, config, fn, log=self.log)
+        self.reports[-1].manifests[name] = manifest
+        if self.stop_after == name:
+            raise StopAfterStage(name)
+        return data
+
+    # ---- the run ---------------------------------------------------------------------------
+    def run(self) -> list[IterationReport]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.reports.append(IterationReport(0))
+        if self.state.is_main_process:
+            self.seed_prompts()
+        self.state.wait_for_everyone()
+        for t in range(1, self.eva.iterations + 1):
+            self.reports.append(IterationReport(t))
+            self.iteration(t)
+        self.write_run_manifest()
+        return self.reports
+
+    def seed_prompts(self) -> Dataset:
+        """``iter_0/prompts``: the seed pool, shuffled with the run seed (X_0 is its head)."""
+        r = self.recipe
+        specs = [dataclasses.asdict(s) for s in r.datasets]
+        config = {"datasets": specs, "column": self.eva.prompt_column, "seed": self.seed,
+                  "mixture_seed": r.mixture_seed}
+
+        def make(_: Path) -> StageResult:
+            pool = load_prompts(r.datasets, self.eva.prompt_column, seed=r.mixture_seed).shuffle(seed=self.seed)
+            return StageResult(pool.flatten_indices(), {"pool_size": len(pool)})
+
+        return self.stage(0, "prompts", config, make)
+
+    def set_size(self, pool: Dataset) -> int:
+        return min(self.eva.prompts_per_iteration or len(pool), len(pool))
+
+    def iteration(self, t: int) -> None:
+        policy = _Lazy(lambda: self.backend(self.policy_path(t), self.eva.generation))
+        rewarder = _Lazy(self.reward_model)
+        evolver_llm = policy if self.eva.evolver_model is None else _Lazy(
+            lambda: self.backend(self.eva.evolver_model, self.eva.evolver_generation))
+        try:
+            if self.state.is_main_process:
+                if self.creator == "eva":
+                    self.creator_step(t, policy, rewarder, evolver_llm)
+                self.solver_data(t, policy, rewarder)
+        finally:
+            for held in {id(x): x for x in (policy, rewarder, evolver_llm)}.values():
+                held.close()
+        self.state.wait_for_everyone()
+        self.train(t)
+
+    # ---- creator ---------------------------------------------------------------------------
+    def previous_prompts(self, t: int) -> Dataset:
+        from datasets import load_from_disk
+
+        if t == 1:
+            pool = load_from_disk(str(self.store.path(0, "prompts") / "data"))
+            return pool.select(range(self.set_size(pool))).map(lambda _: {"origin": "seed"})
+        return load_from_disk(str(self.store.path(t - 1, "prompts") / "data"))
+
+    def previous_prompts_id(self, t: int) -> str:
+        stage = self.upstream(t - 1 if t > 1 else 0, "prompts")["prompts"]
+        return f"{stage}:{self.eva.prompts_per_iteration}"
+
+    def sample(self, iteration: int, llm: _Lazy, prompts: list[str], n: int, salt: int) -> tuple[list, int]:
+        gens = llm.get().generate([user_turn(p) for p in prompts], n, self.params(self.eva.generation, iteration,
+                                                                                  salt))
+        return gens.texts, gens.num_tokens
+
+    def creator_step(self, t: int, policy: _Lazy, rewarder: _Lazy, evolver_llm: _Lazy) -> None:
+        eva, gen = self.eva, self.eva.generation
+        prev = self.previous_prompts(t)
+        sampling = {"policy": self.policy_id(t), "backend": gen.backend, "temperature": gen.temperature,
+                    "top_p": gen.top_p, "max_new_tokens": gen.max_new_tokens, "seed": self.seed}
+
+        def samples(_: Path) -> StageResult:
+            texts, tokens = self.sample(t, policy, list(prev["prompt"]), eva.num_samples, salt=1)
+            return StageResult(prev.add_column("responses", texts),
+                               {"tokens_generated": tokens, "generations": len(prev) * eva.num_samples})
+
+        cfg = {"prompts": self.previous_prompts_id(t), "n": eva.num_samples, **sampling}
+        sampled = self.stage(t, "creator_samples", cfg, samples)
+
+        def rewards(_: Path) -> StageResult:
+            conv = [user_turn(p) for p in sampled["prompt"]]
+            scores = rewarder.get().score(conv, list(sampled["responses"]))
+            return StageResult(sampled.add_column("rewards", scores))
+
+        rcfg = {**self.upstream(t, "creator_samples"), **self.reward_config()}
+        scored = self.stage(t, "creator_rewards", rcfg, rewards)
+
+        def scores(_: Path) -> StageResult:
+            proxy = plugins.get("proxies", eva.proxy)
+            all_rewards = list(scored["rewards"])
+            info = [proxy.info(r) for r in all_rewards]
+            w = proxy_weights(proxy, all_rewards, eva.weighting)
+            ds = Dataset.from_dict({"prompt_id": list(scored["prompt_id"]), "prompt": list(scored["prompt"]),
+                                    "info": info, "weight": w.tolist()})
+            finite = [v for v in info if np.isfinite(v)]
+            return StageResult(ds, {"mean_info": float(np.mean(finite)) if finite else None})
+
+        scored_info = self.stage(t, "scores", {**self.upstream(t, "creator_rewards"), "proxy": eva.proxy,
+                                               "weighting": eva.weighting}, scores)
+
+        def select(_: Path) -> StageResult:
+            k = max(1, round(len(scored_info) * eva.subset_fraction))
+            chooser = plugins.get("selectors", eva.selector)
+            idx = [int(i) for i in chooser(np.asarray(scored_info["weight"]), k, self.rng(t, "selected"))]
+            return StageResult(scored_info.select(idx), {"selected": len(idx)})
+
+        selected = self.stage(t, "selected", {**self.upstream(t, "scores"), "selector": eva.selector,
+                                              "fraction": eva.subset_fraction, "seed": self.seed}, select)
+
+        evo_gen = eva.evolver_generation
+
+        def evolve(_: Path) -> StageResult:
+            evolver = plugins.get("evolvers", eva.evolver)(num_evolutions=eva.num_evolutions)
+            tokens = 0
+
+            def generate(instructions: list[str]) -> list[str | None]:
+                nonlocal tokens
+                gens = evolver_llm.get().generate([user_turn(i) for i in instructions], 1,
+                                                  self.params(evo_gen, t, salt=2))
+                tokens += gens.num_tokens
+                return [texts[0] if texts and texts[0] else None for texts in gens.texts]
+
+            evolved = evolver.evolve(list(selected), generate, self.rng(t, "evolved"))
+            evolved = mark_duplicates(evolved, list(prev["prompt"]))
+            status = {s: sum(e.status == s for e in evolved) for s in ("kept", "empty", "duplicate")}
+            rows = [e.as_row() for e in evolved]
+            return StageResult(Dataset.from_list(rows), {"tokens_generated": tokens, **status})
+
+        ecfg = {**self.upstream(t, "selected"), "evolver": eva.evolver, "n": eva.num_evolutions,
+                "llm": eva.evolver_model or sampling["policy"], **dataclasses.asdict(evo_gen)}
+        self.stage(t, "evolved", ecfg, evolve)
+
+    def reward_config(self) -> dict:
+        return {"reward_model": self.eva.reward_model, "reward_type": self.eva.reward_type,
+                "reward_options": self.eva.reward_options}
+
+    # ---- solver ----------------------------------------------------------------------------
+    def new_prompts(self, t: int) -> Dataset:
+        """X_t: evolved + buffer (EVA), or the next slice of the seed pool (``creator: none``)."""
+        from datasets import load_from_disk
+
+        if self.creator != "eva":
+            pool = load_from_disk(str(self.store.path(0, "prompts") / "data"))
+            n = self.set_size(pool)
+            idx = [((t - 1) * n + i) % len(pool) for i in range(n)]
+            return pool.select(idx).map(lambda _: {"origin": "seed"})
+        prev = self.previous_prompts(t)
+        evolved = load_from_disk(str(self.store.path(t, "evolved") / "data")).filter(lambda r: r["status"] == "kept")
+        plan = plan_mix(len(evolved), len(prev), len(prev), self.eva.evolved_fraction, self.rng(t, "prompts"))
+        rows = [{"prompt_id": _pid(e["prompt"]), "prompt": e["prompt"], "origin": "evolved",
+                 "parent_id": e["parent_id"]} for e in evolved.select(plan.evolved)]
+        rows += [{"prompt_id": b["prompt_id"], "prompt": b["prompt"], "origin": "buffer",
+                  "parent_id": ""} for b in prev.select(plan.buffer)]
+        self._shortfall = plan.shortfall
+        return Dataset.from_list(rows)
+
+    def solver_data(self, t: int, policy: _Lazy, rewarder: _Lazy) -> None:
+        eva, gen = self.eva, self.eva.generation
+
+        def prompts(_: Path) -> StageResult:
+            self._shortfall = 0
+            ds = self.new_prompts(t)
+            origin = list(ds["origin"])
+            origins = {o: origin.count(o) for o in sorted(set(origin))}
+            return StageResult(ds, {"origins": origins, "evolved_shortfall": self._shortfall})
+
+        if self.creator == "eva":
+            pcfg = {**self.upstream(t, "evolved"), "fraction": eva.evolved_fraction, "seed": self.seed}
+        else:
+            pcfg = {"pool": self.upstream(0, "prompts"), "size": eva.prompts_per_iteration}
+        xt = self.stage(t, "prompts", pcfg, prompts)
+
+        reusable = self.reusable_samples(t)
+
+        def samples(_: Path) -> StageResult:
+            todo = [i for i, r in enumerate(xt) if r["prompt_id"] not in reusable]
+            texts, tokens = self.sample(t, policy, [xt[i]["prompt"] for i in todo], eva.solver_samples, salt=3)
+            fresh = dict(zip(todo, texts))
+            responses, rewards, reused = [], [], []
+            for i, row in enumerate(xt):
+                if i in fresh:
+                    responses.append(fresh[i])
+                    rewards.append([])
+                    reused.append(False)
+                else:
+                    old = reusable[row["prompt_id"]]
+                    responses.append(old["responses"][: eva.solver_samples])
+                    rewards.append(old["rewards"][: eva.solver_samples])
+                    reused.append(True)
+            ds = xt.add_column("responses", responses).add_column("reused_rewards", rewards)
+            ds = ds.add_column("reused", reused)
+            saved = sum(reused) * eva.solver_samples
+            return StageResult(ds, {"tokens_generated": tokens, "generations": len(todo) * eva.solver_samples,
+                                    "generations_saved": saved})
+
+        scfg = {**self.upstream(t, "prompts"), "n": eva.solver_samples, "policy": self.policy_id(t),
+                "reuse": self.upstream(t, "creator_rewards") if reusable else None, "backend": gen.backend,
+                "temperature": gen.temperature, "top_p": gen.top_p, "max_new_tokens": gen.max_new_tokens}
+        sampled = self.stage(t, "solver_samples", scfg, samples)
+
+        def rewards(_: Path) -> StageResult:
+            todo = [i for i, r in enumerate(sampled) if not r["reused"]]
+            scores = rewarder.get().score([user_turn(sampled[i]["prompt"]) for i in todo],
+                                          [sampled[i]["responses"] for i in todo]) if todo else []
+            fresh = dict(zip(todo, scores))
+            all_rewards = [fresh.get(i, r["reused_rewards"]) for i, r in enumerate(sampled)]
+            ds = sampled.remove_columns("reused_rewards").add_column("rewards", all_rewards)
+            return StageResult(ds, {"scored": len(todo) * eva.solver_samples})
+
+        scored = self.stage(t, "solver_rewards", {**self.upstream(t, "solver_samples"), **self.reward_config()},
+                            rewards)
+
+        def pairs(_: Path) -> StageResult:
+            rows, stats = build_pairs(scored)
+            if not rows:
+                raise RuntimeError(f"iteration {t}: every prompt gave a tie or identical responses; no pairs "
+                                   "to train on (raise eva.solver_samples or the sampling temperature)")
+            ds = Dataset.from_list(rows)
+            stats.update(mean_chosen_reward=float(np.mean(ds["chosen_reward"])),
+                         mean_rejected_reward=float(np.mean(ds["rejected_reward"])))
+            return StageResult(ds, stats)
+
+        self.stage(t, "pairs", self.upstream(t, "solver_rewards"), pairs)
+
+    def reusable_samples(self, t: int) -> dict[str, dict]:
+        """Creator samples that can stand in for solver samples (same policy and sampling, enough of them)."""
+        eva = self.eva
+        if self.creator != "eva" or not eva.reuse_creator_samples or eva.num_samples < eva.solver_samples:
+            return {}
+        from datasets import load_from_disk
+
+        path = self.store.path(t, "creator_rewards") / "data"
+        if not path.exists():
+            return {}
+        scored = load_from_disk(str(path))
+        return {r["prompt_id"]: {"responses": r["responses"], "rewards": r["rewards"]} for r in scored}
+
+    # ---- training ----------------------------------------------------------------------------
+    def reference_path(self, t: int) -> str:
+        return self.policy_path(t) if self.eva.reference == "previous" else str(
+            self.recipe.model.model_name_or_path)
+
+    def train(self, t: int) -> None:
+        from datasets import load_from_disk
+
+        config = {**self.upstream(t, "pairs"), "policy": self.policy_id(t), "reference": self.eva.reference,
+                  "training": _training_config(self.recipe.training), "model": _model_config(self.recipe.model)}
+        if self.store.is_done(t, "policy", config):
+            self.log(f"[iter {t}] policy: done before, skipped")
+            self.reports[-1].manifests["policy"] = self.store.manifest(t, "policy")
+            return
+        final = self.store.path(t, "policy")
+        tmp = final.with_name(".policy.partial")
+        if self.state.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        self.state.wait_for_everyone()
+        started = time.perf_counter()
+        pairs = load_from_disk(str(self.store.path(t, "pairs") / "data"))
+        stats = train_round(pairs, policy_path=self.policy_path(t), reference_path=self.reference_path(t),
+                            training=self.recipe.training, model_args=self.recipe.model, save_dir=tmp)
+        if self.state.is_main_process:
+            shutil.rmtree(tmp / "trainer_state", ignore_errors=True)
+            manifest = {"stage": "policy", "iteration": t, "fingerprint": fingerprint(config), "config": config,
+                        "rows": len(pairs), "seconds": round(time.perf_counter() - started, 3), **stats}
+            write_json_atomic(tmp / MANIFEST, manifest)
+            publish_dir(tmp, final)
+            self.log(f"[iter {t}] policy: trained on {len(pairs)} pairs in {manifest['seconds']:.1f}s "
+                     f"(loss {stats['train_loss']:.4f})")
+        self.state.wait_for_everyone()
+        self.reports[-1].manifests["policy"] = self.store.manifest(t, "policy")
+        if self.stop_after == "policy":
+            raise StopAfterStage("policy")
+
+    def write_run_manifest(self) -> None:
+        if not self.state.is_main_process:
+            return
+        for report in self.reports[1:]:
+            write_json_atomic(self.root / f"iter_{report.iteration}" / MANIFEST, {
+                "iteration": report.iteration, "creator": self.creator,
+                "stages": {name: {k: v for k, v in m.items() if k != "config"}
+                           for name, m in report.manifests.items() if m},
+            })
+
+
+class StopAfterStage(Exception):
+    """Raised by ``stop_after`` to end a run right after one stage finished."""
+
+
+def _pid(text: str) -> str:
+    from eva_plugin.data import prompt_id
+
+    return prompt_id(text)
+
+
+def _training_config(training) -> dict:
+    keep = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+            "gradient_accumulation_steps", "beta", "loss_type", "max_length", "lr_scheduler_type",
+            "warmup_ratio", "seed", "optim", "weight_decay")
+    return {k: getattr(training, k, None) for k in keep}
+
+
+def _model_config(model) -> dict:
+    keep = ("model_name_or_path", "dtype", "use_peft", "lora_r", "lora_alpha")
+    return {k: getattr(model, k, None) for k in keep}

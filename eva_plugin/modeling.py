@@ -1,0 +1,32 @@
+"""Loading local models and tokenizers (never from a hub when ``HF_HUB_OFFLINE=1``)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def torch_dtype(name: str | None):
+    """``"bfloat16"`` → ``torch.bfloat16``; ``None``/``"auto"`` pass through; bf16 falls back on CPU."""
+    if name in (None, "auto"):
+        return name
+    dtype = getattr(torch, name) if isinstance(name, str) else name
+    if dtype in (torch.bfloat16, torch.float16) and not torch.cuda.is_available():
+        return torch.float32
+    return dtype
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_causal_lm(path: str, dtype: str | None = None, trust_remote_code: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
+    )

@@ -1,0 +1,246 @@
+"""Reading Alignment-Handbook / TRL recipe YAML into TRL dataclasses plus ``EvaArguments``.
+
+The Handbook cannot be installed beside transformers 5, so its recipe dialect is read
+here: ``dataset_mixture`` (new), ``dataset_mixer``/``dataset_splits`` (old), TRL's own
+``datasets:`` list, and keys TRL 1.x renamed or dropped (mapped or ignored, one
+warning each, never a crash).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from eva_plugin.config import CREATORS, EvaArguments, RecipeError, eva_arguments
+
+logger = logging.getLogger(__name__)
+
+#: Legacy key → new key (renamed in TRL / transformers).
+RENAMED = {
+    "torch_dtype": "dtype",
+    "evaluation_strategy": "eval_strategy",
+    "preprocessing_num_workers": "dataset_num_proc",
+}
+
+#: Legacy keys with no counterpart any more → why they are ignored.
+DROPPED = {
+    "max_prompt_length": "TRL 1.x removed it; `max_length` bounds prompt + response",
+    "max_target_length": "TRL 1.x removed it; `max_length` bounds prompt + response",
+    "max_completion_length": "TRL 1.x DPO has no separate completion bound; `max_length` is used",
+    "rpo_alpha": "TRL 1.x removed it",
+    "generate_during_eval": "TRL 1.x removed it",
+    "use_flash_attention_2": "set `attn_implementation: flash_attention_2` instead",
+    "hub_model_revision": "not used by TRL 1.x",
+    "chat_template": "not applied; save the template with the checkpoint's tokenizer",
+    "auto_insert_empty_system_msg": "not used by TRL 1.x",
+    "truncation_side": "not used by TRL 1.x",
+    "text_column": "not used by DPO",
+    "dataset_num_proc_eval": "not used",
+}
+
+MIXTURE_KEYS = ("dataset_mixture", "dataset_mixer", "dataset_splits", "dataset_configs", "datasets",
+                "streaming", "test_split_size")
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of a mixture: a hub id / local path, its config, split, columns and weight."""
+
+    path: str
+    config: str | None = None
+    split: str = "train"
+    columns: list[str] | None = None
+    weight: float = 1.0
+    data_files: Any = None
+
+
+@dataclass
+class Recipe:
+    """Everything one run needs, parsed and validated before any model loads."""
+
+    creator: str | None
+    eva: EvaArguments
+    script: Any  # trl.ScriptArguments
+    training: Any  # trl.DPOConfig
+    model: Any  # trl.ModelConfig
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    mixture_seed: int = 0
+    test_split_size: float | None = None
+    source: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.training.output_dir)
+
+
+def _split_cli(argv: list[str]) -> tuple[str | None, dict[str, Any], str | None, list[str]]:
+    """Pull ``--config``, ``--creator`` and ``--eva.<key>`` out of the command line."""
+    config_path, eva_overrides, creator, rest = None, {}, None, []
+    it = iter(argv)
+    for arg in it:
+        key, _, inline = arg.partition("=")
+        if key in ("--config", "--creator") or key.startswith("--eva."):
+            value = inline if inline else next(it, None)
+            if value is None:
+                raise RecipeError(f"{key} needs a value")
+            if key == "--config":
+                config_path = value
+            elif key == "--creator":
+                creator = value
+            else:
+                eva_overrides[key[len("--eva."):]] = yaml.safe_load(value)
+        else:
+            rest.append(arg)
+    return config_path, eva_overrides, creator, rest
+
+
+def _set_nested(block: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        block = block.setdefault(p, {})
+    block[last] = value
+
+
+def _dataset_specs(cfg: dict[str, Any], notes: list[str]) -> tuple[list[DatasetSpec], int, float | None]:
+    specs: list[DatasetSpec] = []
+    seed, test_size = 0, cfg.pop("test_split_size", None)
+    mixture = cfg.pop("dataset_mixture", None)
+    mixer = cfg.pop("dataset_mixer", None)
+    splits = cfg.pop("dataset_splits", None)
+    configs = cfg.pop("dataset_configs", None)
+    trl_list = cfg.pop("datasets", None)
+    if cfg.pop("streaming", False):
+        notes.append("`streaming` ignored: prompt sets are materialised")
+    if mixture:
+        for d in mixture.get("datasets", []):
+            specs.append(DatasetSpec(
+                path=d.get("id") or d["path"], config=d.get("config"), split=d.get("split", "train"),
+                columns=d.get("columns"), weight=float(d.get("weight", 1.0)), data_files=d.get("data_files"),
+            ))
+        seed = int(mixture.get("seed", 0))
+        test_size = mixture.get("test_split_size", test_size)
+    if mixer:
+        train_splits = [s for s in (splits or ["train"]) if "test" not in s] or ["train"]
+        configs = configs or [None] * len(mixer)
+        for (name, weight), conf in zip(mixer.items(), configs):
+            for split in train_splits:
+                specs.append(DatasetSpec(path=name, config=conf, split=split, weight=float(weight)))
+        notes.append("`dataset_mixer`/`dataset_splits` (old Handbook format) read as a mixture of train splits")
+    for d in trl_list or []:
+        specs.append(DatasetSpec(
+            path=d["path"], config=d.get("name"), split=d.get("split", "train"), columns=d.get("columns"),
+            weight=float(d.get("fraction") or 1.0), data_files=d.get("data_files"),
+        ))
+    return specs, seed, test_size
+
+
+def _accelerator_precision(cfg: dict[str, Any], notes: list[str]) -> None:
+    import torch
+
+    if torch.cuda.is_available() or cfg.get("use_cpu"):
+        return
+    for key in ("bf16", "fp16"):
+        if cfg.get(key):
+            notes.append(f"`{key}: true` turned off: no GPU on this machine")
+    cfg["bf16"], cfg["fp16"] = False, False
+
+
+def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None = None) -> Recipe:
+    """Parse a recipe (``--config file`` in ``argv`` or ``path``) plus command-line overrides."""
+    from trl import DPOConfig, ModelConfig, ScriptArguments, TrlParser
+
+    config_path, eva_overrides, cli_creator, rest = _split_cli(list(argv or []))
+    config_path = str(path) if path is not None else config_path
+    cfg: dict[str, Any] = {}
+    if config_path:
+        try:
+            with open(config_path) as fh:
+                cfg = yaml.safe_load(fh) or {}
+        except FileNotFoundError:
+            raise RecipeError(f"recipe {config_path} not found; pass --config PATH to an existing YAML") from None
+        if not isinstance(cfg, dict):
+            raise RecipeError(f"recipe {config_path} must be a YAML mapping")
+    for key, value in (cfg.pop("env", None) or {}).items():
+        os.environ[key] = str(value)
+
+    notes: list[str] = []
+    creator = cfg.pop("creator", None)
+    creator = cli_creator if cli_creator is not None else creator
+    creator = None if creator is None else str(creator).lower()
+    if creator is not None and creator not in CREATORS:
+        raise RecipeError(f"unknown creator {creator!r}; known: {', '.join(CREATORS)} (or leave it out)")
+    eva_block = dict(cfg.pop("eva", None) or {})
+    for key, value in eva_overrides.items():
+        _set_nested(eva_block, key, value)
+    eva = eva_arguments(eva_block)
+
+    for old, new in RENAMED.items():
+        if old in cfg:
+            value = cfg.pop(old)
+            if new not in cfg:
+                cfg[new] = value
+            notes.append(f"`{old}` is now `{new}`")
+    for old, why in DROPPED.items():
+        if old in cfg:
+            cfg.pop(old)
+            notes.append(f"`{old}` ignored: {why}")
+    specs, mixture_seed, test_size = _dataset_specs(cfg, notes)
+    _accelerator_precision(cfg, notes)
+    if cfg.get("report_to") is not None:
+        cfg["report_to"] = _installed_reporters(cfg["report_to"], notes)
+
+    dataclass_types = (ScriptArguments, DPOConfig, ModelConfig)
+    known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
+    for key in sorted(set(cfg) - known):
+        cfg.pop(key)
+        notes.append(f"`{key}` ignored: not a ScriptArguments/DPOConfig/ModelConfig field")
+    parser = TrlParser(dataclass_types)
+    parser.set_defaults_with_config(**cfg)
+    try:
+        script, training, model = parser.parse_args_into_dataclasses(args=rest)
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"recipe {config_path}: {err}") from None
+    if script.dataset_name and not specs:
+        specs.append(DatasetSpec(path=script.dataset_name, config=script.dataset_config,
+                                 split=script.dataset_train_split))
+    if eva.prompts:
+        specs = [DatasetSpec(path=eva.prompts, split="train")]
+    if creator is not None and not model.model_name_or_path:
+        raise RecipeError("recipe has no `model_name_or_path`; set it to the policy checkpoint")
+    if creator is not None and eva.reward_model is None:
+        raise RecipeError(f"`creator: {creator}` needs `eva.reward_model` (a local reward model path)")
+    if not specs:
+        raise RecipeError("recipe names no data: set `dataset_mixture`, `dataset_name` or `eva.prompts`")
+    for note in notes:
+        logger.warning("recipe: %s", note)
+    return Recipe(
+        creator=creator, eva=eva, script=script, training=training, model=model, datasets=specs,
+        mixture_seed=mixture_seed, test_split_size=test_size, source=config_path, notes=notes,
+    )
+
+
+def _installed_reporters(report_to: Any, notes: list[str]) -> Any:
+    """Keep only logging integrations that are installed (Handbook recipes name wandb/tensorboard)."""
+    import importlib.util
+
+    if isinstance(report_to, str):
+        if report_to in ("none", "all"):
+            return report_to
+        report_to = [report_to]
+    modules = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "comet_ml": "comet_ml",
+               "trackio": "trackio", "clearml": "clearml", "dvclive": "dvclive"}
+    kept = []
+    for name in report_to:
+        module = modules.get(name, name)
+        if importlib.util.find_spec(module) is None:
+            notes.append(f"`report_to: {name}` dropped: {module} is not installed")
+        else:
+            kept.append(name)
+    return kept or "none"

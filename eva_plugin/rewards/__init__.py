@@ -1,0 +1,29 @@
+"""Reward models: score every sampled response of every prompt.
+
+A reward model is built by a factory registered under a type name and offers
+``score(conversations, responses) -> list[list[float]]`` and ``close()``.
+Built in: ``sequence_classification`` (one scalar head, incl. remote-code models whose
+output carries ``.score`` such as ArmoRM) and ``embedding`` (prompt↔response cosine).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from eva_plugin import hookimpl
+from eva_plugin.generation import Conversation
+
+
+class RewardModel(Protocol):
+    def score(self, conversations: list[Conversation], responses: list[list[str]]) -> list[list[float]]: ...
+
+    def close(self) -> None: ...
+
+
+@hookimpl
+def register_reward_models(register):
+    from eva_plugin.rewards.embedding import EmbeddingSimilarityReward
+    from eva_plugin.rewards.sequence_classification import SequenceClassificationReward
+
+    register("sequence_classification", SequenceClassificationReward)
+    register("embedding", EmbeddingSimilarityReward)

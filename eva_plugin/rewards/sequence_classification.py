@@ -1,0 +1,80 @@
+"""Point-wise reward from an ``AutoModelForSequenceClassification`` checkpoint."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+from eva_plugin.generation import Conversation
+from eva_plugin.modeling import load_tokenizer, torch_dtype
+
+
+class SequenceClassificationReward:
+    """Score ``(prompt, response)`` as the model's scalar output.
+
+    The pair is rendered with the reward model's chat template when it has one. Models
+    with custom code whose output has a ``score`` field (ArmoRM) use that field; all
+    others use ``logits[:, 0]``.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        batch_size: int = 8,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        max_length: int = 4096,
+        device: str | None = None,
+        **_: object,
+    ) -> None:
+        from transformers import AutoModelForSequenceClassification
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size = max(1, int(batch_size))
+        self.max_length = max_length
+        self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        self.tokenizer.padding_side = "right"
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
+        )
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.to(self.device).eval()
+
+    def render(self, conversation: Conversation, response: str) -> str:
+        messages = [*conversation, {"role": "assistant", "content": response}]
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False)
+        return "\n\n".join(m["content"] for m in messages)
+
+    @torch.no_grad()
+    def score(self, conversations: list[Conversation], responses: list[list[str]]) -> list[list[float]]:
+        flat = [(i, self.render(c, r)) for i, (c, rs) in enumerate(zip(conversations, responses)) for r in rs]
+        values: list[float] = []
+        for start in range(0, len(flat), self.batch_size):
+            texts = [t for _, t in flat[start : start + self.batch_size]]
+            batch = self.tokenizer(
+                texts,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                add_special_tokens=False,
+            ).to(self.device)
+            out = self.model(**batch)
+            score = getattr(out, "score", None)
+            if score is None:
+                score = out.logits[:, 0]
+            values.extend(score.float().reshape(-1).tolist())
+        result: list[list[float]] = [[] for _ in conversations]
+        for (i, _), v in zip(flat, values):
+            result[i].append(v)
+        return result
+
+    def close(self) -> None:
+        del self.model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

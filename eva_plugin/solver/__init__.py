@@ -1,0 +1,1 @@
+"""The solver: preference pairs from scored samples, and one preference-optimisation round."""

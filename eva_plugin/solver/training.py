@@ -1,0 +1,94 @@
+"""One preference-optimisation round: a fresh TRL ``DPOTrainer`` per round.
+
+The policy starts from the previous round's checkpoint; the reference model is always
+passed explicitly (TRL would otherwise reload the *original* checkpoint as reference).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+
+from eva_plugin.modeling import load_causal_lm, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
+
+
+def round_arguments(training, output_dir: Path):
+    """The recipe's ``DPOConfig`` for one inner round: no checkpoints, no hub, no eval."""
+    args = copy.deepcopy(training)
+    args.output_dir = str(output_dir)
+    args.save_strategy = "no"
+    args.push_to_hub = False
+    args.eval_strategy = "no"
+    args.do_eval = False
+    args.load_best_model_at_end = False
+    args.resume_from_checkpoint = None
+    return args
+
+
+def parameter_checksum(model: torch.nn.Module) -> float:
+    """A cheap identity of a model's weights: the float64 sum of |θ| over all parameters."""
+    with torch.no_grad():
+        return float(sum(p.detach().double().abs().sum().item() for p in model.parameters()))
+
+
+def train_round(
+    pairs: Dataset,
+    *,
+    policy_path: str,
+    reference_path: str,
+    training,
+    model_args,
+    save_dir: Path,
+) -> dict:
+    """Train on ``pairs`` from ``policy_path`` against ``reference_path``; save a checkpoint in ``save_dir``."""
+    from trl import DPOTrainer, get_peft_config
+
+    dtype = model_args.dtype
+    trust = bool(training.trust_remote_code)
+    model = load_causal_lm(policy_path, dtype=dtype, trust_remote_code=trust)
+    ref_model = load_causal_lm(reference_path, dtype=dtype, trust_remote_code=trust)
+    tokenizer = load_tokenizer(policy_path, trust_remote_code=trust)
+    args = round_arguments(training, save_dir / "trainer_state")
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=pairs.select_columns(PAIR_COLUMNS),
+        processing_class=tokenizer,
+        peft_config=get_peft_config(model_args),
+    )
+    reference_checksum = parameter_checksum(trainer.ref_model) if trainer.ref_model is not None else None
+    output = trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    last = logs[-1] if logs else {}
+    final_model = trainer.model
+    if hasattr(final_model, "merge_and_unload"):  # LoRA: next round generates from merged weights
+        final_model = final_model.merge_and_unload()
+    if trainer.accelerator.is_main_process:
+        final_model.save_pretrained(save_dir, safe_serialization=True)
+        tokenizer.save_pretrained(save_dir)
+    trainer.accelerator.wait_for_everyone()
+    stats = {
+        "train_loss": output.training_loss,
+        "steps": output.global_step,
+        "last_loss": last.get("loss"),
+        "reward_accuracy": last.get("rewards/accuracies"),
+        "reward_margin": last.get("rewards/margins"),
+        "policy_from": str(policy_path),
+        "reference": str(reference_path),
+        "reference_checksum": reference_checksum,
+    }
+    if hasattr(trainer, "end"):
+        trainer.end()
+    del trainer, model, ref_model, final_model
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return stats
