@@ -149,15 +149,14 @@ def validate(args: EvaArguments) -> None:
 
     if args.weighting not in WEIGHTINGS:
         raise RecipeError(f"unknown eva.weighting {args.weighting!r}; known: {', '.join(WEIGHTINGS)}")
-    for kind, name in [
-        ("proxies", args.proxy),
-        ("selectors", args.selector),
-        ("evolvers", args.evolver),
-        ("reward_models", args.reward_type),
-        ("backends", args.generation.backend),
-        ("backends", args.evolver_generation.backend),
+    for kind, key, name in [
+        ("proxies", "proxy", args.proxy),
+        ("selectors", "selector", args.selector),
+        ("evolvers", "evolver", args.evolver),
+        ("reward_models", "reward_type", args.reward_type),
+        ("backends", "generation.backend", args.generation.backend),
+        ("backends", "evolver_generation.backend", args.evolver_generation.backend),
     ]:
-        try:
-            plugins.get(kind, name)
-        except plugins.UnknownPluginError as err:
-            raise RecipeError(str(err).replace("unknown ", "unknown eva ", 1)) from None
+        if name not in plugins.registry(kind):
+            known = ", ".join(plugins.names(kind))
+            raise RecipeError(f"unknown eva.{key} {name!r}; known: {known} (`eva plugins` lists them)")

@@ -262,15 +262,16 @@ class EvaLoop:
                 "reward_options": self.eva.reward_options}
 
     # ---- solver ----------------------------------------------------------------------------
-    def new_prompts(self, t: int) -> Dataset:
-        """X_t: evolved + buffer (EVA), or the next slice of the seed pool (``creator: none``)."""
+    def new_prompts(self, t: int) -> tuple[Dataset, int]:
+        """X_t and how many evolved prompts were missing: evolved + buffer (EVA), or the next
+        slice of the seed pool (``creator: none``)."""
         from datasets import load_from_disk
 
         if self.creator != "eva":
             pool = load_from_disk(str(self.store.path(0, "prompts") / "data"))
             n = self.set_size(pool)
             idx = [((t - 1) * n + i) % len(pool) for i in range(n)]
-            return pool.select(idx).map(lambda _: {"origin": "seed"})
+            return pool.select(idx).map(lambda _: {"origin": "seed"}), 0
         prev = self.previous_prompts(t)
         evolved = load_from_disk(str(self.store.path(t, "evolved") / "data")).filter(lambda r: r["status"] == "kept")
         plan = plan_mix(len(evolved), len(prev), len(prev), self.eva.evolved_fraction, self.rng(t, "prompts"))
@@ -278,18 +279,16 @@ class EvaLoop:
                  "parent_id": e["parent_id"]} for e in evolved.select(plan.evolved)]
         rows += [{"prompt_id": b["prompt_id"], "prompt": b["prompt"], "origin": "buffer",
                   "parent_id": ""} for b in prev.select(plan.buffer)]
-        self._shortfall = plan.shortfall
-        return Dataset.from_list(rows)
+        return Dataset.from_list(rows), plan.shortfall
 
     def solver_data(self, t: int, policy: _Lazy, rewarder: _Lazy) -> None:
         eva, gen = self.eva, self.eva.generation
 
         def prompts(_: Path) -> StageResult:
-            self._shortfall = 0
-            ds = self.new_prompts(t)
+            ds, shortfall = self.new_prompts(t)
             origin = list(ds["origin"])
             origins = {o: origin.count(o) for o in sorted(set(origin))}
-            return StageResult(ds, {"origins": origins, "evolved_shortfall": self._shortfall})
+            return StageResult(ds, {"origins": origins, "evolved_shortfall": shortfall})
 
         if self.creator == "eva":
             pcfg = {**self.upstream(t, "evolved"), "fraction": eva.evolved_fraction, "seed": self.seed}

@@ -15,6 +15,8 @@ ENTRY_POINT_GROUP = "eva_plugin"
 
 #: Plugin kinds, each the name of its hook without the ``register_`` prefix.
 KINDS = ("proxies", "selectors", "evolvers", "reward_models", "backends")
+SINGULAR = {"proxies": "proxy", "selectors": "selector", "evolvers": "evolver", "reward_models": "reward model",
+            "backends": "backend"}
 
 BUILTIN_MODULES = (
     "eva_plugin.creator.proxies",
@@ -70,7 +72,7 @@ def registry(kind: str) -> dict[str, Registered]:
         def register(name: str, obj: Any, _source: str = source) -> None:
             if name in found:
                 raise ValueError(
-                    f"{kind[:-1]} {name!r} is registered twice ({found[name].source} and {_source}); "
+                    f"{SINGULAR[kind]} {name!r} is registered twice ({found[name].source} and {_source}); "
                     "uninstall one of the plugins"
                 )
             found[name] = Registered(name, obj, _source)
@@ -84,7 +86,7 @@ def get(kind: str, name: str) -> Any:
     table = registry(kind)
     if name not in table:
         known = ", ".join(sorted(table))
-        raise UnknownPluginError(f"unknown {kind[:-1].replace('_', ' ')} {name!r}; known: {known}")
+        raise UnknownPluginError(f"unknown {SINGULAR[kind]} {name!r}; known: {known}")
     return table[name].obj
 
 

@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny random models with an offline tokenizer, a prompt file, a recipe writer."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from eva_plugin.testing import make_tiny_encoder, make_tiny_policy, make_tiny_reward_model  # noqa: E402
+
+TOPICS = ["the sea", "a python function", "the moon", "remote work", "climate policy", "a french sentence",
+          "fibonacci numbers", "the sky", "a short poem", "language learning", "energy", "an equation"]
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "policy": make_tiny_policy(root / "policy"),
+        "reward": make_tiny_reward_model(root / "reward"),
+        "encoder": make_tiny_encoder(root / "encoder"),
+    }
+
+
+@pytest.fixture(scope="session")
+def prompts_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "prompts.jsonl"
+    with open(path, "w") as fh:
+        for i, topic in enumerate(TOPICS):
+            fh.write(json.dumps({"prompt": f"write {i + 1} sentences about {topic}", "category": "writing"}) + "\n")
+    return path
+
+
+@pytest.fixture
+def write_recipe(tmp_path, models, prompts_file):
+    """Write a small EVA recipe (Handbook layout + ``creator``/``eva``); keyword overrides merge in."""
+
+    def write(name: str = "recipe.yaml", eva: dict | None = None, **top) -> Path:
+        recipe = {
+            "model_name_or_path": str(models["policy"]),
+            "torch_dtype": None,
+            "dataset_mixture": {"datasets": [{"id": str(prompts_file), "split": "train", "weight": 1.0}], "seed": 0},
+            "bf16": False,
+            "beta": 0.1,
+            "learning_rate": 1.0e-3,
+            "max_length": 512,
+            "per_device_train_batch_size": 4,
+            "num_train_epochs": 1,
+            "gradient_checkpointing": False,
+            "logging_steps": 1,
+            "report_to": "none",
+            "output_dir": str(tmp_path / "out"),
+            "seed": 42,
+            "creator": "eva",
+            "eva": {
+                "iterations": 2,
+                "num_samples": 4,
+                "solver_samples": 4,
+                "num_evolutions": 2,
+                "reward_model": str(models["reward"]),
+                "generation": {"max_new_tokens": 12, "batch_size": 8},
+                "evolver_generation": {"max_new_tokens": 16, "batch_size": 8},
+                **(eva or {}),
+            },
+        }
+        recipe.update(top)
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        return path
+
+    return write

@@ -1,0 +1,27 @@
+from eva_plugin.solver.pairs import best_worst, build_pairs
+
+
+def test_best_and_worst_are_chosen_and_rejected():
+    assert best_worst(["a", "b", "c"], [0.1, 0.9, -0.3]) == (1, 2)
+
+
+def test_ties_and_identical_responses_are_dropped():
+    assert best_worst(["a", "b"], [0.5, 0.5]) is None
+    assert best_worst(["same", "same "], [0.9, 0.1]) is None
+
+
+def test_build_pairs_emits_trl_conversational_rows_and_counts_drops():
+    rows = [
+        {"prompt_id": "p1", "prompt": "hi", "responses": ["good", "bad", "ok"], "rewards": [2.0, -1.0, 0.5],
+         "origin": "evolved"},
+        {"prompt_id": "p2", "prompt": "tie", "responses": ["x", "y"], "rewards": [1.0, 1.0]},
+        {"prompt_id": "p3", "prompt": "dup", "responses": ["z", "z"], "rewards": [1.0, 0.0]},
+    ]
+    pairs, stats = build_pairs(rows)
+    assert stats == {"pairs": 1, "dropped_tie": 1, "dropped_identical": 1}
+    (pair,) = pairs
+    assert pair["prompt"] == [{"role": "user", "content": "hi"}]
+    assert pair["chosen"] == [{"role": "assistant", "content": "good"}]
+    assert pair["rejected"] == [{"role": "assistant", "content": "bad"}]
+    assert (pair["chosen_reward"], pair["rejected_reward"]) == (2.0, -1.0)
+    assert pair["origin"] == "evolved"

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+
+from eva_plugin import plugins
+from eva_plugin.creator.proxies import BUILTIN_PROXIES, weights
+
+REWARDS = [[1.0, 3.0, 2.0], [0.5, 0.5, 2.0], [2.0, 2.0, 2.0]]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("a_min", [2.0, 1.5, 0.0]),
+        ("a_avg", [1.0, 1.0, 0.0]),
+        ("variance", [2 / 3, 0.5, 0.0]),
+        ("mean", [2.0, 1.0, 2.0]),
+        ("inv_mean", [0.5, 1.0, 0.5]),
+        ("inv_a_min", [0.5, 1 / 1.5, float("inf")]),
+        ("uniform", [1.0, 1.0, 1.0]),
+    ],
+)
+def test_proxy_values_on_fixed_rewards(name, expected):
+    proxy = plugins.get("proxies", name)
+    assert [proxy.info(r) for r in REWARDS] == pytest.approx(expected)
+
+
+def test_all_seven_paper_proxies_are_registered():
+    assert set(BUILTIN_PROXIES) == {"a_min", "a_avg", "variance", "mean", "inv_mean", "inv_a_min", "uniform"}
+    assert set(BUILTIN_PROXIES) <= set(plugins.names("proxies"))
+
+
+def test_minmax_weights_follow_the_authors_normalisation():
+    w = weights(BUILTIN_PROXIES["a_min"], REWARDS, "minmax")
+    # v = [2, 1.5, 0] -> (v - 0) / 2 = [1, .75, 0] -> / 1.75
+    assert w == pytest.approx([1 / 1.75, 0.75 / 1.75, 0.0])
+
+
+def test_inverse_proxy_minmax_uses_one_minus_normalised_base():
+    w = weights(BUILTIN_PROXIES["inv_a_min"], REWARDS, "minmax")
+    # base = [2, 1.5, 0] -> minmax [1, .75, 0] -> 1 - that = [0, .25, 1] -> / 1.25
+    assert w == pytest.approx([0.0, 0.2, 0.8])
+
+
+def test_proportional_weights_and_zero_info():
+    w = weights(BUILTIN_PROXIES["a_min"], REWARDS, "proportional")
+    assert w == pytest.approx([2 / 3.5, 1.5 / 3.5, 0.0])
+    assert w[2] == 0.0
+
+
+def test_all_zero_info_gives_uniform_weights():
+    flat = [[1.0, 1.0], [0.0, 0.0], [3.0, 3.0]]
+    for weighting in ("minmax", "proportional"):
+        assert weights(BUILTIN_PROXIES["a_min"], flat, weighting) == pytest.approx([1 / 3] * 3)
+
+
+def test_uniform_proxy_gives_equal_weights():
+    assert weights(BUILTIN_PROXIES["uniform"], REWARDS, "minmax") == pytest.approx([1 / 3] * 3)
+
+
+def test_unknown_weighting_names_the_choices():
+    with pytest.raises(ValueError, match="minmax, proportional"):
+        weights(BUILTIN_PROXIES["a_min"], REWARDS, "softmax")
+
+
+def test_weights_sum_to_one_on_random_rewards():
+    rng = np.random.default_rng(0)
+    rewards = rng.normal(size=(50, 6)).tolist()
+    for name, proxy in BUILTIN_PROXIES.items():
+        for weighting in ("minmax", "proportional"):
+            w = weights(proxy, rewards, weighting)
+            assert w.sum() == pytest.approx(1.0), (name, weighting)
+            assert (w >= 0).all()

@@ -1,0 +1,116 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eva_plugin.config import RecipeError
+from eva_plugin.recipe import load_recipe
+
+HANDBOOK = Path(__file__).parent / "data" / "handbook_zephyr-7b-beta_dpo_config_full.yaml"
+
+
+def test_verbatim_handbook_dpo_recipe_parses(caplog):
+    recipe = load_recipe(["--config", str(HANDBOOK)])
+    assert recipe.creator is None
+    assert recipe.model.model_name_or_path == "alignment-handbook/zephyr-7b-sft-full"
+    assert recipe.training.beta == 0.01
+    assert recipe.training.learning_rate == 5.0e-7
+    assert recipe.training.lr_scheduler_type == "cosine"
+    assert recipe.training.max_length == 1024
+    assert recipe.training.dataset_num_proc == 12
+    assert [(d.path, d.config, d.split, d.columns) for d in recipe.datasets] == [
+        ("HuggingFaceH4/ultrafeedback_binarized", "default", "train_prefs", ["chosen", "rejected"]),
+        ("HuggingFaceH4/ultrafeedback_binarized", "default", "test_prefs", ["chosen", "rejected"]),
+    ]
+    assert recipe.test_split_size == 2000 and recipe.mixture_seed == 0
+    notes = "\n".join(recipe.notes)
+    assert "`torch_dtype` is now `dtype`" in notes
+    assert "`max_prompt_length` ignored" in notes
+    # one warning line per mapped or dropped key
+    assert sum("max_prompt_length" in r.message for r in caplog.records) == 1
+
+
+def test_handbook_recipe_plus_creator_flag(tmp_path):
+    cfg = yaml.safe_load(HANDBOOK.read_text())
+    cfg.update(creator="eva", eva={"reward_model": "/models/armorm", "iterations": 2, "proxy": "a_avg"})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    recipe = load_recipe(["--config", str(path)])
+    assert recipe.creator == "eva"
+    assert recipe.eva.iterations == 2 and recipe.eva.proxy == "a_avg"
+    # untouched keys keep the paper's defaults (SPEC §2)
+    e = recipe.eva
+    assert (e.num_samples, e.solver_samples, e.subset_fraction, e.num_evolutions, e.evolved_fraction) == (
+        6, 6, 0.25, 4, 0.8)
+    assert (e.selector, e.weighting, e.evolver, e.reference) == ("sample", "minmax", "evol_instruct", "previous")
+    assert (e.generation.temperature, e.generation.top_p, e.generation.max_new_tokens) == (0.7, 0.9, 2048)
+    assert (e.evolver_generation.temperature, e.evolver_generation.max_new_tokens) == (0.88, 666)
+
+
+def test_old_handbook_mixer_format_and_legacy_keys(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({
+        "model_name_or_path": "m",
+        "torch_dtype": "bfloat16",
+        "dataset_mixer": {"HuggingFaceH4/ultrafeedback_binarized": 0.5, "argilla/dpo-mix-7k": 1.0},
+        "dataset_splits": ["train_prefs", "test_prefs"],
+        "preprocessing_num_workers": 4,
+        "evaluation_strategy": "no",
+        "use_flash_attention_2": True,
+        "chat_template": "{{ messages }}",
+        "rpo_alpha": 1.0,
+        "some_future_key": 3,
+        "output_dir": str(tmp_path / "o"),
+    }))
+    recipe = load_recipe(["--config", str(path)])
+    assert [(d.path, d.split, d.weight) for d in recipe.datasets] == [
+        ("HuggingFaceH4/ultrafeedback_binarized", "train_prefs", 0.5), ("argilla/dpo-mix-7k", "train_prefs", 1.0)]
+    assert recipe.model.dtype == "bfloat16"
+    assert recipe.training.dataset_num_proc == 4
+    assert recipe.training.eval_strategy == "no"
+    notes = "\n".join(recipe.notes)
+    for key in ("use_flash_attention_2", "chat_template", "rpo_alpha", "some_future_key"):
+        assert f"`{key}` ignored" in notes
+
+
+def test_cli_overrides_trl_and_eva_keys(write_recipe):
+    path = write_recipe()
+    recipe = load_recipe(["--config", str(path), "--beta", "0.3", "--eva.iterations", "5",
+                          "--eva.generation.temperature=1.0", "--creator", "none"])
+    assert recipe.training.beta == 0.3
+    assert recipe.eva.iterations == 5 and recipe.eva.generation.temperature == 1.0
+    assert recipe.creator == "none"
+
+
+@pytest.mark.parametrize(
+    ("eva", "message"),
+    [
+        ({"proxy": "nope"}, "unknown eva.proxy 'nope'; known: a_avg, a_min, inv_a_min, inv_mean, mean, uniform, variance"),
+        ({"selector": "top"}, "known: greedy, sample"),
+        ({"evolver": "magic"}, "known: evol_instruct"),
+        ({"reward_type": "oracle"}, "known: embedding, sequence_classification"),
+        ({"generation": {"backend": "tgi"}}, "known: transformers"),
+        ({"proxie": "a_min"}, "unknown key(s) proxie in `eva`"),
+        ({"generation": {"temp": 1}}, "unknown key(s) temp in `eva.generation`"),
+        ({"reference": "sft"}, "previous, initial"),
+        ({"subset_fraction": 0}, "subset_fraction"),
+        ({"weighting": "softmax"}, "minmax, proportional"),
+    ],
+)
+def test_bad_eva_values_fail_at_parse_time_with_the_choices(write_recipe, eva, message):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(["--config", str(write_recipe(eva=eva))])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_creator_and_missing_reward_model(write_recipe, models):
+    with pytest.raises(RecipeError, match="unknown creator 'evo'; known: eva, none"):
+        load_recipe(["--config", str(write_recipe(creator="evo"))])
+    with pytest.raises(RecipeError, match="needs `eva.reward_model`"):
+        load_recipe(["--config", str(write_recipe(eva={"reward_model": None}))])
+
+
+def test_missing_recipe_file_is_one_clear_line(tmp_path):
+    with pytest.raises(RecipeError, match="not found; pass --config"):
+        load_recipe(["--config", str(tmp_path / "nope.yaml")])
