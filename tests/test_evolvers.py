@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from eva_plugin import plugins
+from eva_plugin.creator.evolvers import EvolInstruct, EvolvedPrompt, mark_duplicates, parse_evolved
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ("Explain tides, citing two lunar phases.", "Explain tides, citing two lunar phases."),
+        ("#Rewritten Prompt#:\nExplain tides in 3 steps.", "Explain tides in 3 steps."),
+        ("**Rewritten Prompt:** Explain tides in 3 steps.", "Explain tides in 3 steps."),
+        ("#Created Prompt#:\n  Describe a rare tide.  ", "Describe a rare tide."),
+        ("Sure!\n#Rewritten Prompt#: first\n#Rewritten Prompt#: second", "second"),
+        ('"Quoted prompt"', "Quoted prompt"),
+        ("", None),
+        ("   \n ", None),
+        ("#Rewritten Prompt#:", None),
+        (None, None),
+    ],
+)
+def test_parse_evolved(output, expected):
+    assert parse_evolved(output) == expected
+
+
+def test_evol_instruct_sends_distilabels_templates_and_chains_steps():
+    from distilabel.steps.tasks.evol_instruct.utils import MUTATION_TEMPLATES
+
+    sent: list[list[str]] = []
+
+    def llm(instructions):
+        sent.append(instructions)
+        return [f"v{len(sent)} of prompt {i}" for i in range(len(instructions))]
+
+    seeds = [{"prompt_id": "a", "prompt": "write a poem"}, {"prompt_id": "b", "prompt": "sum 2 and 3"}]
+    evolver = EvolInstruct(num_evolutions=3)
+    out = evolver.evolve(seeds, llm, np.random.default_rng(0))
+    assert len(sent) == 3 and all(len(batch) == 2 for batch in sent)  # one batched call per step
+    assert set(evolver.mutations) == set(MUTATION_TEMPLATES)
+    # step 1 mutates the seed; step 2 mutates step 1's output (chained, as distilabel does)
+    for e, instruction in zip(out[:2], sent[0]):
+        seed = next(s for s in seeds if s["prompt_id"] == e.parent_id)
+        assert instruction == MUTATION_TEMPLATES[e.mutation].replace("<PROMPT>", seed["prompt"])
+    assert sent[1][0] == MUTATION_TEMPLATES[out[2].mutation].replace("<PROMPT>", "v1 of prompt 0")
+    assert [(e.parent_id, e.step) for e in out] == [("a", 1), ("b", 1), ("a", 2), ("b", 2), ("a", 3), ("b", 3)]
+    assert all(e.status == "kept" for e in out)
+
+
+def test_mutation_choice_is_seeded_and_covers_all_templates():
+    def llm(instructions):
+        return ["x"] * len(instructions)
+
+    seeds = [{"prompt_id": str(i), "prompt": f"p{i}"} for i in range(50)]
+    a = [e.mutation for e in EvolInstruct(2).evolve(seeds, llm, np.random.default_rng(7))]
+    b = [e.mutation for e in EvolInstruct(2).evolve(seeds, llm, np.random.default_rng(7))]
+    assert a == b
+    assert set(a) == {"BREADTH", "CONCRETIZING", "CONSTRAINTS", "DEEPENING", "INCREASED_REASONING_STEPS"}
+
+
+def test_failed_outputs_are_counted_and_the_chain_continues_from_the_last_good_prompt():
+    replies = iter([[None], [""], ["third"]])
+    sent = []
+
+    def llm(instructions):
+        sent.append(instructions[0])
+        return next(replies)
+
+    out = EvolInstruct(3).evolve([{"prompt_id": "a", "prompt": "seed text"}], llm, np.random.default_rng(0))
+    assert [e.status for e in out] == ["empty", "empty", "kept"]
+    assert "seed text" in sent[2]
+
+
+def test_duplicates_of_pool_and_buffer_are_marked():
+    evolved = [EvolvedPrompt("New prompt", "a", "DEEPENING", 1), EvolvedPrompt("new  PROMPT", "b", "BREADTH", 1),
+               EvolvedPrompt("write a poem", "c", "CONSTRAINTS", 1), EvolvedPrompt("", "d", "BREADTH", 1, "empty")]
+    marked = mark_duplicates(evolved, ["Write a poem"])
+    assert [e.status for e in marked] == ["kept", "duplicate", "duplicate", "empty"]
+
+
+def test_evol_instruct_is_a_registered_plugin():
+    assert plugins.get("evolvers", "evol_instruct") is EvolInstruct

@@ -1,0 +1,152 @@
+"""The EVA loop in-process on tiny models: artifacts, reference choice, resume, stale configs."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import load_from_disk
+from transformers import AutoModelForCausalLM
+
+from eva_plugin.artifacts import StaleArtifactError
+from eva_plugin.dpo import run
+from eva_plugin.loop import stages_for
+from eva_plugin.recipe import load_recipe
+from eva_plugin.solver.training import parameter_checksum
+
+
+def manifest(out: Path, t: int, stage: str) -> dict:
+    return json.loads((out / f"iter_{t}" / stage / "manifest.json").read_text())
+
+
+def data(out: Path, t: int, stage: str):
+    return load_from_disk(str(out / f"iter_{t}" / stage / "data"))
+
+
+def checksum(path) -> float:
+    return parameter_checksum(AutoModelForCausalLM.from_pretrained(path))
+
+
+def test_two_eva_iterations_write_every_artifact(write_recipe, tmp_path, prompts_file):
+    recipe = load_recipe(["--config", str(write_recipe())])
+    run(recipe)
+    out = recipe.output_dir
+    n_seed = sum(1 for _ in open(prompts_file))
+    for t in (1, 2):
+        for stage in stages_for("eva"):
+            m = manifest(out, t, stage)
+            assert m["stage"] == stage and m["iteration"] == t and len(m["fingerprint"]) == 16
+            assert m["seconds"] >= 0
+            if stage != "policy":
+                assert len(data(out, t, stage)) == m["rows"]
+        scored = data(out, t, "creator_rewards")
+        assert len(scored) == n_seed and all(len(r) == 4 for r in scored["rewards"])
+        scores = data(out, t, "scores")
+        assert sum(scores["weight"]) == pytest.approx(1.0)
+        assert len(data(out, t, "selected")) == round(n_seed * 0.25)
+        evolved = data(out, t, "evolved")
+        assert len(evolved) == round(n_seed * 0.25) * 2  # every evolution is kept as a row
+        assert set(evolved["step"]) == {1, 2}
+        ev = manifest(out, t, "evolved")
+        assert ev["kept"] + ev["empty"] + ev["duplicate"] == len(evolved) and ev["tokens_generated"] > 0
+        prompts = data(out, t, "prompts")
+        assert len(prompts) == n_seed
+        origins = manifest(out, t, "prompts")["origins"]
+        assert origins.get("evolved", 0) == min(ev["kept"], round(0.8 * n_seed))
+        pairs = data(out, t, "pairs")
+        assert all(c > r for c, r in zip(pairs["chosen_reward"], pairs["rejected_reward"]))
+        assert pairs[0]["prompt"][0]["role"] == "user" and pairs[0]["chosen"][0]["role"] == "assistant"
+        samples = manifest(out, t, "solver_samples")
+        assert samples["generations_saved"] == origins.get("buffer", 0) * 4
+        assert samples["generations"] == origins.get("evolved", 0) * 4
+        policy = out / f"iter_{t}" / "policy"
+        assert (policy / "config.json").exists() and (policy / "model.safetensors").exists()
+        assert (policy / "tokenizer.json").exists()
+        iteration = json.loads((out / f"iter_{t}" / "manifest.json").read_text())
+        assert set(iteration["stages"]) == set(stages_for("eva"))
+    # round 2 starts from round 1's policy and the weights moved
+    assert manifest(out, 2, "policy")["policy_from"] == str(out / "iter_1" / "policy")
+    assert checksum(out / "iter_1" / "policy") != checksum(out / "iter_2" / "policy")
+    assert not list(out.glob("iter_*/.*tmp*")) and not list(out.glob("iter_*/.policy.partial"))
+
+
+@pytest.mark.parametrize("reference", ["previous", "initial"])
+def test_round_two_reference_is_the_one_asked_for(write_recipe, models, reference):
+    recipe = load_recipe(["--config", str(write_recipe(eva={"reference": reference}))])
+    run(recipe)
+    out = recipe.output_dir
+    used = manifest(out, 2, "policy")["reference_checksum"]
+    previous, initial = checksum(out / "iter_1" / "policy"), checksum(models["policy"])
+    assert previous != pytest.approx(initial)
+    expected = previous if reference == "previous" else initial
+    assert used == pytest.approx(expected, rel=1e-9)
+    assert manifest(out, 1, "policy")["reference_checksum"] == pytest.approx(initial, rel=1e-9)
+
+
+def _final_state(out: Path):
+    pairs = data(out, 2, "pairs")
+    sd = AutoModelForCausalLM.from_pretrained(out / "iter_2" / "policy").state_dict()
+    return pairs.to_list(), sd
+
+
+def test_resume_after_a_stop_gives_the_same_final_artifacts(write_recipe, tmp_path):
+    whole = load_recipe(["--config", str(write_recipe("a.yaml", output_dir=str(tmp_path / "whole")))])
+    run(whole)
+    path = write_recipe("b.yaml", output_dir=str(tmp_path / "resumed"))
+    run(load_recipe(["--config", str(path)]), stop_after="evolved")
+    assert (tmp_path / "resumed" / "iter_1" / "evolved" / "manifest.json").exists()
+    assert not (tmp_path / "resumed" / "iter_1" / "prompts").exists()
+    run(load_recipe(["--config", str(path)]), stop_after="policy")  # finishes iteration 1 only
+    assert not (tmp_path / "resumed" / "iter_2").exists()
+    run(load_recipe(["--config", str(path)]))
+    pairs_a, sd_a = _final_state(tmp_path / "whole")
+    pairs_b, sd_b = _final_state(tmp_path / "resumed")
+    assert pairs_a == pairs_b
+    assert sd_a.keys() == sd_b.keys()
+    assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+
+
+def test_rerun_skips_finished_stages(write_recipe, capsys):
+    path = write_recipe(eva={"iterations": 1})
+    run(load_recipe(["--config", str(path)]))
+    capsys.readouterr()
+    run(load_recipe(["--config", str(path)]))
+    printed = capsys.readouterr().out
+    for stage in stages_for("eva"):
+        assert f"[iter 1] {stage}: done before, skipped" in printed
+
+
+def test_changed_config_names_the_stale_stage_and_keeps_old_work(write_recipe):
+    path = write_recipe(eva={"iterations": 1})
+    recipe = load_recipe(["--config", str(path)])
+    run(recipe)
+    changed = write_recipe(eva={"iterations": 1, "proxy": "a_avg"})
+    with pytest.raises(StaleArtifactError, match=r"iter_1/scores was made with a different config \(changed: proxy\)"):
+        run(load_recipe(["--config", str(changed)]))
+    run(load_recipe(["--config", str(changed)]), overwrite_stale=True)
+    out = recipe.output_dir
+    assert manifest(out, 1, "scores")["config"]["proxy"] == "a_avg"
+    assert manifest(out, 1, "creator_samples")["config"]  # upstream stages were reused
+    assert list((out / "iter_1").glob(".scores.stale-*")), "the stale artifact is kept aside"
+
+
+def test_creator_none_is_plain_iterative_dpo(write_recipe, prompts_file):
+    recipe = load_recipe(["--config", str(write_recipe(creator="none", eva={"prompts_per_iteration": 6}))])
+    run(recipe)
+    out = recipe.output_dir
+    assert sorted(p.name for p in (out / "iter_1").iterdir() if not p.name.startswith(".")) == sorted(
+        [*stages_for("none"), "manifest.json"])
+    p1, p2 = set(data(out, 1, "prompts")["prompt"]), set(data(out, 2, "prompts")["prompt"])
+    assert len(p1) == len(p2) == 6 and not p1 & p2  # consecutive slices of the seed pool
+    assert manifest(out, 2, "solver_samples")["generations"] == 6 * 4
+    assert manifest(out, 2, "policy")["policy_from"] == str(out / "iter_1" / "policy")
+
+
+def test_greedy_selector_takes_the_most_informative(write_recipe):
+    recipe = load_recipe(["--config", str(write_recipe(eva={"iterations": 1, "selector": "greedy"}))])
+    run(recipe, stop_after="selected")
+    scores = data(recipe.output_dir, 1, "scores")
+    selected = set(data(recipe.output_dir, 1, "selected")["prompt_id"])
+    chosen = [w for w, p in zip(scores["weight"], scores["prompt_id"]) if p in selected]
+    rest = [w for w, p in zip(scores["weight"], scores["prompt_id"]) if p not in selected]
+    assert len(chosen) == 3 and min(chosen) >= max(rest)

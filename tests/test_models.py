@@ -1,0 +1,141 @@
+"""The transformers generation backend and the reward models, on tiny random models."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from eva_plugin import plugins
+from eva_plugin.generation import SamplingParams
+from eva_plugin.generation.transformers_backend import TransformersBackend
+from eva_plugin.rewards.embedding import EmbeddingSimilarityReward
+from eva_plugin.rewards.sequence_classification import SequenceClassificationReward
+
+CONVS = [[{"role": "user", "content": "write a poem"}],
+         [{"role": "user", "content": "solve the equation 2 x + 3 = 11 step by step"}],
+         [{"role": "user", "content": "hi"}]]
+
+
+def test_backend_samples_n_per_prompt_and_counts_tokens(models):
+    backend = TransformersBackend(str(models["policy"]), batch_size=2)
+    gens = backend.generate(CONVS, 3, SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1))
+    assert [len(t) for t in gens.texts] == [3, 3, 3]
+    assert 0 < gens.num_tokens <= 3 * 3 * 8
+    again = backend.generate(CONVS, 3, SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1))
+    assert again.texts == gens.texts  # seeded
+
+
+def test_left_padded_batches_match_one_by_one_greedy(models):
+    backend = TransformersBackend(str(models["policy"]), batch_size=3)
+    greedy = SamplingParams(temperature=0, max_new_tokens=10)
+    batched = backend.generate(CONVS, 1, greedy).texts
+    single = [backend.generate([c], 1, greedy).texts[0] for c in CONVS]
+    assert batched == single
+
+
+def test_backend_renders_the_chat_template(models):
+    backend = TransformersBackend(str(models["policy"]))
+    assert backend.render(CONVS[2]) == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_sequence_classification_reward_matches_a_direct_forward(models):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    rm = SequenceClassificationReward(str(models["reward"]), batch_size=2)
+    responses = [["a poem about waves", "no"], ["x = 4", "x = 4 because 2 x = 8", "x"], ["hello"]]
+    scores = rm.score(CONVS, responses)
+    assert [len(s) for s in scores] == [2, 3, 1]
+    tok = AutoTokenizer.from_pretrained(models["reward"])
+    model = AutoModelForSequenceClassification.from_pretrained(models["reward"]).eval()
+    text = tok.apply_chat_template(CONVS[1] + [{"role": "assistant", "content": "x = 4"}], tokenize=False)
+    with torch.no_grad():
+        direct = model(**tok(text, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item()
+    assert scores[1][0] == pytest.approx(direct, abs=1e-4)
+    assert len({round(s, 6) for s in scores[1]}) == 3
+
+
+REMOTE_CODE = '''
+from dataclasses import dataclass
+import torch
+from transformers import LlamaConfig, LlamaModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+
+class ScoreConfig(LlamaConfig):
+    model_type = "score_llama"
+
+
+@dataclass
+class ScoreOutput(ModelOutput):
+    score: torch.FloatTensor = None
+    rewards: torch.FloatTensor = None
+
+
+class ScoreModel(PreTrainedModel):
+    config_class = ScoreConfig
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.model = LlamaModel(config)
+        self.head = torch.nn.Linear(config.hidden_size, 3, bias=False)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, **kwargs):
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        last = attention_mask.sum(-1) - 1
+        rewards = self.head(hidden[torch.arange(hidden.shape[0]), last])
+        return ScoreOutput(score=rewards.mean(-1), rewards=rewards)
+'''
+
+
+def test_remote_code_reward_model_with_score_field(tmp_path, models):
+    """An ArmoRM-style checkpoint: custom code via ``auto_map``, output carries ``.score``."""
+    from transformers import AutoTokenizer
+
+    from eva_plugin.testing import _llama_config
+
+    folder = tmp_path / "armo_like"
+    folder.mkdir()
+    (folder / "modeling_score.py").write_text(REMOTE_CODE)
+    namespace: dict = {}
+    exec(REMOTE_CODE, namespace)
+    tok = AutoTokenizer.from_pretrained(models["reward"])
+    config = namespace["ScoreConfig"](**_llama_config(tok).to_dict())
+    config.auto_map = {"AutoConfig": "modeling_score.ScoreConfig",
+                       "AutoModelForSequenceClassification": "modeling_score.ScoreModel"}
+    torch.manual_seed(0)
+    namespace["ScoreModel"](config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    assert cfg["auto_map"]["AutoModelForSequenceClassification"] == "modeling_score.ScoreModel"
+
+    rm = SequenceClassificationReward(str(folder), trust_remote_code=True)
+    scores = rm.score(CONVS[:1], [["a poem about waves", "no"]])
+    assert type(rm.model).__name__ == "ScoreModel"
+    assert len(scores[0]) == 2 and all(math.isfinite(s) for s in scores[0])
+
+
+def test_embedding_reward_is_the_mean_pooled_cosine(models):
+    from transformers import AutoModel, AutoTokenizer
+
+    rm = EmbeddingSimilarityReward(str(models["encoder"]))
+    scores = rm.score(CONVS[:2], [["a poem about the sea", "write a poem"], ["x = 4"]])
+    tok = AutoTokenizer.from_pretrained(models["encoder"])
+    enc = AutoModel.from_pretrained(models["encoder"]).eval()
+
+    def embed(text):
+        batch = tok(text, return_tensors="pt")
+        with torch.no_grad():
+            return enc(**batch).last_hidden_state[0].mean(0)
+
+    expected = torch.nn.functional.cosine_similarity(embed("write a poem"), embed("a poem about the sea"), dim=0)
+    assert scores[0][0] == pytest.approx(expected.item(), abs=1e-5)
+    assert scores[0][1] == pytest.approx(1.0, abs=1e-5)  # identical text
+    assert len(scores[1]) == 1
+
+
+def test_reward_and_backend_plugins_registered():
+    assert plugins.get("reward_models", "sequence_classification") is SequenceClassificationReward
+    assert plugins.get("reward_models", "embedding") is EmbeddingSimilarityReward
+    assert plugins.get("backends", "transformers") is TransformersBackend
