@@ -31,7 +31,7 @@ def test_two_eva_iterations_write_every_artifact(write_recipe, tmp_path, prompts
     recipe = load_recipe(["--config", str(write_recipe())])
     run(recipe)
     out = recipe.output_dir
-    n_seed = sum(1 for _ in open(prompts_file))
+    n_seed = len(prompts_file.read_text().splitlines())
     for t in (1, 2):
         for stage in stages_for("eva"):
             m = manifest(out, t, stage)

@@ -85,7 +85,8 @@ def test_cli_overrides_trl_and_eva_keys(write_recipe):
 @pytest.mark.parametrize(
     ("eva", "message"),
     [
-        ({"proxy": "nope"}, "unknown eva.proxy 'nope'; known: a_avg, a_min, inv_a_min, inv_mean, mean, uniform, variance"),
+        ({"proxy": "nope"},
+         "unknown eva.proxy 'nope'; known: a_avg, a_min, inv_a_min, inv_mean, mean, uniform, variance"),
         ({"selector": "top"}, "known: greedy, sample"),
         ({"evolver": "magic"}, "known: evol_instruct"),
         ({"reward_type": "oracle"}, "known: embedding, sequence_classification"),
