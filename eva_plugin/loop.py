@@ -178,7 +178,7 @@ class EvaLoop:
 
         if t == 1:
             pool = load_from_disk(str(self.store.path(0, "prompts") / "data"))
-            return pool.select(range(self.set_size(pool))).map(lambda _: {"origin": "seed"})
+            return _with_origin(pool.select(range(self.set_size(pool))), "seed")
         return load_from_disk(str(self.store.path(t - 1, "prompts") / "data"))
 
     def previous_prompts_id(self, t: int) -> str:
@@ -271,9 +271,10 @@ class EvaLoop:
             pool = load_from_disk(str(self.store.path(0, "prompts") / "data"))
             n = self.set_size(pool)
             idx = [((t - 1) * n + i) % len(pool) for i in range(n)]
-            return pool.select(idx).map(lambda _: {"origin": "seed"}), 0
+            return _with_origin(pool.select(idx), "seed"), 0
         prev = self.previous_prompts(t)
-        evolved = load_from_disk(str(self.store.path(t, "evolved") / "data")).filter(lambda r: r["status"] == "kept")
+        evolved = load_from_disk(str(self.store.path(t, "evolved") / "data"))
+        evolved = evolved.select([i for i, s in enumerate(evolved["status"]) if s == "kept"])
         plan = plan_mix(len(evolved), len(prev), len(prev), self.eva.evolved_fraction, self.rng(t, "prompts"))
         rows = [{"prompt_id": _pid(e["prompt"]), "prompt": e["prompt"], "origin": "evolved",
                  "parent_id": e["parent_id"]} for e in evolved.select(plan.evolved)]
@@ -410,6 +411,11 @@ class EvaLoop:
 
 class StopAfterStage(Exception):
     """Raised by ``stop_after`` to end a run right after one stage finished."""
+
+
+def _with_origin(ds: Dataset, origin: str) -> Dataset:
+    """Tag rows in memory (``map`` would write cache files into the artifact folder)."""
+    return ds.flatten_indices().add_column("origin", [origin] * len(ds))
 
 
 def _pid(text: str) -> str:
