@@ -30,3 +30,12 @@ def load_causal_lm(path: str, dtype: str | None = None, trust_remote_code: bool 
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
     )
+
+
+def release() -> None:
+    """Give memory back after dropping a model (call once the last reference is gone)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -79,45 +79,43 @@ def _llama_config(tokenizer, **overrides):
     return LlamaConfig(**kwargs)
 
 
-def make_tiny_policy(path: str | Path, seed: int = 0, **config_overrides) -> Path:
-    """Save a random tiny ``LlamaForCausalLM`` plus tokenizer at ``path``; return the path."""
+def _save_random(model_cls, path: str | Path, seed: int, **config_overrides):
+    """Build ``model_cls`` with random weights on the tiny config; save it and the tokenizer."""
     import torch
-    from transformers import GenerationConfig, LlamaForCausalLM
 
     path = Path(path)
     tokenizer = make_tokenizer()
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(_llama_config(tokenizer, **config_overrides))
+    model = model_cls(_llama_config(tokenizer, **config_overrides))
+    tokenizer.save_pretrained(path)
+    return model, tokenizer, path
+
+
+def make_tiny_policy(path: str | Path, seed: int = 0, **config_overrides) -> Path:
+    """Save a random tiny ``LlamaForCausalLM`` plus tokenizer at ``path``; return the path."""
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    model, tokenizer, path = _save_random(LlamaForCausalLM, path, seed, **config_overrides)
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
     model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
     return path
 
 
 def make_tiny_reward_model(path: str | Path, seed: int = 1) -> Path:
     """Save a random tiny ``LlamaForSequenceClassification`` (one label) plus tokenizer."""
-    import torch
     from transformers import LlamaForSequenceClassification
 
-    path = Path(path)
-    tokenizer = make_tokenizer()
-    torch.manual_seed(seed)
-    model = LlamaForSequenceClassification(_llama_config(tokenizer, num_labels=1))
+    model, _, path = _save_random(LlamaForSequenceClassification, path, seed, num_labels=1)
     model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
     return path
 
 
 def make_tiny_encoder(path: str | Path, seed: int = 2) -> Path:
     """Save a random tiny encoder (``LlamaModel`` body) usable by the embedding reward."""
-    import torch
     from transformers import LlamaModel
 
-    path = Path(path)
-    tokenizer = make_tokenizer()
-    torch.manual_seed(seed)
-    LlamaModel(_llama_config(tokenizer)).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    model, _, path = _save_random(LlamaModel, path, seed)
+    model.save_pretrained(path)
     return path

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 
 import torch
 
 from eva_plugin.generation import Conversation, Generations, SamplingParams
-from eva_plugin.modeling import load_causal_lm, load_tokenizer
+from eva_plugin.modeling import load_causal_lm, load_tokenizer, release
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +76,7 @@ class TransformersBackend:
 
     def close(self) -> None:
         del self.model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release()
 
 
 def _eos_ids(generation_config, tokenizer) -> list[int]:

@@ -6,12 +6,10 @@ Works with any ``AutoModel`` encoder folder, including sentence-transformers fol
 
 from __future__ import annotations
 
-import gc
-
 import torch
 
 from eva_plugin.generation import Conversation
-from eva_plugin.modeling import load_tokenizer
+from eva_plugin.modeling import load_tokenizer, release
 
 
 class EmbeddingSimilarityReward:
@@ -70,4 +68,4 @@ class EmbeddingSimilarityReward:
 
     def close(self) -> None:
         del self.model
-        gc.collect()
+        release()

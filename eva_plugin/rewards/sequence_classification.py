@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import gc
-
 import torch
 
 from eva_plugin.generation import Conversation
-from eva_plugin.modeling import load_tokenizer, torch_dtype
+from eva_plugin.modeling import load_tokenizer, release, torch_dtype
 
 
 class SequenceClassificationReward:
@@ -75,6 +73,4 @@ class SequenceClassificationReward:
 
     def close(self) -> None:
         del self.model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        release()
