@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from eva_plugin.modeling import load_causal_lm, load_tokenizer
+from eva_plugin.modeling import load_causal_lm, load_tokenizer, release
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,5 @@ def train_round(
     if hasattr(trainer, "end"):
         trainer.end()
     del trainer, model, ref_model, final_model
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    release()
     return stats
