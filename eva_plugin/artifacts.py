@@ -113,6 +113,7 @@ class StageStore:
             manifest = self.manifest(iteration, stage) or {}
             log(f"[iter {iteration}] {stage}: done before, skipped")
             return (load_from_disk(str(final / "data")) if (final / "data").exists() else None), manifest
+        log(f"[iter {iteration}] {stage}: running")
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{stage}.tmp-"))
         started = time.perf_counter()
@@ -141,14 +142,17 @@ class StageStore:
         return data, manifest
 
 
-def _changed_keys(old: dict, new: dict, prefix: str = "") -> str:
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            inner = _changed_keys(a, b, f"{prefix}{key}.")
-            if inner:
-                keys.append(inner)
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return ", ".join(keys) or "upstream artifacts"
+def _changed_keys(old: dict, new: dict) -> str:
+    """Dotted names of the config keys that differ; none means an upstream stage changed."""
+
+    def walk(a: dict, b: dict, prefix: str) -> list[str]:
+        keys = []
+        for key in sorted(set(a) | set(b)):
+            x, y = a.get(key), b.get(key)
+            if isinstance(x, dict) and isinstance(y, dict):
+                keys += walk(x, y, f"{prefix}{key}.")
+            elif x != y:
+                keys.append(f"{prefix}{key}")
+        return keys
+
+    return ", ".join(walk(old, new, "")) or "upstream artifacts"

@@ -23,7 +23,9 @@ class GenerationArguments:
     """How responses (or evolved prompts) are sampled."""
 
     backend: str = field(default="transformers", metadata={"help": "Generation backend plugin name."})
-    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature; 0 = greedy."})
+    temperature: float = field(
+        default=0.7, metadata={"help": "Sampling temperature; 0 = greedy (evolver only: responses need > 0)."}
+    )
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling probability mass."})
     max_new_tokens: int = field(default=2048, metadata={"help": "Maximum new tokens per response."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (transformers backend)."})
@@ -141,6 +143,8 @@ def validate(args: EvaArguments) -> None:
         (args.prompts_per_iteration is None or args.prompts_per_iteration >= 1,
          "eva.prompts_per_iteration must be >= 1 or null"),
         (args.reference in REFERENCES, f"eva.reference must be one of: {', '.join(REFERENCES)}"),
+        (args.generation.temperature > 0,
+         "eva.generation.temperature must be > 0: several responses per prompt need sampling"),
     ]
     for ok, message in checks:
         if not ok:

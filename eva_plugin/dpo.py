@@ -62,10 +62,11 @@ def run(recipe: Recipe, *, stop_after: str | None = None, overwrite_stale: bool 
     try:
         reports = loop.run()
     except StopAfterStage as stop:
-        print(f"stopped after stage {stop.args[0]!r} as asked; rerun the same command to continue")
+        if loop.state.is_main_process:
+            print(f"stopped after {stop.args[0]} as asked; rerun without --stop_after to continue")
         return
     if loop.state.is_main_process:
-        print_summary(reports)
+        print_summary(reports, recipe.output_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,17 +123,45 @@ class EvaLoop:
     def stage(self, iteration: int, name: str, config: dict, fn: Callable[[Path], StageResult]):
         data, manifest = self.store.run(iteration, name, config, fn, log=self.log)
         self.reports[-1].manifests[name] = manifest
-        if self.stop_after == name:
-            raise StopAfterStage(name)
+        self.maybe_stop(iteration, name)
         return data
+
+    def maybe_stop(self, iteration: int, name: str) -> None:
+        """Stop after ``name`` if asked (``STAGE`` = its first run in iteration >= 1, or ``iter_T/STAGE``);
+        a stage skipped as already done never stops the run, so rerunning the command moves on."""
+        where = f"iter_{iteration}/{name}"
+        asked = self.stop_after == where or (self.stop_after == name and iteration >= 1)
+        if asked and where not in self.store.skipped:
+            raise StopAfterStage(where)
+
+    def on_main(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the main process only; the others learn whether it finished, stopped or failed."""
+        outcome: list = [None]
+        error: BaseException | None = None
+        if self.state.is_main_process:
+            try:
+                fn()
+            except StopAfterStage as stop:
+                outcome, error = [("stop", stop.args[0])], stop
+            except BaseException as err:  # tell the other ranks before re-raising
+                outcome, error = [("error", f"{type(err).__name__}: {err}")], err
+        if self.state.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            outcome = broadcast_object_list(outcome)
+        if error is not None:
+            raise error
+        if outcome[0] is not None:
+            kind, detail = outcome[0]
+            if kind == "stop":
+                raise StopAfterStage(detail)
+            raise RuntimeError(f"the main process failed: {detail}")
 
     # ---- the run ---------------------------------------------------------------------------
     def run(self) -> list[IterationReport]:
         self.root.mkdir(parents=True, exist_ok=True)
         self.reports.append(IterationReport(0))
-        if self.state.is_main_process:
-            self.seed_prompts()
-        self.state.wait_for_everyone()
+        self.on_main(self.seed_prompts)
         for t in range(1, self.eva.iterations + 1):
             self.reports.append(IterationReport(t))
             self.iteration(t)
@@ -161,15 +189,17 @@ class EvaLoop:
         rewarder = _Lazy(self.reward_model)
         evolver_llm = policy if self.eva.evolver_model is None else _Lazy(
             lambda: self.backend(self.eva.evolver_model, self.eva.evolver_generation))
-        try:
-            if self.state.is_main_process:
+
+        def data_stages() -> None:
+            try:
                 if self.creator == "eva":
                     self.creator_step(t, policy, rewarder, evolver_llm)
                 self.solver_data(t, policy, rewarder)
-        finally:
-            for held in {id(x): x for x in (policy, rewarder, evolver_llm)}.values():
-                held.close()
-        self.state.wait_for_everyone()
+            finally:
+                for held in {id(x): x for x in (policy, rewarder, evolver_llm)}.values():
+                    held.close()
+
+        self.on_main(data_stages)
         self.train(t)
 
     # ---- creator ---------------------------------------------------------------------------
@@ -193,8 +223,7 @@ class EvaLoop:
     def creator_step(self, t: int, policy: _Lazy, rewarder: _Lazy, evolver_llm: _Lazy) -> None:
         eva, gen = self.eva, self.eva.generation
         prev = self.previous_prompts(t)
-        sampling = {"policy": self.policy_id(t), "backend": gen.backend, "temperature": gen.temperature,
-                    "top_p": gen.top_p, "max_new_tokens": gen.max_new_tokens, "seed": self.seed}
+        sampling = {"policy": self.policy_id(t), "generation": dataclasses.asdict(gen), "seed": self.seed}
 
         def samples(_: Path) -> StageResult:
             texts, tokens = self.sample(t, policy, list(prev["prompt"]), eva.num_samples, salt=1)
@@ -249,12 +278,13 @@ class EvaLoop:
 
             evolved = evolver.evolve(list(selected), generate, self.rng(t, "evolved"))
             evolved = mark_duplicates(evolved, list(prev["prompt"]))
-            status = {s: sum(e.status == s for e in evolved) for s in ("kept", "empty", "duplicate")}
+            status = {s: sum(e.status == s for e in evolved) for s in ("kept", "empty", "unusable", "duplicate")}
             rows = [e.as_row() for e in evolved]
             return StageResult(Dataset.from_list(rows), {"tokens_generated": tokens, **status})
 
         ecfg = {**self.upstream(t, "selected"), "evolver": eva.evolver, "n": eva.num_evolutions,
-                "llm": eva.evolver_model or sampling["policy"], **dataclasses.asdict(evo_gen)}
+                "llm": eva.evolver_model or sampling["policy"], "evolver_generation": dataclasses.asdict(evo_gen),
+                "policy_generation": dataclasses.asdict(gen) if eva.evolver_model is None else None}
         self.stage(t, "evolved", ecfg, evolve)
 
     def reward_config(self) -> dict:
@@ -321,8 +351,8 @@ class EvaLoop:
                                     "generations_saved": saved})
 
         scfg = {**self.upstream(t, "prompts"), "n": eva.solver_samples, "policy": self.policy_id(t),
-                "reuse": self.upstream(t, "creator_rewards") if reusable else None, "backend": gen.backend,
-                "temperature": gen.temperature, "top_p": gen.top_p, "max_new_tokens": gen.max_new_tokens}
+                "reuse": self.upstream(t, "creator_rewards") if reusable else None,
+                "generation": dataclasses.asdict(gen), "seed": self.seed}
         sampled = self.stage(t, "solver_samples", scfg, samples)
 
         def rewards(_: Path) -> StageResult:
@@ -374,6 +404,7 @@ class EvaLoop:
                   "training": _training_config(self.recipe.training), "model": _model_config(self.recipe.model)}
         if self.store.is_done(t, "policy", config):
             self.log(f"[iter {t}] policy: done before, skipped")
+            self.store.skipped.append(f"iter_{t}/policy")
             self.reports[-1].manifests["policy"] = self.store.manifest(t, "policy")
             return
         final = self.store.path(t, "policy")
@@ -382,7 +413,8 @@ class EvaLoop:
             shutil.rmtree(tmp)
         self.state.wait_for_everyone()
         started = time.perf_counter()
-        pairs = load_from_disk(str(self.store.path(t, "pairs") / "data"))
+        # in memory: the trainer's tokenising map must not write cache files into the artifact
+        pairs = load_from_disk(str(self.store.path(t, "pairs") / "data"), keep_in_memory=True)
         stats = train_round(pairs, policy_path=self.policy_path(t), reference_path=self.reference_path(t),
                             training=self.recipe.training, model_args=self.recipe.model, save_dir=tmp)
         if self.state.is_main_process:
@@ -395,8 +427,7 @@ class EvaLoop:
                      f"(loss {stats['train_loss']:.4f})")
         self.state.wait_for_everyone()
         self.reports[-1].manifests["policy"] = self.store.manifest(t, "policy")
-        if self.stop_after == "policy":
-            raise StopAfterStage("policy")
+        self.maybe_stop(t, "policy")
 
     def write_run_manifest(self) -> None:
         if not self.state.is_main_process:
@@ -415,7 +446,7 @@ class StopAfterStage(Exception):
 
 def _with_origin(ds: Dataset, origin: str) -> Dataset:
     """Tag rows in memory (``map`` would write cache files into the artifact folder)."""
-    return ds.flatten_indices().add_column("origin", [origin] * len(ds))
+    return ds.flatten_indices(keep_in_memory=True).add_column("origin", [origin] * len(ds))
 
 
 def _pid(text: str) -> str:
@@ -424,13 +455,16 @@ def _pid(text: str) -> str:
     return prompt_id(text)
 
 
+#: DPOConfig keys that do not change the trained weights (where and how a run reports).
+_NOT_TRAINING = ("output_dir", "logging", "log_", "report_to", "run_name", "hub_", "push_to_hub", "save_",
+                 "eval_", "per_device_eval", "do_eval", "do_predict", "disable_tqdm", "local_rank",
+                 "resume_from_checkpoint", "dataloader_num_workers", "include_", "skip_memory_metrics",
+                 "trackio", "project", "print_")
+
+
 def _training_config(training) -> dict:
-    keep = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
-            "gradient_accumulation_steps", "beta", "loss_type", "max_length", "lr_scheduler_type",
-            "warmup_ratio", "seed", "optim", "weight_decay")
-    return {k: getattr(training, k, None) for k in keep}
+    return {k: v for k, v in training.to_dict().items() if not k.startswith(_NOT_TRAINING)}
 
 
 def _model_config(model) -> dict:
-    keep = ("model_name_or_path", "dtype", "use_peft", "lora_r", "lora_alpha")
-    return {k: getattr(model, k, None) for k in keep}
+    return dataclasses.asdict(model)

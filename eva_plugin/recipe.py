@@ -26,6 +26,8 @@ RENAMED = {
     "torch_dtype": "dtype",
     "evaluation_strategy": "eval_strategy",
     "preprocessing_num_workers": "dataset_num_proc",
+    "warmup_ratio": "warmup_steps",  # transformers 5: a float in [0, 1) is a ratio
+    "no_cuda": "use_cpu",
 }
 
 #: Legacy keys with no counterpart any more → why they are ignored.
@@ -99,6 +101,24 @@ def _split_cli(argv: list[str]) -> tuple[str | None, dict[str, Any], str | None,
         else:
             rest.append(arg)
     return config_path, eva_overrides, creator, rest
+
+
+def _legacy_cli(rest: list[str], notes: list[str]) -> list[str]:
+    """Map renamed TRL/transformers flags on the command line; drop removed ones (and their value)."""
+    out, it = [], iter(rest)
+    for arg in it:
+        key, eq, value = arg.partition("=")
+        name = key[2:] if key.startswith("--") else None
+        if name in RENAMED:
+            out.append(f"--{RENAMED[name]}{eq}{value}")
+            notes.append(f"`--{name}` is now `--{RENAMED[name]}`")
+        elif name in DROPPED:
+            if not eq:
+                next(it, None)
+            notes.append(f"`--{name}` ignored: {DROPPED[name]}")
+        else:
+            out.append(arg)
+    return out
 
 
 def _set_nested(block: dict, dotted: str, value: Any) -> None:
@@ -201,6 +221,7 @@ def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None
     for key in sorted(set(cfg) - known):
         cfg.pop(key)
         notes.append(f"`{key}` ignored: not a ScriptArguments/DPOConfig/ModelConfig field")
+    rest = _legacy_cli(rest, notes)
     parser = TrlParser(dataclass_types)
     parser.set_defaults_with_config(**cfg)
     try:
@@ -212,6 +233,14 @@ def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None
                                  split=script.dataset_train_split))
     if eva.prompts:
         specs = [DatasetSpec(path=eva.prompts, split="train")]
+    if config_path:
+        for spec in specs:
+            spec.path = _beside_recipe(spec.path, Path(config_path).parent)
+    from eva_plugin.embedded import resolve
+
+    model.model_name_or_path = resolve(model.model_name_or_path)
+    eva.reward_model = resolve(eva.reward_model)
+    eva.evolver_model = resolve(eva.evolver_model)
     if creator is not None and not model.model_name_or_path:
         raise RecipeError("recipe has no `model_name_or_path`; set it to the policy checkpoint")
     if creator is not None and eva.reward_model is None:
@@ -224,6 +253,13 @@ def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None
         creator=creator, eva=eva, script=script, training=training, model=model, datasets=specs,
         mixture_seed=mixture_seed, test_split_size=test_size, source=config_path, notes=notes,
     )
+
+
+def _beside_recipe(path: str, recipe_dir: Path) -> str:
+    """A relative data path that is not there from the working directory is read beside the recipe."""
+    if Path(path).is_absolute() or Path(path).exists() or not (recipe_dir / path).exists():
+        return path
+    return str(recipe_dir / path)
 
 
 def _installed_reporters(report_to: Any, notes: list[str]) -> Any:

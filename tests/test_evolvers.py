@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 
 from eva_plugin import plugins
-from eva_plugin.creator.evolvers import EvolInstruct, EvolvedPrompt, mark_duplicates, parse_evolved
+from eva_plugin.creator.evolvers import (
+    EvolInstruct,
+    EvolvedPrompt,
+    evolved_status,
+    mark_duplicates,
+    parse_evolved,
+)
 
 
 @pytest.mark.parametrize(
@@ -18,10 +24,23 @@ from eva_plugin.creator.evolvers import EvolInstruct, EvolvedPrompt, mark_duplic
         ("   \n ", None),
         ("#Rewritten Prompt#:", None),
         (None, None),
+        ("New instructions for the robot: pick up the cube", "New instructions for the robot: pick up the cube"),
+        ("Evolved prompting techniques: list three", "Evolved prompting techniques: list three"),
+        ("Write a story.\nNew prompt ideas are welcome", "Write a story.\nNew prompt ideas are welcome"),
+        ("Rewritten Prompt#Rewritten Prompt#: list two", "list two"),
     ],
 )
 def test_parse_evolved(output, expected):
     assert parse_evolved(output) == expected
+
+
+@pytest.mark.parametrize(
+    ("parsed", "status"),
+    [(None, "empty"), ("", "empty"), ("Explain tides.", "kept"),
+     ("Rewrite #The Given Prompt# into a harder one", "unusable"), ("the rewritten prompt is below", "unusable")],
+)
+def test_evolved_status(parsed, status):
+    assert evolved_status(parsed) == status
 
 
 def test_evol_instruct_sends_distilabels_templates_and_chains_steps():

@@ -68,6 +68,7 @@ def test_two_eva_iterations_write_every_artifact(write_recipe, tmp_path, prompts
     assert manifest(out, 2, "policy")["policy_from"] == str(out / "iter_1" / "policy")
     assert checksum(out / "iter_1" / "policy") != checksum(out / "iter_2" / "policy")
     assert not list(out.glob("iter_*/.*tmp*")) and not list(out.glob("iter_*/.policy.partial"))
+    assert not list(out.glob("iter_*/*/data/cache-*")), "published artifacts are never written into"
 
 
 @pytest.mark.parametrize("reference", ["previous", "initial"])
@@ -106,6 +107,18 @@ def test_resume_after_a_stop_gives_the_same_final_artifacts(write_recipe, tmp_pa
     assert all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
 
 
+def test_stop_after_moves_on_when_rerun(write_recipe):
+    path = write_recipe(eva={"iterations": 2})
+    out = load_recipe(["--config", str(path)]).output_dir
+    run(load_recipe(["--config", str(path)]), stop_after="pairs")
+    assert (out / "iter_1" / "pairs").exists() and not (out / "iter_1" / "policy").exists()
+    run(load_recipe(["--config", str(path)]), stop_after="pairs")  # skipped pairs: runs on to iter_2/pairs
+    assert (out / "iter_1" / "policy").exists() and (out / "iter_2" / "pairs").exists()
+    assert not (out / "iter_2" / "policy").exists()
+    run(load_recipe(["--config", str(path)]), stop_after="iter_2/policy")
+    assert (out / "iter_2" / "policy" / "manifest.json").exists()
+
+
 def test_rerun_skips_finished_stages(write_recipe, capsys):
     path = write_recipe(eva={"iterations": 1})
     run(load_recipe(["--config", str(path)]))
@@ -128,6 +141,9 @@ def test_changed_config_names_the_stale_stage_and_keeps_old_work(write_recipe):
     assert manifest(out, 1, "scores")["config"]["proxy"] == "a_avg"
     assert manifest(out, 1, "creator_samples")["config"]  # upstream stages were reused
     assert list((out / "iter_1").glob(".scores.stale-*")), "the stale artifact is kept aside"
+    warm = write_recipe(eva={"iterations": 1, "proxy": "a_avg"}, warmup_ratio=0.5)
+    with pytest.raises(StaleArtifactError, match=r"iter_1/policy .*changed: training.warmup_steps"):
+        run(load_recipe(["--config", str(warm)]))
 
 
 def test_creator_none_is_plain_iterative_dpo(write_recipe, prompts_file):

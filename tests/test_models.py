@@ -55,6 +55,24 @@ def test_sequence_classification_reward_matches_a_direct_forward(models):
     assert len({round(s, 6) for s in scores[1]}) == 3
 
 
+def test_reward_model_without_pad_id_reads_the_real_last_token(tmp_path, models):
+    """With no pad id in the config, batching must not change which token the head reads."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    folder = tmp_path / "rm_no_pad"
+    shutil.copytree(models["reward"], folder)
+    config = AutoConfig.from_pretrained(folder)
+    config.pad_token_id = None
+    config.save_pretrained(folder)
+    responses = [["a poem about waves and the moon at night", "no"]]
+    batched = SequenceClassificationReward(str(folder), batch_size=8).score(CONVS[:1], responses)[0]
+    single = [SequenceClassificationReward(str(folder), batch_size=1).score(CONVS[:1], [[r]])[0][0]
+              for r in responses[0]]
+    assert batched == pytest.approx(single, abs=1e-5)
+
+
 REMOTE_CODE = '''
 from dataclasses import dataclass
 import torch
@@ -119,7 +137,7 @@ def test_remote_code_reward_model_with_score_field(tmp_path, models):
 def test_embedding_reward_is_the_mean_pooled_cosine(models):
     from transformers import AutoModel, AutoTokenizer
 
-    rm = EmbeddingSimilarityReward(str(models["encoder"]))
+    rm = EmbeddingSimilarityReward(str(models["encoder"]), guard=False)
     scores = rm.score(CONVS[:2], [["a poem about the sea", "write a poem"], ["x = 4"]])
     tok = AutoTokenizer.from_pretrained(models["encoder"])
     enc = AutoModel.from_pretrained(models["encoder"]).eval()
@@ -133,6 +151,17 @@ def test_embedding_reward_is_the_mean_pooled_cosine(models):
     assert scores[0][0] == pytest.approx(expected.item(), abs=1e-5)
     assert scores[0][1] == pytest.approx(1.0, abs=1e-5)  # identical text
     assert len(scores[1]) == 1
+
+
+def test_embedding_guard_floors_empty_short_and_echoed_answers(models):
+    rm = EmbeddingSimilarityReward(str(models["encoder"]))
+    prompt = "solve the equation 2 x + 3 = 11 step by step"
+    answers = ["", "x = 4", "solve the equation 2 x + 3 = 11 step by step please",
+               "subtract 3 from both sides to get 2 x = 8, then divide by 2: x = 4"]
+    (scores,) = rm.score([[{"role": "user", "content": prompt}]], [answers])
+    assert scores[:3] == [-1.0, -1.0, -1.0]
+    assert scores[3] > -1.0
+    assert max(range(4), key=lambda i: scores[i]) == 3
 
 
 def test_reward_and_backend_plugins_registered():

@@ -70,3 +70,16 @@ def test_weights_sum_to_one_on_random_rewards():
             w = weights(proxy, rewards, weighting)
             assert w.sum() == pytest.approx(1.0), (name, weighting)
             assert (w >= 0).all()
+
+
+def test_proportional_caps_infinite_inverse_values():
+    rewards = [[1, 1, 1], [0, 1, 2], [0, 5, 10], [0, 2, 4]]
+    w = weights(BUILTIN_PROXIES["inv_a_min"], rewards, "proportional")
+    # info = [inf, 1/2, 1/10, 1/4] -> the infinite one is capped at 1/2
+    assert w == pytest.approx(np.array([0.5, 0.5, 0.1, 0.25]) / 1.35)
+
+
+def test_proportional_shifts_negative_values():
+    rewards = [[-3.0, -1.0], [-2.0, -2.0], [-1.5, -0.5]]  # means -2, -2, -1
+    w = weights(BUILTIN_PROXIES["mean"], rewards, "proportional")
+    assert w == pytest.approx([0.0, 0.0, 1.0])

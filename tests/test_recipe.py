@@ -18,6 +18,7 @@ def test_verbatim_handbook_dpo_recipe_parses(caplog):
     assert recipe.training.lr_scheduler_type == "cosine"
     assert recipe.training.max_length == 1024
     assert recipe.training.dataset_num_proc == 12
+    assert recipe.training.warmup_steps == 0.1  # warmup_ratio: a ratio in transformers 5's warmup_steps
     assert [(d.path, d.config, d.split, d.columns) for d in recipe.datasets] == [
         ("HuggingFaceH4/ultrafeedback_binarized", "default", "train_prefs", ["chosen", "rejected"]),
         ("HuggingFaceH4/ultrafeedback_binarized", "default", "test_prefs", ["chosen", "rejected"]),
@@ -82,6 +83,13 @@ def test_cli_overrides_trl_and_eva_keys(write_recipe):
     assert recipe.creator == "none"
 
 
+def test_legacy_keys_on_the_command_line_are_mapped(write_recipe):
+    recipe = load_recipe(["--config", str(write_recipe()), "--torch_dtype", "bfloat16", "--max_prompt_length", "64",
+                          "--warmup_ratio=0.2"])
+    assert recipe.model.dtype == "bfloat16" and recipe.training.warmup_steps == 0.2
+    assert any("`--max_prompt_length` ignored" in n for n in recipe.notes)
+
+
 @pytest.mark.parametrize(
     ("eva", "message"),
     [
@@ -96,6 +104,7 @@ def test_cli_overrides_trl_and_eva_keys(write_recipe):
         ({"reference": "sft"}, "previous, initial"),
         ({"subset_fraction": 0}, "subset_fraction"),
         ({"weighting": "softmax"}, "minmax, proportional"),
+        ({"generation": {"temperature": 0}}, "eva.generation.temperature must be > 0"),
     ],
 )
 def test_bad_eva_values_fail_at_parse_time_with_the_choices(write_recipe, eva, message):

@@ -22,11 +22,16 @@ from eva_plugin import hookimpl
 
 Generate = Callable[[list[str]], list["str | None"]]
 
-#: Markers an evolver LLM may echo before the new prompt (text after the last one is kept).
+#: Headers an evolver LLM may echo before the new prompt (text after the last one is kept):
+#: distilabel's ``#Rewritten Prompt#:`` / ``#Created Prompt#:`` anywhere, or a line that
+#: starts with "Rewritten/New/Evolved prompt:" (markdown emphasis allowed).
 _HEADER = re.compile(
-    r"^[ \t>*_#]*(?:#\s*)?(?:the\s+)?(?:rewritten|created|new|evolved)\s+(?:prompt|instruction)\s*#?\s*[:：]?[*_ \t]*",
+    r"#\s*(?:the\s+)?(?:rewritten|created)\s+prompt\s*#\s*:?[*_ \t]*"
+    r"|^[ \t>*_#]*(?:the\s+)?(?:rewritten|created|new|evolved)\s+(?:prompt|instruction)\b[*_ \t]*[:：][*_ \t]*",
     re.IGNORECASE | re.MULTILINE,
 )
+#: Template words that must not survive into an evolved prompt.
+_TEMPLATE_WORDS = re.compile(r"(?:given|rewritten|created)\s+prompt", re.IGNORECASE)
 
 
 @dataclass
@@ -35,7 +40,7 @@ class EvolvedPrompt:
     parent_id: str
     mutation: str
     step: int
-    status: str = "kept"  # kept | empty | duplicate
+    status: str = "kept"  # kept | empty | unusable | duplicate
     raw: str = ""
 
     def as_row(self) -> dict:
@@ -52,6 +57,13 @@ def parse_evolved(output: str | None) -> str | None:
         text = text[matches[-1].end():]
     text = text.strip().strip('"').strip()
     return text or None
+
+
+def evolved_status(parsed: str | None) -> str:
+    """``kept``, ``empty`` (nothing after the header) or ``unusable`` (template text leaked in)."""
+    if not parsed:
+        return "empty"
+    return "unusable" if _TEMPLATE_WORDS.search(parsed) else "kept"
 
 
 def mutation_templates() -> dict[str, str]:
@@ -85,11 +97,12 @@ class EvolInstruct:
             outputs = generate([self.instruction(m, p) for m, p in zip(picks, current)])
             for i, (seed, mutation, raw) in enumerate(zip(seeds, picks, outputs)):
                 parsed = parse_evolved(raw)
+                status = evolved_status(parsed)
                 results.append(EvolvedPrompt(
                     prompt=parsed or "", parent_id=seed["prompt_id"], mutation=mutation, step=step,
-                    status="kept" if parsed else "empty", raw=raw or "",
+                    status=status, raw=raw or "",
                 ))
-                if parsed:
+                if status == "kept":
                     current[i] = parsed
         return results
 

@@ -67,7 +67,8 @@ def weights(proxy: Proxy, rewards: Sequence[Sequence[float]], weighting: str = "
 
     ``minmax``: ``w = (v - min v) / (max v - min v)`` on the base value (``1 - w`` for
     inverse proxies), as in the authors' scripts, so the least informative prompt gets 0.
-    ``proportional``: ``w ∝ max(info, 0)``.
+    ``proportional``: ``w ∝ info``; an infinite value (an inverse proxy of 0) is capped at
+    the largest finite one, and if any value is negative all are shifted so the smallest is 0.
     A zero weight stays zero unless every weight is zero, in which case all are equal.
     """
     if weighting not in WEIGHTINGS:
@@ -82,12 +83,12 @@ def weights(proxy: Proxy, rewards: Sequence[Sequence[float]], weighting: str = "
         if proxy.inverse and span != 0:
             w = 1.0 - w
     else:
-        info = np.array([proxy.info(r) for r in rewards])
-        finite = np.isfinite(info)
-        if not finite.all():  # an infinite value dominates: share the mass among them
-            w = (~finite).astype(np.float64)
-        else:
-            w = np.clip(info, 0.0, None)
+        w = np.array([proxy.info(r) for r in rewards])
+        finite = np.isfinite(w)
+        if not finite.all():
+            w[~finite] = w[finite].max() if finite.any() else 1.0
+        if w.min() < 0:
+            w = w - w.min()
     total = w.sum()
     if total <= 0:
         return np.full(n, 1.0 / n)

@@ -6,14 +6,41 @@ Works with any ``AutoModel`` encoder folder, including sentence-transformers fol
 
 from __future__ import annotations
 
+import re
+
 import torch
 
 from eva_plugin.generation import Conversation
 from eva_plugin.modeling import load_tokenizer, release
 
 
+def _trigrams(words: list[str]) -> set[tuple[str, ...]]:
+    return {tuple(words[i : i + 3]) for i in range(max(0, len(words) - 2))} or {tuple(words)}
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+def degenerate(prompt: str, response: str, min_words: int = 3, max_echo: float = 0.6) -> bool:
+    """True for an answer that should never win on similarity: empty, very short, or the prompt echoed.
+
+    Echo: the share of the response's word trigrams that also occur in the prompt is at
+    least ``max_echo`` (cosine similarity alone rewards repeating the question).
+    """
+    words = _words(response)
+    if len(words) < min_words:
+        return True
+    ours = _trigrams(words)
+    return len(ours & _trigrams(_words(prompt))) / len(ours) >= max_echo
+
+
 class EmbeddingSimilarityReward:
-    """reward(x, y) = cos(mean_pool(enc(x)), mean_pool(enc(y))); the prompt is the last user turn."""
+    """reward(x, y) = cos(mean_pool(enc(x)), mean_pool(enc(y))); the prompt is the last user turn.
+
+    With ``guard`` on (default) a degenerate answer (see ``degenerate``) gets ``floor``,
+    below every cosine, so it can only ever be the rejected response.
+    """
 
     def __init__(
         self,
@@ -23,10 +50,15 @@ class EmbeddingSimilarityReward:
         max_length: int = 256,
         trust_remote_code: bool = False,
         device: str | None = None,
+        guard: bool = True,
+        min_words: int = 3,
+        max_echo: float = 0.6,
+        floor: float = -1.0,
         **_: object,
     ) -> None:
         from transformers import AutoModel
 
+        self.guard, self.min_words, self.max_echo, self.floor = guard, min_words, max_echo, floor
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = max(1, int(batch_size))
         self.max_length = max_length
@@ -62,6 +94,9 @@ class EmbeddingSimilarityReward:
         pos = 0
         for i, rs in enumerate(responses):
             sims = (r[pos : pos + len(rs)] @ p[i]).tolist()
+            if self.guard:
+                sims = [self.floor if degenerate(prompts[i], text, self.min_words, self.max_echo) else s
+                        for text, s in zip(rs, sims)]
             result.append([float(s) for s in sims])
             pos += len(rs)
         return result

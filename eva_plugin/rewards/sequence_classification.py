@@ -33,12 +33,13 @@ class SequenceClassificationReward:
         self.batch_size = max(1, int(batch_size))
         self.max_length = max_length
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-        self.tokenizer.padding_side = "right"
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
         )
-        if self.model.config.pad_token_id is None:
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        # The head reads the last token that is not the model's pad id. A checkpoint without a
+        # pad id would read padding (or, with pad = eos, skip a closing eos), so such a model
+        # gets, per batch, a pad id that occurs in none of the batch's sequences.
+        self.pad_id = self.model.config.pad_token_id
         self.model.to(self.device).eval()
 
     def render(self, conversation: Conversation, response: str) -> str:
@@ -53,15 +54,14 @@ class SequenceClassificationReward:
         values: list[float] = []
         for start in range(0, len(flat), self.batch_size):
             texts = [t for _, t in flat[start : start + self.batch_size]]
-            batch = self.tokenizer(
-                texts,
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                add_special_tokens=False,
-            ).to(self.device)
-            out = self.model(**batch)
+            ids = self.tokenizer(texts, truncation=True, max_length=self.max_length, add_special_tokens=False)[
+                "input_ids"]
+            pad = self.pad_id if self.pad_id is not None else _unused_id(ids, self.model.config.vocab_size)
+            self.model.config.pad_token_id = pad
+            width = max(len(x) for x in ids)
+            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
+            out = self.model(input_ids=input_ids, attention_mask=mask)
             score = getattr(out, "score", None)
             if score is None:
                 score = out.logits[:, 0]
@@ -74,3 +74,8 @@ class SequenceClassificationReward:
     def close(self) -> None:
         del self.model
         release()
+
+
+def _unused_id(sequences: list[list[int]], vocab_size: int) -> int:
+    used = {i for seq in sequences for i in seq}
+    return next(i for i in range(vocab_size - 1, -1, -1) if i not in used)

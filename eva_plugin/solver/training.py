@@ -69,12 +69,18 @@ def train_round(
     output = trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     last = logs[-1] if logs else {}
-    final_model = trainer.model
-    if hasattr(final_model, "merge_and_unload"):  # LoRA: next round generates from merged weights
-        final_model = final_model.merge_and_unload()
-    if trainer.accelerator.is_main_process:
-        final_model.save_pretrained(save_dir, safe_serialization=True)
-        tokenizer.save_pretrained(save_dir)
+    if hasattr(trainer.model, "merge_and_unload"):
+        # LoRA: the next round samples from, and is referenced against, the merged weights
+        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        if trainer.accelerator.is_main_process:
+            merged.save_pretrained(save_dir, safe_serialization=True)
+            tokenizer.save_pretrained(save_dir)
+        del merged
+    else:
+        trainer.save_model(str(save_dir))  # every rank: gathers ZeRO-3 / FSDP shards
+        if trainer.accelerator.is_main_process:
+            tokenizer.save_pretrained(save_dir)
+            (save_dir / "training_args.bin").unlink(missing_ok=True)
     trainer.accelerator.wait_for_everyone()
     stats = {
         "train_loss": output.training_loss,
@@ -88,6 +94,6 @@ def train_round(
     }
     if hasattr(trainer, "end"):
         trainer.end()
-    del trainer, model, ref_model, final_model
+    del trainer, model, ref_model
     release()
     return stats
