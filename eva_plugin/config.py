@@ -74,6 +74,10 @@ class EvaArguments:
     evolver_model: str | None = field(
         default=None, metadata={"help": "Local model path for evolving; null = the current policy."}
     )
+    evolver_drop_truncated: bool = field(
+        default=True,
+        metadata={"help": "Drop evolved prompts the evolver LLM did not finish within its token limit."},
+    )
     evolved_fraction: float = field(default=0.8, metadata={"help": "Share of evolved prompts in X_t."})
     solver_samples: int = field(default=6, metadata={"help": "Solver: responses sampled per prompt."})
     reuse_creator_samples: bool = field(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 
 from eva_plugin.config import RecipeError
 from eva_plugin.recipe import Recipe, load_recipe
@@ -71,6 +72,9 @@ def run(recipe: Recipe, *, stop_after: str | None = None, overwrite_stale: bool 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # library deprecation notices say nothing a recipe author can act on
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     argv = list(sys.argv[1:] if argv is None else argv)
     stop_after = _pop_option(argv, "--stop_after")
     overwrite_stale = _pop_flag(argv, "--overwrite_stale")

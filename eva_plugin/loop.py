@@ -27,7 +27,7 @@ from eva_plugin.artifacts import (
     publish_dir,
     write_json_atomic,
 )
-from eva_plugin.creator.evolvers import mark_duplicates
+from eva_plugin.creator.evolvers import STATUSES, Truncated, mark_duplicates
 from eva_plugin.creator.mixing import plan_mix
 from eva_plugin.creator.proxies import weights as proxy_weights
 from eva_plugin.data import load_prompts, user_turn
@@ -274,15 +274,18 @@ class EvaLoop:
                 gens = evolver_llm.get().generate([user_turn(i) for i in instructions], 1,
                                                   self.params(evo_gen, t, salt=2))
                 tokens += gens.num_tokens
-                return [texts[0] if texts and texts[0] else None for texts in gens.texts]
+                done = gens.finished if eva.evolver_drop_truncated and gens.finished else [[True]] * len(gens.texts)
+                return [None if not texts or not texts[0] else (texts[0] if ok[0] else Truncated(texts[0]))
+                        for texts, ok in zip(gens.texts, done)]
 
             evolved = evolver.evolve(list(selected), generate, self.rng(t, "evolved"))
             evolved = mark_duplicates(evolved, list(prev["prompt"]))
-            status = {s: sum(e.status == s for e in evolved) for s in ("kept", "empty", "unusable", "duplicate")}
+            status = {s: sum(e.status == s for e in evolved) for s in STATUSES}
             rows = [e.as_row() for e in evolved]
             return StageResult(Dataset.from_list(rows), {"tokens_generated": tokens, **status})
 
         ecfg = {**self.upstream(t, "selected"), "evolver": eva.evolver, "n": eva.num_evolutions,
+                "drop_truncated": eva.evolver_drop_truncated,
                 "llm": eva.evolver_model or sampling["policy"], "evolver_generation": dataclasses.asdict(evo_gen),
                 "policy_generation": dataclasses.asdict(gen) if eva.evolver_model is None else None}
         self.stage(t, "evolved", ecfg, evolve)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from eva_plugin.creator.evolvers import STATUSES
+
 COLUMNS = [
     ("iter", lambda m: m["_iteration"]),
     ("scored", lambda m: m.get("creator_rewards", {}).get("rows")),
@@ -28,7 +30,7 @@ def _fmt(value, digits: int = 3) -> str:
 def _kept(evolved: dict | None) -> str:
     if not evolved:
         return "-"
-    dropped = sum(evolved.get(k, 0) for k in ("empty", "unusable", "duplicate"))
+    dropped = sum(evolved.get(k, 0) for k in STATUSES if k != "kept")
     return f"{evolved.get('kept', 0)}/{dropped}"
 
 
@@ -68,7 +70,8 @@ def seconds_table(reports) -> str:
 
 
 def evolved_examples(output_dir: Path, iteration: int, k: int = 3) -> list[tuple[str, str, str]]:
-    """Up to ``k`` (seed prompt, mutation, evolved prompt) triples from one iteration, one per parent."""
+    """Up to ``k`` (seed prompt, mutation, evolved prompt) triples from one iteration: one per parent,
+    first evolutions first (they rewrite the seed itself), varied mutations preferred."""
     from datasets import load_from_disk
 
     folder = Path(output_dir) / f"iter_{iteration}"
@@ -77,14 +80,16 @@ def evolved_examples(output_dir: Path, iteration: int, k: int = 3) -> list[tuple
     evolved = load_from_disk(str(folder / "evolved" / "data"))
     parents = load_from_disk(str(folder / "creator_samples" / "data"))
     by_id = dict(zip(parents["prompt_id"], parents["prompt"]))
-    out, seen = [], set()
-    for row in evolved:
-        if row["status"] != "kept" or row["parent_id"] in seen or row["parent_id"] not in by_id:
-            continue
-        seen.add(row["parent_id"])
-        out.append((by_id[row["parent_id"]], row["mutation"], row["prompt"]))
-        if len(out) == k:
-            break
+    kept = sorted((r for r in evolved if r["status"] == "kept" and r["parent_id"] in by_id),
+                  key=lambda r: r["step"])
+    out, parents_seen, mutations_seen = [], set(), set()
+    for varied in (True, False):
+        for row in kept:
+            if len(out) == k or row["parent_id"] in parents_seen or (varied and row["mutation"] in mutations_seen):
+                continue
+            parents_seen.add(row["parent_id"])
+            mutations_seen.add(row["mutation"])
+            out.append((by_id[row["parent_id"]], row["mutation"], row["prompt"]))
     return out
 
 
@@ -99,10 +104,9 @@ def print_summary(reports, output_dir: Path | None = None) -> None:
     print("\n" + seconds_table(reports))
     if output_dir is None:
         return
-    last = max((r.iteration for r in reports), default=0)
-    examples = evolved_examples(output_dir, last)
+    examples = evolved_examples(output_dir, 1)
     if examples:
-        print(f"\nexamples from iteration {last} (seed → evolved):")
+        print("\nexamples from iteration 1 (seed → evolved):")
         for seed, mutation, evolved in examples:
             print(f"  seed:    {_short(seed)}\n  {mutation.lower()}: {_short(evolved)}\n")
     print(f"artifacts: {output_dir}")

@@ -66,6 +66,8 @@ def write_recipe(tmp_path, models, prompts_file):
                 "reward_model": str(models["reward"]),
                 "generation": {"max_new_tokens": 12, "batch_size": 8},
                 "evolver_generation": {"max_new_tokens": 16, "batch_size": 8},
+                # a random tiny model almost never ends on its own: keep its cut-off rewrites
+                "evolver_drop_truncated": False,
                 **(eva or {}),
             },
         }

@@ -5,6 +5,7 @@ from eva_plugin import plugins
 from eva_plugin.creator.evolvers import (
     EvolInstruct,
     EvolvedPrompt,
+    Truncated,
     evolved_status,
     mark_duplicates,
     parse_evolved,
@@ -88,6 +89,14 @@ def test_failed_outputs_are_counted_and_the_chain_continues_from_the_last_good_p
     out = EvolInstruct(3).evolve([{"prompt_id": "a", "prompt": "seed text"}], llm, np.random.default_rng(0))
     assert [e.status for e in out] == ["empty", "empty", "kept"]
     assert "seed text" in sent[2]
+
+
+def test_truncated_outputs_are_never_kept():
+    def llm(instructions):
+        return [Truncated("Explain tides and then also the")] * len(instructions)
+
+    out = EvolInstruct(1).evolve([{"prompt_id": "a", "prompt": "tides"}], llm, np.random.default_rng(0))
+    assert [(e.status, e.raw) for e in out] == [("truncated", "Explain tides and then also the")]
 
 
 def test_duplicates_of_pool_and_buffer_are_marked():

@@ -9,6 +9,7 @@ from datasets import load_from_disk
 from transformers import AutoModelForCausalLM
 
 from eva_plugin.artifacts import StaleArtifactError
+from eva_plugin.creator.evolvers import STATUSES
 from eva_plugin.dpo import run
 from eva_plugin.loop import stages_for
 from eva_plugin.recipe import load_recipe
@@ -48,7 +49,8 @@ def test_two_eva_iterations_write_every_artifact(write_recipe, tmp_path, prompts
         assert len(evolved) == round(n_seed * 0.25) * 2  # every evolution is kept as a row
         assert set(evolved["step"]) == {1, 2}
         ev = manifest(out, t, "evolved")
-        assert ev["kept"] + ev["empty"] + ev["duplicate"] == len(evolved) and ev["tokens_generated"] > 0
+        assert sum(ev[s] for s in STATUSES) == len(evolved) and ev["tokens_generated"] > 0
+        assert ev["kept"] > 0
         prompts = data(out, t, "prompts")
         assert len(prompts) == n_seed
         origins = manifest(out, t, "prompts")["origins"]
@@ -144,6 +146,16 @@ def test_changed_config_names_the_stale_stage_and_keeps_old_work(write_recipe):
     warm = write_recipe(eva={"iterations": 1, "proxy": "a_avg"}, warmup_ratio=0.5)
     with pytest.raises(StaleArtifactError, match=r"iter_1/policy .*changed: training.warmup_steps"):
         run(load_recipe(["--config", str(warm)]))
+
+
+def test_truncated_evolutions_are_dropped_by_default(write_recipe):
+    recipe = load_recipe(["--config", str(write_recipe(eva={"iterations": 1, "evolver_drop_truncated": True}))])
+    run(recipe, stop_after="prompts")
+    evolved = data(recipe.output_dir, 1, "evolved")
+    cut = [r for r in evolved if r["status"] == "truncated"]
+    assert cut, "a random tiny model runs into the 16-token limit"
+    assert manifest(recipe.output_dir, 1, "evolved")["truncated"] == len(cut)
+    assert not set(r["prompt"] for r in cut) & set(data(recipe.output_dir, 1, "prompts")["prompt"])
 
 
 def test_creator_none_is_plain_iterative_dpo(write_recipe, prompts_file):

@@ -22,6 +22,9 @@ def test_backend_samples_n_per_prompt_and_counts_tokens(models):
     gens = backend.generate(CONVS, 3, SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1))
     assert [len(t) for t in gens.texts] == [3, 3, 3]
     assert 0 < gens.num_tokens <= 3 * 3 * 8
+    assert [len(f) for f in gens.finished] == [3, 3, 3]
+    cut = [t for ts, fs in zip(gens.texts, gens.finished) for t, f in zip(ts, fs) if not f]
+    assert cut, "a random tiny model rarely stops within 8 tokens"
     again = backend.generate(CONVS, 3, SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1))
     assert again.texts == gens.texts  # seeded
 

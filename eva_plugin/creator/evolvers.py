@@ -2,7 +2,8 @@
 
 An evolver is built by a registered factory and offers
 ``evolve(seeds, generate, rng) -> list[EvolvedPrompt]`` where ``generate`` maps a list
-of instructions for the evolver LLM to its completions (``None`` for a failed call).
+of instructions for the evolver LLM to its completions (``None`` for a failed call,
+a ``Truncated`` string for one cut at the token limit).
 
 ``evol_instruct`` follows distilabel's ``EvolInstruct``: each step picks one of the
 mutation templates (four in-depth, one in-breadth) with a seeded local RNG, applies it
@@ -22,6 +23,13 @@ from eva_plugin import hookimpl
 
 Generate = Callable[[list[str]], list["str | None"]]
 
+
+STATUSES = ("kept", "empty", "truncated", "unusable", "duplicate")
+
+
+class Truncated(str):
+    """An evolver LLM output that hit the token limit before it ended: never kept."""
+
 #: Headers an evolver LLM may echo before the new prompt (text after the last one is kept):
 #: distilabel's ``#Rewritten Prompt#:`` / ``#Created Prompt#:`` anywhere, or a line that
 #: starts with "Rewritten/New/Evolved prompt:" (markdown emphasis allowed).
@@ -40,7 +48,7 @@ class EvolvedPrompt:
     parent_id: str
     mutation: str
     step: int
-    status: str = "kept"  # kept | empty | unusable | duplicate
+    status: str = "kept"  # kept | empty | truncated | unusable | duplicate
     raw: str = ""
 
     def as_row(self) -> dict:
@@ -97,7 +105,7 @@ class EvolInstruct:
             outputs = generate([self.instruction(m, p) for m, p in zip(picks, current)])
             for i, (seed, mutation, raw) in enumerate(zip(seeds, picks, outputs)):
                 parsed = parse_evolved(raw)
-                status = evolved_status(parsed)
+                status = "truncated" if isinstance(raw, Truncated) else evolved_status(parsed)
                 results.append(EvolvedPrompt(
                     prompt=parsed or "", parent_id=seed["prompt_id"], mutation=mutation, step=step,
                     status=status, raw=raw or "",

@@ -29,11 +29,13 @@ class SamplingParams:
 
 @dataclass
 class Generations:
-    """``texts[i]`` holds the responses to prompt ``i``; ``num_tokens`` counts generated tokens."""
+    """``texts[i]`` holds the responses to prompt ``i``; ``num_tokens`` counts generated tokens;
+    ``finished[i][j]`` says whether response ``j`` ended on its own (False: cut at the token limit;
+    empty when a backend cannot tell)."""
 
     texts: list[list[str]]
     num_tokens: int = 0
-    extra: dict = field(default_factory=dict)
+    finished: list[list[bool]] = field(default_factory=list)
 
 
 class Backend(Protocol):

@@ -42,6 +42,7 @@ class TransformersBackend:
     @torch.no_grad()
     def generate(self, conversations: list[Conversation], n: int, params: SamplingParams) -> Generations:
         texts: list[list[str]] = [[] for _ in conversations]
+        finished: list[list[bool]] = [[] for _ in conversations]
         rendered = [self.render(c) for c in conversations]
         lengths = [len(self.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in rendered]
         order = sorted(range(len(rendered)), key=lambda i: -lengths[i])
@@ -68,11 +69,12 @@ class TransformersBackend:
             )
             new = out[:, batch["input_ids"].shape[1] :]
             for row, tokens in enumerate(new):
-                keep = _until_eos(tokens.tolist(), eos_ids, pad_id)
+                keep, done = _until_eos(tokens.tolist(), eos_ids, pad_id)
                 total_tokens += len(keep)
                 texts[idx[row // n]].append(self.tokenizer.decode(keep, skip_special_tokens=True).strip())
+                finished[idx[row // n]].append(done)
             logger.info("generated %d/%d prompts x %d", min(start + self.batch_size, len(order)), len(order), n)
-        return Generations(texts, total_tokens)
+        return Generations(texts, total_tokens, finished)
 
     def close(self) -> None:
         del self.model
@@ -87,10 +89,11 @@ def _eos_ids(generation_config, tokenizer) -> list[int]:
     return [i for i in ids if i is not None]
 
 
-def _until_eos(tokens: list[int], eos_ids: list[int], pad_id: int) -> list[int]:
+def _until_eos(tokens: list[int], eos_ids: list[int], pad_id: int) -> tuple[list[int], bool]:
+    """The tokens before the first eos, and whether an eos ended the sequence (else it was cut)."""
     for pos, tok in enumerate(tokens):
         if tok in eos_ids:
-            return tokens[:pos]
+            return tokens[:pos], True
     while tokens and tokens[-1] == pad_id:
         tokens = tokens[:-1]
-    return tokens
+    return tokens, False

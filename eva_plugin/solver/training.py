@@ -30,6 +30,8 @@ def round_arguments(training, output_dir: Path):
     args.do_eval = False
     args.load_best_model_at_end = False
     args.resume_from_checkpoint = None
+    if not torch.cuda.is_available():
+        args.dataloader_pin_memory = False  # nothing to pin for
     return args
 
 
