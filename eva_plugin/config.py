@@ -74,6 +74,10 @@ class EvaArguments:
     evolver_model: str | None = field(
         default=None, metadata={"help": "Local model path for evolving; null = the current policy."}
     )
+    evolver_candidates: int = field(
+        default=1,
+        metadata={"help": "Rewrites sampled per evolution step, the first usable one kept (1 = the paper)."},
+    )
     evolver_drop_truncated: bool = field(
         default=True,
         metadata={"help": "Drop evolved prompts the evolver LLM did not finish within its token limit."},
@@ -144,6 +148,7 @@ def validate(args: EvaArguments) -> None:
         (0 < args.subset_fraction <= 1, "eva.subset_fraction must be in (0, 1]"),
         (0 <= args.evolved_fraction <= 1, "eva.evolved_fraction must be in [0, 1]"),
         (args.num_evolutions >= 1, "eva.num_evolutions must be >= 1"),
+        (args.evolver_candidates >= 1, "eva.evolver_candidates must be >= 1"),
         (args.prompts_per_iteration is None or args.prompts_per_iteration >= 1,
          "eva.prompts_per_iteration must be >= 1 or null"),
         (args.reference in REFERENCES, f"eva.reference must be one of: {', '.join(REFERENCES)}"),

@@ -266,7 +266,8 @@ class EvaLoop:
         evo_gen = eva.evolver_generation
 
         def evolve(_: Path) -> StageResult:
-            evolver = plugins.get("evolvers", eva.evolver)(num_evolutions=eva.num_evolutions)
+            evolver = plugins.get("evolvers", eva.evolver)(num_evolutions=eva.num_evolutions,
+                                                           candidates=eva.evolver_candidates)
             tokens = 0
 
             def generate(instructions: list[str]) -> list[str | None]:
@@ -285,7 +286,7 @@ class EvaLoop:
             return StageResult(Dataset.from_list(rows), {"tokens_generated": tokens, **status})
 
         ecfg = {**self.upstream(t, "selected"), "evolver": eva.evolver, "n": eva.num_evolutions,
-                "drop_truncated": eva.evolver_drop_truncated,
+                "drop_truncated": eva.evolver_drop_truncated, "candidates": eva.evolver_candidates,
                 "llm": eva.evolver_model or sampling["policy"], "evolver_generation": dataclasses.asdict(evo_gen),
                 "policy_generation": dataclasses.asdict(gen) if eva.evolver_model is None else None}
         self.stage(t, "evolved", ecfg, evolve)

@@ -99,6 +99,22 @@ def test_truncated_outputs_are_never_kept():
     assert [(e.status, e.raw) for e in out] == [("truncated", "Explain tides and then also the")]
 
 
+def test_multi_shot_keeps_the_first_usable_candidate():
+    replies = {0: [Truncated("cut off"), "#The Given Prompt# again", "Explain tides to a sailor.", "later one"],
+               1: ["", None, "", ""]}
+    calls = []
+
+    def llm(instructions):
+        calls.append(instructions)
+        return replies[len(calls) - 1]
+
+    seeds = [{"prompt_id": "a", "prompt": "tides"}]
+    out = EvolInstruct(2, candidates=4).evolve(seeds, llm, np.random.default_rng(0))
+    assert len(calls[0]) == 4 and len(set(calls[0])) == 1  # four samples of one instruction
+    assert [(e.status, e.prompt) for e in out] == [("kept", "Explain tides to a sailor."), ("empty", "")]
+    assert "Explain tides to a sailor." in calls[1][0]  # the chain continues from the kept rewrite
+
+
 def test_duplicates_of_pool_and_buffer_are_marked():
     evolved = [EvolvedPrompt("New prompt", "a", "DEEPENING", 1), EvolvedPrompt("new  PROMPT", "b", "BREADTH", 1),
                EvolvedPrompt("write a poem", "c", "CONSTRAINTS", 1), EvolvedPrompt("", "d", "BREADTH", 1, "empty")]

@@ -82,12 +82,19 @@ def mutation_templates() -> dict[str, str]:
 
 
 class EvolInstruct:
-    """Chained EvolInstruct mutations; ``num_evolutions`` steps per seed, all kept."""
+    """Chained EvolInstruct mutations; ``num_evolutions`` steps per seed, all kept.
+
+    ``candidates > 1`` samples that many rewrites per step and keeps the first usable one
+    (multi-shot evolving, for evolver LLMs that often miss the format); 1 is the paper.
+    """
 
     placeholder = "<PROMPT>"
 
-    def __init__(self, num_evolutions: int = 4, templates: dict[str, str] | None = None, **_: object) -> None:
+    def __init__(
+        self, num_evolutions: int = 4, candidates: int = 1, templates: dict[str, str] | None = None, **_: object
+    ) -> None:
         self.num_evolutions = int(num_evolutions)
+        self.candidates = max(1, int(candidates))
         self.templates = templates if templates is not None else mutation_templates()
         self.mutations = sorted(self.templates)
 
@@ -102,10 +109,11 @@ class EvolInstruct:
         results: list[EvolvedPrompt] = []
         for step in range(1, self.num_evolutions + 1):
             picks = [self.mutations[i] for i in rng.integers(len(self.mutations), size=len(seeds))]
-            outputs = generate([self.instruction(m, p) for m, p in zip(picks, current)])
-            for i, (seed, mutation, raw) in enumerate(zip(seeds, picks, outputs)):
-                parsed = parse_evolved(raw)
-                status = "truncated" if isinstance(raw, Truncated) else evolved_status(parsed)
+            k = self.candidates
+            outputs = generate([self.instruction(m, p) for m, p in zip(picks, current) for _ in range(k)])
+            for i, (seed, mutation) in enumerate(zip(seeds, picks)):
+                judged = [(raw, *_judge(raw)) for raw in outputs[i * k : (i + 1) * k]]
+                raw, parsed, status = next((j for j in judged if j[2] == "kept"), judged[0])
                 results.append(EvolvedPrompt(
                     prompt=parsed or "", parent_id=seed["prompt_id"], mutation=mutation, step=step,
                     status=status, raw=raw or "",
@@ -113,6 +121,11 @@ class EvolInstruct:
                 if status == "kept":
                     current[i] = parsed
         return results
+
+
+def _judge(raw: str | None) -> tuple[str | None, str]:
+    parsed = parse_evolved(raw)
+    return parsed, "truncated" if isinstance(raw, Truncated) else evolved_status(parsed)
 
 
 def mark_duplicates(evolved: list[EvolvedPrompt], existing: Sequence[str]) -> list[EvolvedPrompt]:
