@@ -82,6 +82,17 @@ class EvaArguments:
         default=True,
         metadata={"help": "Drop evolved prompts the evolver LLM did not finish within its token limit."},
     )
+    evolver_feedback: bool = field(
+        default=False,
+        metadata={"help": "Show the evolver the seed's best and worst sampled responses and rewards."},
+    )
+    evolved_min_words: int = field(default=3, metadata={"help": "Drop evolved prompts with fewer words."})
+    evolved_max_words: int = field(default=400, metadata={"help": "Drop evolved prompts with more words."})
+    near_duplicate_threshold: float = field(
+        default=0.7,
+        metadata={"help": "Drop evolved prompts this similar (character 5-gram Jaccard) to the pool or the "
+                  "buffer; 1.0 keeps near duplicates."},
+    )
     evolved_fraction: float = field(default=0.8, metadata={"help": "Share of evolved prompts in X_t."})
     solver_samples: int = field(default=6, metadata={"help": "Solver: responses sampled per prompt."})
     reuse_creator_samples: bool = field(
@@ -149,6 +160,9 @@ def validate(args: EvaArguments) -> None:
         (0 <= args.evolved_fraction <= 1, "eva.evolved_fraction must be in [0, 1]"),
         (args.num_evolutions >= 1, "eva.num_evolutions must be >= 1"),
         (args.evolver_candidates >= 1, "eva.evolver_candidates must be >= 1"),
+        (0 < args.near_duplicate_threshold <= 1, "eva.near_duplicate_threshold must be in (0, 1]"),
+        (0 <= args.evolved_min_words <= args.evolved_max_words,
+         "eva.evolved_min_words must be >= 0 and <= eva.evolved_max_words"),
         (args.prompts_per_iteration is None or args.prompts_per_iteration >= 1,
          "eva.prompts_per_iteration must be >= 1 or null"),
         (args.reference in REFERENCES, f"eva.reference must be one of: {', '.join(REFERENCES)}"),

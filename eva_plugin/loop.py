@@ -27,7 +27,8 @@ from eva_plugin.artifacts import (
     publish_dir,
     write_json_atomic,
 )
-from eva_plugin.creator.evolvers import STATUSES, Truncated, mark_duplicates
+from eva_plugin.creator import hygiene
+from eva_plugin.creator.evolvers import STATUSES, Truncated
 from eva_plugin.creator.mixing import plan_mix
 from eva_plugin.creator.proxies import weights as proxy_weights
 from eva_plugin.data import load_prompts, user_turn
@@ -279,17 +280,35 @@ class EvaLoop:
                 return [None if not texts or not texts[0] else (texts[0] if ok[0] else Truncated(texts[0]))
                         for texts, ok in zip(gens.texts, done)]
 
-            evolved = evolver.evolve(list(selected), generate, self.rng(t, "evolved"))
-            evolved = mark_duplicates(evolved, list(prev["prompt"]))
+            evolved = evolver.evolve(self.evolver_seeds(selected, scored), generate, self.rng(t, "evolved"))
+            rules = hygiene.Hygiene(eva.evolved_min_words, eva.evolved_max_words, eva.near_duplicate_threshold)
+            evolved = hygiene.apply(evolved, list(prev["prompt"]), rules)
             status = {s: sum(e.status == s for e in evolved) for s in STATUSES}
             rows = [e.as_row() for e in evolved]
             return StageResult(Dataset.from_list(rows), {"tokens_generated": tokens, **status})
 
         ecfg = {**self.upstream(t, "selected"), "evolver": eva.evolver, "n": eva.num_evolutions,
                 "drop_truncated": eva.evolver_drop_truncated, "candidates": eva.evolver_candidates,
+                "feedback": eva.evolver_feedback, "min_words": eva.evolved_min_words,
+                "max_words": eva.evolved_max_words, "near_duplicate": eva.near_duplicate_threshold,
                 "llm": eva.evolver_model or sampling["policy"], "evolver_generation": dataclasses.asdict(evo_gen),
                 "policy_generation": dataclasses.asdict(gen) if eva.evolver_model is None else None}
         self.stage(t, "evolved", ecfg, evolve)
+
+    def evolver_seeds(self, selected: Dataset, scored: Dataset) -> list[dict]:
+        """Selected prompts for the evolver, with best/worst responses when feedback is on."""
+        seeds = [{"prompt_id": r["prompt_id"], "prompt": r["prompt"]} for r in selected]
+        if not self.eva.evolver_feedback:
+            return seeds
+        by_id = {r["prompt_id"]: r for r in scored}
+        for seed in seeds:
+            row = by_id[seed["prompt_id"]]
+            rewards = row["rewards"]
+            hi = max(range(len(rewards)), key=rewards.__getitem__)
+            lo = min(range(len(rewards)), key=rewards.__getitem__)
+            seed["feedback"] = {"best": row["responses"][hi], "best_reward": rewards[hi],
+                                "worst": row["responses"][lo], "worst_reward": rewards[lo]}
+        return seeds
 
     def reward_config(self) -> dict:
         return {"reward_model": self.eva.reward_model, "reward_type": self.eva.reward_type,

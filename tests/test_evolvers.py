@@ -1,13 +1,13 @@
+import re
+
 import numpy as np
 import pytest
 
 from eva_plugin import plugins
 from eva_plugin.creator.evolvers import (
     EvolInstruct,
-    EvolvedPrompt,
     Truncated,
     evolved_status,
-    mark_duplicates,
     parse_evolved,
 )
 
@@ -115,12 +115,86 @@ def test_multi_shot_keeps_the_first_usable_candidate():
     assert "Explain tides to a sailor." in calls[1][0]  # the chain continues from the kept rewrite
 
 
-def test_duplicates_of_pool_and_buffer_are_marked():
-    evolved = [EvolvedPrompt("New prompt", "a", "DEEPENING", 1), EvolvedPrompt("new  PROMPT", "b", "BREADTH", 1),
-               EvolvedPrompt("write a poem", "c", "CONSTRAINTS", 1), EvolvedPrompt("", "d", "BREADTH", 1, "empty")]
-    marked = mark_duplicates(evolved, ["Write a poem"])
-    assert [e.status for e in marked] == ["kept", "duplicate", "duplicate", "empty"]
+def test_all_four_paper_evolvers_are_registered():
+    from eva_plugin.creator.evolvers import EvolComplexity, EvolQuality
+    from eva_plugin.creator.self_instruct import SelfInstruct
 
-
-def test_evol_instruct_is_a_registered_plugin():
     assert plugins.get("evolvers", "evol_instruct") is EvolInstruct
+    assert plugins.get("evolvers", "evol_complexity") is EvolComplexity
+    assert plugins.get("evolvers", "evol_quality") is EvolQuality
+    assert plugins.get("evolvers", "self_instruct") is SelfInstruct
+
+
+def _record(replies=None):
+    sent = []
+
+    def llm(instructions):
+        sent.extend(instructions)
+        return [replies or f"variant {len(sent)}" for _ in instructions]
+
+    return sent, llm
+
+
+def test_evol_complexity_sends_distilabels_in_depth_templates_only():
+    from distilabel.steps.tasks.evol_instruct.evol_complexity.utils import MUTATION_TEMPLATES
+
+    from eva_plugin.creator.evolvers import EvolComplexity
+
+    sent, llm = _record()
+    seeds = [{"prompt_id": str(i), "prompt": f"seed {i}"} for i in range(20)]
+    out = EvolComplexity(1).evolve(seeds, llm, np.random.default_rng(0))
+    assert {e.mutation for e in out} == set(MUTATION_TEMPLATES) and "BREADTH" not in MUTATION_TEMPLATES
+    for e, instruction in zip(out, sent):
+        seed = next(s["prompt"] for s in seeds if s["prompt_id"] == e.parent_id)
+        assert instruction == MUTATION_TEMPLATES[e.mutation].replace("<PROMPT>", seed)
+
+
+def test_evol_quality_puts_distilabels_quality_methods_into_the_prompt_rewriter():
+    from distilabel.steps.tasks.evol_instruct.utils import REWRITE_INSTRUCTION
+    from distilabel.steps.tasks.evol_quality.utils import MUTATION_TEMPLATES as QUALITY
+
+    from eva_plugin.creator.evolvers import EvolQuality
+
+    sent, llm = _record()
+    out = EvolQuality(1).evolve([{"prompt_id": "a", "prompt": "plan a picnic"}], llm, np.random.default_rng(3))
+    from distilabel.steps.tasks.evol_quality.utils import REWRITE_INSTRUCTION as QUALITY_FRAME
+
+    qhead, qtail = QUALITY_FRAME.split("{}")
+    method = QUALITY[out[0].mutation][len(qhead) : len(QUALITY[out[0].mutation]) - len(qtail)]
+    assert method and method in QUALITY[out[0].mutation]
+    prompt_method = re.sub(r"\b[Rr]esponse\b", "Prompt", method)
+    assert sent[0] == REWRITE_INSTRUCTION.format(prompt_method).replace("<PROMPT>", "plan a picnic")
+
+
+def test_self_instruct_renders_distilabels_template_and_reads_one_query_per_line():
+    from distilabel.steps.tasks.self_instruct import SelfInstruct as Distilabel
+    from jinja2 import Template
+
+    from eva_plugin.creator.self_instruct import LENGTH_CRITERION, SelfInstruct
+
+    reply = "1. Describe a tide pool at dawn.\n\n- List two animals found in tide pools?\nWhy do tides change daily?"
+    sent, llm = _record(reply)
+    out = SelfInstruct(3).evolve([{"prompt_id": "a", "prompt": "Explain tides."}], llm, np.random.default_rng(0))
+    assert [(e.prompt, e.step, e.status) for e in out] == [
+        ("Describe a tide pool at dawn.", 1, "kept"), ("List two animals found in tide pools?", 2, "kept"),
+        ("Why do tides change daily?", 3, "kept")]
+    assert len(sent) == 1  # independent variants from one call
+    d = Distilabel.model_fields
+    expected = Template(__import__("importlib").resources.files("distilabel").joinpath(
+        "steps/tasks/templates/self-instruct.jinja2").read_text()).render(
+        input="Explain tides.", num_instructions=3, application_description=d["application_description"].default,
+        criteria_for_query_generation=d["criteria_for_query_generation"].default + "\n" + LENGTH_CRITERION)
+    assert sent[0] == expected
+
+
+def test_feedback_context_precedes_the_template():
+    from eva_plugin.creator.evolvers import mutation_templates
+
+    sent, llm = _record()
+    seed = {"prompt_id": "a", "prompt": "sum 2 and 3",
+            "feedback": {"best": "5", "best_reward": 0.9, "worst": "23", "worst_reward": -0.4}}
+    out = EvolInstruct(1).evolve([seed], llm, np.random.default_rng(0))
+    template = mutation_templates()[out[0].mutation].replace("<PROMPT>", "sum 2 and 3")
+    assert sent[0].endswith(template)
+    preamble = sent[0][: -len(template)]
+    assert "(reward 0.900)" in preamble and "\n5\n" in preamble and "(reward -0.400)" in preamble

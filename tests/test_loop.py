@@ -158,6 +158,21 @@ def test_truncated_evolutions_are_dropped_by_default(write_recipe):
     assert not set(r["prompt"] for r in cut) & set(data(recipe.output_dir, 1, "prompts")["prompt"])
 
 
+@pytest.mark.parametrize("evolver", ["evol_instruct", "evol_complexity", "evol_quality", "self_instruct"])
+def test_every_evolver_runs_in_the_loop(write_recipe, evolver):
+    eva = {"iterations": 1, "evolver": evolver, "evolver_feedback": evolver == "evol_quality",
+           "evolved_min_words": 0, "near_duplicate_threshold": 1.0}
+    recipe = load_recipe(["--config", str(write_recipe(eva=eva))])
+    run(recipe)
+    out = recipe.output_dir
+    evolved = data(out, 1, "evolved")
+    m = manifest(out, 1, "evolved")
+    assert len(evolved) > 0 and sum(m[s] for s in STATUSES) == len(evolved)
+    assert m["config"]["evolver"] == evolver
+    assert set(evolved["parent_id"]) <= set(data(out, 1, "selected")["prompt_id"])
+    assert (out / "iter_1" / "policy" / "model.safetensors").exists()
+
+
 def test_creator_none_is_plain_iterative_dpo(write_recipe, prompts_file):
     recipe = load_recipe(["--config", str(write_recipe(creator="none", eva={"prompts_per_iteration": 6}))])
     run(recipe)

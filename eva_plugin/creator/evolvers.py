@@ -5,10 +5,22 @@ An evolver is built by a registered factory and offers
 of instructions for the evolver LLM to its completions (``None`` for a failed call,
 a ``Truncated`` string for one cut at the token limit).
 
-``evol_instruct`` follows distilabel's ``EvolInstruct``: each step picks one of the
-mutation templates (four in-depth, one in-breadth) with a seeded local RNG, applies it
-to the previous step's prompt, and every step's result is kept (``store_evolutions``).
-The templates are imported from distilabel at run time.
+Every template comes from distilabel at run time (never copied here):
+
+- ``evol_instruct``: distilabel's ``EvolInstruct`` mutations (four in-depth, one
+  in-breadth); each step applies one, picked by a seeded local RNG, to the previous
+  step's prompt, and every step is kept (``store_evolutions``);
+- ``evol_complexity``: the same chain with the in-depth mutations only (``EvolComplexity``);
+- ``evol_quality``: the same chain; each step asks the prompt rewriter to apply one of
+  ``EvolQuality``'s five quality methods (helpfulness, relevance, depth, creativity,
+  detail) to the *prompt*, as the EVA authors adapted it;
+- ``self_instruct``: distilabel's ``SelfInstruct`` query-generation template, asking in
+  one call for ``num_evolutions`` independent variants of the seed, plus one criterion
+  (ours) to keep each about as long as the seed.
+
+With feedback on, each instruction is preceded by the seed's best and worst sampled
+responses and their rewards (``feedback_context``), so the evolver sees where the
+policy is weak (EVA §7).
 """
 
 from __future__ import annotations
@@ -24,7 +36,8 @@ from eva_plugin import hookimpl
 Generate = Callable[[list[str]], list["str | None"]]
 
 
-STATUSES = ("kept", "empty", "truncated", "unusable", "duplicate")
+STATUSES = ("kept", "empty", "truncated", "unusable", "too_short", "too_long", "refusal", "duplicate",
+            "near_duplicate")
 
 
 class Truncated(str):
@@ -48,7 +61,7 @@ class EvolvedPrompt:
     parent_id: str
     mutation: str
     step: int
-    status: str = "kept"  # kept | empty | truncated | unusable | duplicate
+    status: str = "kept"  # one of STATUSES
     raw: str = ""
 
     def as_row(self) -> dict:
@@ -81,6 +94,53 @@ def mutation_templates() -> dict[str, str]:
     return dict(MUTATION_TEMPLATES)
 
 
+def complexity_templates() -> dict[str, str]:
+    """distilabel's EvolComplexity templates: the in-depth mutations only."""
+    from distilabel.steps.tasks.evol_instruct.evol_complexity.utils import MUTATION_TEMPLATES
+
+    return dict(MUTATION_TEMPLATES)
+
+
+def _method(template: str, frame: str) -> str:
+    """The method sentence that ``frame.format(method)`` put into ``template``."""
+    head, tail = frame.split("{}")
+    if not (template.startswith(head) and template.endswith(tail)):
+        raise ValueError("distilabel template does not match its frame; check the distilabel version")
+    return template[len(head) : len(template) - len(tail)]
+
+
+def quality_methods() -> dict[str, str]:
+    """EvolQuality's five method sentences (HELPFULNESS … DETAILS), cut out of distilabel's templates."""
+    from distilabel.steps.tasks.evol_quality.utils import MUTATION_TEMPLATES, REWRITE_INSTRUCTION
+
+    return {name: _method(t, REWRITE_INSTRUCTION) for name, t in MUTATION_TEMPLATES.items()}
+
+
+def quality_templates() -> dict[str, str]:
+    """Prompt-rewriting templates that ask for EvolQuality's methods applied to the prompt.
+
+    distilabel's ``EvolQuality`` rewrites *responses*; the EVA authors used its methods on
+    prompts. Each method sentence (with "Response" read as "Prompt") goes into
+    distilabel's EvolInstruct prompt-rewriter frame.
+    """
+    from distilabel.steps.tasks.evol_instruct.utils import REWRITE_INSTRUCTION
+
+    return {name: REWRITE_INSTRUCTION.format(re.sub(r"\b[Rr]esponse\b", "Prompt", m))
+            for name, m in quality_methods().items()}
+
+
+def feedback_context(feedback: dict | None) -> str:
+    """Our preamble that shows the evolver how the current policy answered the seed."""
+    if not feedback:
+        return ""
+    return (
+        "Context: an AI assistant was asked the prompt below. Its best answer "
+        f"(reward {feedback['best_reward']:.3f}) was:\n{feedback['best']}\n"
+        f"Its worst answer (reward {feedback['worst_reward']:.3f}) was:\n{feedback['worst']}\n"
+        "Use what the answers got wrong to make the new prompt test exactly that weakness.\n\n"
+    )
+
+
 class EvolInstruct:
     """Chained EvolInstruct mutations; ``num_evolutions`` steps per seed, all kept.
 
@@ -95,11 +155,15 @@ class EvolInstruct:
     ) -> None:
         self.num_evolutions = int(num_evolutions)
         self.candidates = max(1, int(candidates))
-        self.templates = templates if templates is not None else mutation_templates()
+        self.templates = templates if templates is not None else self.default_templates()
         self.mutations = sorted(self.templates)
 
-    def instruction(self, mutation: str, prompt: str) -> str:
-        return self.templates[mutation].replace(self.placeholder, prompt)
+    @staticmethod
+    def default_templates() -> dict[str, str]:
+        return mutation_templates()
+
+    def instruction(self, mutation: str, prompt: str, feedback: dict | None = None) -> str:
+        return feedback_context(feedback) + self.templates[mutation].replace(self.placeholder, prompt)
 
     def evolve(
         self, seeds: Sequence[dict], generate: Generate, rng: np.random.Generator
@@ -110,7 +174,8 @@ class EvolInstruct:
         for step in range(1, self.num_evolutions + 1):
             picks = [self.mutations[i] for i in rng.integers(len(self.mutations), size=len(seeds))]
             k = self.candidates
-            outputs = generate([self.instruction(m, p) for m, p in zip(picks, current) for _ in range(k)])
+            outputs = generate([self.instruction(m, p, seed.get("feedback"))
+                                for m, p, seed in zip(picks, current, seeds) for _ in range(k)])
             for i, (seed, mutation) in enumerate(zip(seeds, picks)):
                 judged = [(raw, *_judge(raw)) for raw in outputs[i * k : (i + 1) * k]]
                 raw, parsed, status = next((j for j in judged if j[2] == "kept"), judged[0])
@@ -128,23 +193,27 @@ def _judge(raw: str | None) -> tuple[str | None, str]:
     return parsed, "truncated" if isinstance(raw, Truncated) else evolved_status(parsed)
 
 
-def mark_duplicates(evolved: list[EvolvedPrompt], existing: Sequence[str]) -> list[EvolvedPrompt]:
-    """Mark exact duplicates (after whitespace/case normalisation) of earlier or existing prompts."""
-    seen = {_normal(p) for p in existing}
-    for e in evolved:
-        if e.status != "kept":
-            continue
-        key = _normal(e.prompt)
-        if key in seen:
-            e.status = "duplicate"
-        seen.add(key)
-    return evolved
+class EvolComplexity(EvolInstruct):
+    """EvolInstruct's chain with the in-depth mutations only (best in the EVA paper: 60.6)."""
+
+    @staticmethod
+    def default_templates() -> dict[str, str]:
+        return complexity_templates()
 
 
-def _normal(text: str) -> str:
-    return " ".join(text.lower().split())
+class EvolQuality(EvolInstruct):
+    """EvolInstruct's chain with EvolQuality's quality methods applied to the prompt."""
+
+    @staticmethod
+    def default_templates() -> dict[str, str]:
+        return quality_templates()
 
 
 @hookimpl
 def register_evolvers(register):
+    from eva_plugin.creator.self_instruct import SelfInstruct
+
     register("evol_instruct", EvolInstruct)
+    register("evol_complexity", EvolComplexity)
+    register("evol_quality", EvolQuality)
+    register("self_instruct", SelfInstruct)

@@ -1,0 +1,77 @@
+"""``self_instruct``: independent variants of a seed with distilabel's SelfInstruct template.
+
+Unlike the Evol* chains, one call asks for all ``num_evolutions`` variants at once; the
+reply is read one query per line. The template and its default criteria come from
+distilabel at run time; we add one criterion (the EVA authors' change) so the variants
+stay about as long as the seed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from importlib import resources
+
+import numpy as np
+
+from eva_plugin.creator.evolvers import EvolvedPrompt, Generate, Truncated, evolved_status, feedback_context
+
+LENGTH_CRITERION = "Keep every query about as long as the context: similar length, similar amount of detail."
+_LIST_MARK = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s*")
+
+
+def self_instruct_template() -> tuple[str, str, str]:
+    """distilabel's template text, its default criteria and application description."""
+    from distilabel.steps.tasks.self_instruct import SelfInstruct as Distilabel
+
+    text = (resources.files("distilabel") / "steps" / "tasks" / "templates" / "self-instruct.jinja2").read_text()
+    fields = Distilabel.model_fields
+    return text, fields["criteria_for_query_generation"].default, fields["application_description"].default
+
+
+def split_queries(output: str | None) -> list[str]:
+    """One query per non-empty line, list markers removed (distilabel splits on newlines)."""
+    if not output:
+        return []
+    return [q for line in output.split("\n") if (q := _LIST_MARK.sub("", line).strip().strip('"').strip())]
+
+
+class SelfInstruct:
+    """``num_evolutions`` independent variants per seed from one LLM call each (x ``candidates``)."""
+
+    def __init__(self, num_evolutions: int = 4, candidates: int = 1, **_: object) -> None:
+        from jinja2 import Template
+
+        self.num_evolutions = int(num_evolutions)
+        self.candidates = max(1, int(candidates))
+        text, criteria, application = self_instruct_template()
+        self.template = Template(text)
+        self.criteria = f"{criteria}\n{LENGTH_CRITERION}"
+        self.application = application
+
+    def instruction(self, prompt: str, feedback: dict | None = None) -> str:
+        body = self.template.render(
+            input=prompt, num_instructions=self.num_evolutions,
+            criteria_for_query_generation=self.criteria, application_description=self.application,
+        )
+        return feedback_context(feedback) + body
+
+    def evolve(self, seeds: Sequence[dict], generate: Generate, rng: np.random.Generator) -> list[EvolvedPrompt]:
+        k = self.candidates
+        outputs = generate([self.instruction(s["prompt"], s.get("feedback")) for s in seeds for _ in range(k)])
+        results: list[EvolvedPrompt] = []
+        for i, seed in enumerate(seeds):
+            tries = outputs[i * k : (i + 1) * k]
+            # the candidate with the most usable queries wins
+            scored = [(sum(evolved_status(q) == "kept" for q in split_queries(raw)), j) for j, raw in enumerate(tries)]
+            raw = tries[max(scored)[1]]
+            queries = split_queries(raw)[: self.num_evolutions]
+            cut = isinstance(raw, Truncated)
+            for step, query in enumerate(queries, start=1):
+                last_and_cut = cut and step == len(queries)  # only the final line can be cut off
+                status = "truncated" if last_and_cut else evolved_status(query)
+                results.append(EvolvedPrompt(query, seed["prompt_id"], "SELF_INSTRUCT", step, status, raw or ""))
+            if not queries:
+                results.append(EvolvedPrompt("", seed["prompt_id"], "SELF_INSTRUCT", 1,
+                                             "truncated" if cut else "empty", raw or ""))
+        return results
