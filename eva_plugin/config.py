@@ -176,6 +176,10 @@ def validate(args: EvaArguments) -> None:
 
     if args.weighting not in WEIGHTINGS:
         raise RecipeError(f"unknown eva.weighting {args.weighting!r}; known: {', '.join(WEIGHTINGS)}")
+    for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation)):
+        if gen.backend == "openai" and not gen.options.get("base_url"):
+            raise RecipeError(f"eva.{key}.backend openai needs eva.{key}.options.base_url "
+                              "(the server's /v1 address)")
     for kind, key, name in [
         ("proxies", "proxy", args.proxy),
         ("selectors", "selector", args.selector),

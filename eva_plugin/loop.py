@@ -188,8 +188,10 @@ class EvaLoop:
     def iteration(self, t: int) -> None:
         policy = _Lazy(lambda: self.backend(self.policy_path(t), self.eva.generation))
         rewarder = _Lazy(self.reward_model)
-        evolver_llm = policy if self.eva.evolver_model is None else _Lazy(
-            lambda: self.backend(self.eva.evolver_model, self.eva.evolver_generation))
+        own_evolver = self.eva.evolver_model is not None or (
+            self.eva.evolver_generation.backend != self.eva.generation.backend)
+        evolver_llm = _Lazy(lambda: self.backend(self.eva.evolver_model or self.policy_path(t),
+                                                  self.eva.evolver_generation)) if own_evolver else policy
 
         def data_stages() -> None:
             try:
@@ -269,13 +271,14 @@ class EvaLoop:
         def evolve(_: Path) -> StageResult:
             evolver = plugins.get("evolvers", eva.evolver)(num_evolutions=eva.num_evolutions,
                                                            candidates=eva.evolver_candidates)
-            tokens = 0
+            tokens = failed = 0
 
             def generate(instructions: list[str]) -> list[str | None]:
-                nonlocal tokens
+                nonlocal tokens, failed
                 gens = evolver_llm.get().generate([user_turn(i) for i in instructions], 1,
                                                   self.params(evo_gen, t, salt=2))
                 tokens += gens.num_tokens
+                failed += gens.failed
                 done = gens.finished if eva.evolver_drop_truncated and gens.finished else [[True]] * len(gens.texts)
                 return [None if not texts or not texts[0] else (texts[0] if ok[0] else Truncated(texts[0]))
                         for texts, ok in zip(gens.texts, done)]
@@ -285,7 +288,8 @@ class EvaLoop:
             evolved = hygiene.apply(evolved, list(prev["prompt"]), rules)
             status = {s: sum(e.status == s for e in evolved) for s in STATUSES}
             rows = [e.as_row() for e in evolved]
-            return StageResult(Dataset.from_list(rows), {"tokens_generated": tokens, **status})
+            return StageResult(Dataset.from_list(rows), {"tokens_generated": tokens, "llm_failures": failed,
+                                                         **status})
 
         ecfg = {**self.upstream(t, "selected"), "evolver": eva.evolver, "n": eva.num_evolutions,
                 "drop_truncated": eva.evolver_drop_truncated, "candidates": eva.evolver_candidates,

@@ -31,11 +31,13 @@ class SamplingParams:
 class Generations:
     """``texts[i]`` holds the responses to prompt ``i``; ``num_tokens`` counts generated tokens;
     ``finished[i][j]`` says whether response ``j`` ended on its own (False: cut at the token limit;
-    empty when a backend cannot tell)."""
+    empty when a backend cannot tell); ``failed`` counts responses a remote server never gave
+    (returned as empty texts)."""
 
     texts: list[list[str]]
     num_tokens: int = 0
     finished: list[list[bool]] = field(default_factory=list)
+    failed: int = 0
 
 
 class Backend(Protocol):
@@ -46,6 +48,8 @@ class Backend(Protocol):
 
 @hookimpl
 def register_backends(register):
+    from eva_plugin.generation.openai_backend import OpenAICompatibleBackend
     from eva_plugin.generation.transformers_backend import TransformersBackend
 
     register("transformers", TransformersBackend)
+    register("openai", OpenAICompatibleBackend)

@@ -1,0 +1,111 @@
+"""An OpenAI-compatible chat-completions server as a generation backend (vLLM, TGI, OpenAI, …).
+
+Requests run with bounded concurrency; each has a timeout and is retried with
+exponential backoff on connection errors, timeouts, HTTP 429 and 5xx. A prompt whose
+retries run out, or a choice whose ``content`` is null, costs that prompt or choice
+only (an empty text, counted in ``Generations.failed``), never the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import requests
+
+from eva_plugin.generation import Conversation, Generations, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUS = {408, 409, 429}
+
+
+class ServerError(RuntimeError):
+    """A request that failed for good (after retries, or with a 4xx that retrying cannot fix)."""
+
+
+class OpenAICompatibleBackend:
+    """``model_path`` is the model name the server knows (``options.model`` overrides it)."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        base_url: str | None = None,
+        model: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 8,
+        timeout: float = 120.0,
+        max_retries: int = 4,
+        backoff: float = 1.0,
+        **_: object,
+    ) -> None:
+        if not base_url:
+            raise ValueError("the openai backend needs options.base_url (e.g. http://localhost:8000/v1)")
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.model = model or str(model_path)
+        self.headers = {"Content-Type": "application/json"}
+        key = os.environ.get(api_key_env)
+        if key:
+            self.headers["Authorization"] = f"Bearer {key}"
+        self.concurrency = max(1, int(concurrency))
+        self.timeout, self.max_retries, self.backoff = float(timeout), int(max_retries), float(backoff)
+        self.session = requests.Session()
+
+    def _post(self, payload: dict) -> dict:
+        for attempt in range(self.max_retries + 1):
+            try:
+                reply = self.session.post(self.url, json=payload, headers=self.headers, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as err:
+                problem = f"{type(err).__name__}"
+            else:
+                if reply.status_code == 200:
+                    return reply.json()
+                problem = f"HTTP {reply.status_code}"
+                if reply.status_code < 500 and reply.status_code not in RETRY_STATUS:
+                    raise ServerError(f"{problem}: {reply.text[:200]}")
+            if attempt < self.max_retries:
+                time.sleep(self.backoff * 2**attempt)
+        raise ServerError(f"{problem} after {self.max_retries + 1} attempts")
+
+    def _one(self, conversation: Conversation, n: int, params: SamplingParams, index: int):
+        """Up to ``n`` completions for one prompt: (texts, finished, tokens, failed choices)."""
+        texts: list[str] = []
+        finished: list[bool] = []
+        tokens = failed = 0
+        while len(texts) < n:
+            payload = {"model": self.model, "messages": conversation, "n": n - len(texts),
+                       "temperature": params.temperature, "top_p": params.top_p,
+                       "max_tokens": params.max_new_tokens, "seed": params.seed + index}
+            try:
+                body = self._post(payload)
+            except ServerError as err:
+                logger.warning("prompt %d: %s; it counts as failed", index, err)
+                missing = n - len(texts)
+                return texts + [""] * missing, finished + [True] * missing, tokens, failed + missing
+            choices = body.get("choices") or []
+            tokens += int((body.get("usage") or {}).get("completion_tokens") or 0)
+            if not choices:
+                missing = n - len(texts)
+                return texts + [""] * missing, finished + [True] * missing, tokens, failed + missing
+            for choice in choices[: n - len(texts)]:
+                content = (choice.get("message") or {}).get("content")
+                failed += content is None
+                texts.append((content or "").strip())
+                finished.append(choice.get("finish_reason") != "length")
+        return texts, finished, tokens, failed
+
+    def generate(self, conversations: list[Conversation], n: int, params: SamplingParams) -> Generations:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            results = list(pool.map(lambda a: self._one(a[1], n, params, a[0]), enumerate(conversations)))
+        return Generations(
+            texts=[r[0] for r in results],
+            num_tokens=sum(r[2] for r in results),
+            finished=[r[1] for r in results],
+            failed=sum(r[3] for r in results),
+        )
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,159 @@
+"""The OpenAI-compatible backend against a small real HTTP server on loopback that misbehaves."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from eva_plugin.generation import SamplingParams
+from eva_plugin.generation.openai_backend import OpenAICompatibleBackend
+
+TOPICS = ["photosynthesis", "plate tectonics", "compound interest", "binary search", "the water cycle",
+          "supply and demand", "vaccination", "recursion", "ocean tides", "inflation", "lunar phases", "TCP"]
+
+
+class Server:
+    """Chat-completions on 127.0.0.1; the last user message decides how it behaves."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+        self.seen: dict[str, int] = {}
+        self.inflight = self.max_inflight = 0
+        self.lock = threading.Lock()
+        self.counter = itertools.count()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.requests.append(body)
+                    outer.headers.append(dict(self.headers))
+                    outer.inflight += 1
+                    outer.max_inflight = max(outer.max_inflight, outer.inflight)
+                try:
+                    status, reply = outer.respond(body)
+                finally:
+                    with outer.lock:
+                        outer.inflight -= 1
+                data = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def respond(self, body: dict) -> tuple[int, dict]:
+        text = body["messages"][-1]["content"]
+        with self.lock:
+            self.seen[text] = self.seen.get(text, 0) + 1
+            count = self.seen[text]
+        time.sleep(0.05)
+        if "FAIL_ALWAYS" in text or ("FAIL_ONCE" in text and count == 1):
+            return 500, {"error": "boom"}
+        if "BAD" in text:
+            return 400, {"error": "bad request"}
+        if "SLOW" in text:
+            time.sleep(0.6)
+        n = body.get("n", 1)
+        if "NULL" in text:
+            choices = [{"message": {"role": "assistant", "content": None}, "finish_reason": "stop"}] * n
+        elif "ONE_AT_A_TIME" in text:
+            choices = [{"message": {"content": f"single {next(self.counter)}"}, "finish_reason": "stop"}]
+        elif "#The Given Prompt#" in text or "#Given Prompt#" in text:
+            choices = [{"message": {"content": f"#Rewritten Prompt#:\nExplain {TOPICS[next(self.counter) % 12]} "
+                                               "with a worked example."}, "finish_reason": "stop"}
+                       for _ in range(n)]
+        else:
+            reason = "length" if "CUT" in text else "stop"
+            choices = [{"message": {"content": f"echo {i}: {text[:12]}"}, "finish_reason": reason} for i in range(n)]
+        return 200, {"choices": choices, "usage": {"completion_tokens": 3 * len(choices)}}
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.close()
+
+
+def conv(text: str) -> list[dict]:
+    return [{"role": "user", "content": text}]
+
+
+def test_failures_cost_one_prompt_not_the_batch(server, monkeypatch):
+    monkeypatch.setenv("TEST_KEY", "sekrit")
+    backend = OpenAICompatibleBackend("served-model", base_url=server.base_url, api_key_env="TEST_KEY",
+                                      concurrency=3, timeout=0.3, max_retries=2, backoff=0.01)
+    prompts = ["ok one", "FAIL_ONCE please", "FAIL_ALWAYS", "NULL content", "CUT short", "SLOW reply",
+               "BAD input", "ok two"]
+    params = SamplingParams(temperature=0.5, top_p=0.8, max_new_tokens=7, seed=11)
+    gens = backend.generate([conv(p) for p in prompts], 2, params)
+    texts = dict(zip(prompts, gens.texts))
+    assert texts["ok one"] == ["echo 0: ok one", "echo 1: ok one"]
+    assert texts["FAIL_ONCE please"][0].startswith("echo 0")  # retried after one 500
+    assert texts["FAIL_ALWAYS"] == ["", ""] and texts["SLOW reply"] == ["", ""] and texts["BAD input"] == ["", ""]
+    assert texts["NULL content"] == ["", ""]
+    assert texts["ok two"] == ["echo 0: ok two", "echo 1: ok two"]
+    assert dict(zip(prompts, gens.finished))["CUT short"] == [False, False]
+    assert dict(zip(prompts, gens.finished))["ok one"] == [True, True]
+    assert gens.failed == 2 * 4  # FAIL_ALWAYS, SLOW, BAD and the two null choices
+    assert server.seen["FAIL_ALWAYS"] == 3 and server.seen["BAD input"] == 1  # retries only where they help
+    assert server.max_inflight <= 3
+    first = next(r for r in server.requests if r["messages"][-1]["content"] == "ok one")
+    assert (first["model"], first["n"], first["temperature"], first["top_p"], first["max_tokens"]) == (
+        "served-model", 2, 0.5, 0.8, 7)
+    assert all(h.get("Authorization") == "Bearer sekrit" for h in server.headers)
+    assert gens.num_tokens > 0
+
+
+def test_servers_that_ignore_n_are_asked_again(server):
+    backend = OpenAICompatibleBackend("m", base_url=server.base_url, backoff=0.01)
+    gens = backend.generate([conv("ONE_AT_A_TIME")], 3, SamplingParams())
+    assert len(gens.texts[0]) == 3 and len(set(gens.texts[0])) == 3
+    assert server.seen["ONE_AT_A_TIME"] == 3
+
+
+def test_openai_backend_needs_a_base_url_at_parse_time(write_recipe):
+    from eva_plugin.config import RecipeError
+    from eva_plugin.recipe import load_recipe
+
+    with pytest.raises(RecipeError, match="options.base_url"):
+        load_recipe(["--config", str(write_recipe(eva={"evolver_generation": {"backend": "openai"}}))])
+
+
+def test_the_loop_evolves_through_a_server(server, write_recipe):
+    from datasets import load_from_disk
+
+    from eva_plugin.dpo import run
+    from eva_plugin.recipe import load_recipe
+
+    eva = {"iterations": 1, "evolver_model": "gpt-4-0125-preview",
+           "evolver_generation": {"backend": "openai", "max_new_tokens": 64,
+                                  "options": {"base_url": server.base_url, "backoff": 0.01}}}
+    recipe = load_recipe(["--config", str(write_recipe(eva=eva))])
+    run(recipe, stop_after="prompts")
+    evolved = load_from_disk(str(recipe.output_dir / "iter_1" / "evolved" / "data"))
+    assert set(evolved["status"]) == {"kept"}
+    assert all(p.startswith("Explain ") and p.endswith("with a worked example.") for p in evolved["prompt"])
+    assert {r["model"] for r in server.requests} == {"gpt-4-0125-preview"}
+    prompts = load_from_disk(str(recipe.output_dir / "iter_1" / "prompts" / "data"))
+    assert "evolved" in set(prompts["origin"])
