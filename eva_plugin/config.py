@@ -108,6 +108,15 @@ class EvaArguments:
         default_factory=dict,
         metadata={"help": "Keyword arguments for the reward model (batch_size, dtype, trust_remote_code, ...)."},
     )
+    rewriter: bool = field(
+        default=False,
+        metadata={"help": "Rewrite each pair's chosen response with the evolver LLM before training."},
+    )
+    rewriter_max_length_ratio: float = field(
+        default=1.5,
+        metadata={"help": "Keep a rewrite only within this ratio of the original's length (either way); "
+                  "the rewriter may generate up to generation.max_new_tokens times this ratio."},
+    )
     reference: str = field(
         default="previous",
         metadata={"help": "DPO reference model each round: previous (last round's policy) | initial."},
@@ -161,6 +170,7 @@ def validate(args: EvaArguments) -> None:
         (args.num_evolutions >= 1, "eva.num_evolutions must be >= 1"),
         (args.evolver_candidates >= 1, "eva.evolver_candidates must be >= 1"),
         (0 < args.near_duplicate_threshold <= 1, "eva.near_duplicate_threshold must be in (0, 1]"),
+        (args.rewriter_max_length_ratio >= 1, "eva.rewriter_max_length_ratio must be >= 1"),
         (0 <= args.evolved_min_words <= args.evolved_max_words,
          "eva.evolved_min_words must be >= 0 and <= eva.evolved_max_words"),
         (args.prompts_per_iteration is None or args.prompts_per_iteration >= 1,

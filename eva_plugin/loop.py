@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from eva_plugin.data import load_prompts, user_turn
 from eva_plugin.generation import SamplingParams
 from eva_plugin.recipe import Recipe
 from eva_plugin.solver.pairs import build_pairs
+from eva_plugin.solver.rewriter import rewrite_pairs
 from eva_plugin.solver.training import train_round
 
 logger = logging.getLogger(__name__)
@@ -43,8 +45,9 @@ CREATOR_STAGES = ("creator_samples", "creator_rewards", "scores", "selected", "e
 SOLVER_STAGES = ("prompts", "solver_samples", "solver_rewards", "pairs", "policy")
 
 
-def stages_for(creator: str) -> tuple[str, ...]:
-    return (CREATOR_STAGES if creator == "eva" else ()) + SOLVER_STAGES
+def stages_for(creator: str, rewriter: bool = False) -> tuple[str, ...]:
+    solver = SOLVER_STAGES if not rewriter else (*SOLVER_STAGES[:-1], "rewritten", SOLVER_STAGES[-1])
+    return (CREATOR_STAGES if creator == "eva" else ()) + solver
 
 
 @dataclass
@@ -198,6 +201,8 @@ class EvaLoop:
                 if self.creator == "eva":
                     self.creator_step(t, policy, rewarder, evolver_llm)
                 self.solver_data(t, policy, rewarder)
+                if self.eva.rewriter:
+                    self.rewrite(t, evolver_llm)
             finally:
                 for held in {id(x): x for x in (policy, rewarder, evolver_llm)}.values():
                     held.close()
@@ -406,6 +411,36 @@ class EvaLoop:
 
         self.stage(t, "pairs", self.upstream(t, "solver_rewards"), pairs)
 
+    def training_pairs_stage(self) -> str:
+        return "rewritten" if self.eva.rewriter else "pairs"
+
+    def rewrite(self, t: int, llm: _Lazy) -> None:
+        """``rewritten``: the pairs with chosen responses rewritten by the evolver LLM (where kept)."""
+        from datasets import load_from_disk
+
+        eva = self.eva
+        gen = dataclasses.replace(eva.evolver_generation, max_new_tokens=math.ceil(
+            eva.generation.max_new_tokens * eva.rewriter_max_length_ratio))
+
+        def make(_: Path) -> StageResult:
+            pairs = load_from_disk(str(self.store.path(t, "pairs") / "data"))
+            tokens = failed = 0
+
+            def generate(instructions: list[str]) -> tuple[list[str], list[bool]]:
+                nonlocal tokens, failed
+                gens = llm.get().generate([user_turn(i) for i in instructions], 1, self.params(gen, t, salt=4))
+                tokens, failed = tokens + gens.num_tokens, failed + gens.failed
+                done = gens.finished or [[True]] * len(gens.texts)
+                return [texts[0] for texts in gens.texts], [ok[0] for ok in done]
+
+            rows, counts = rewrite_pairs(pairs.to_list(), generate, eva.rewriter_max_length_ratio)
+            return StageResult(Dataset.from_list(rows), {"tokens_generated": tokens, "llm_failures": failed,
+                                                         **counts})
+
+        config = {**self.upstream(t, "pairs"), "ratio": eva.rewriter_max_length_ratio,
+                  "llm": eva.evolver_model or self.policy_id(t), "generation": dataclasses.asdict(gen)}
+        self.stage(t, "rewritten", config, make)
+
     def reusable_samples(self, t: int) -> dict[str, dict]:
         """Creator samples that can stand in for solver samples (same policy and sampling, enough of them)."""
         eva = self.eva
@@ -427,7 +462,8 @@ class EvaLoop:
     def train(self, t: int) -> None:
         from datasets import load_from_disk
 
-        config = {**self.upstream(t, "pairs"), "policy": self.policy_id(t), "reference": self.eva.reference,
+        source = self.training_pairs_stage()
+        config = {**self.upstream(t, source), "policy": self.policy_id(t), "reference": self.eva.reference,
                   "training": _training_config(self.recipe.training), "model": _model_config(self.recipe.model)}
         if self.store.is_done(t, "policy", config):
             self.log(f"[iter {t}] policy: done before, skipped")
@@ -441,7 +477,7 @@ class EvaLoop:
         self.state.wait_for_everyone()
         started = time.perf_counter()
         # in memory: the trainer's tokenising map must not write cache files into the artifact
-        pairs = load_from_disk(str(self.store.path(t, "pairs") / "data"), keep_in_memory=True)
+        pairs = load_from_disk(str(self.store.path(t, source) / "data"), keep_in_memory=True)
         stats = train_round(pairs, policy_path=self.policy_path(t), reference_path=self.reference_path(t),
                             training=self.recipe.training, model_args=self.recipe.model, save_dir=tmp)
         if self.state.is_main_process:

@@ -104,3 +104,38 @@ def test_demo_recipe_path_on_the_real_models(smollm2, cache, tmp_path):
     assert stages["policy"]["steps"] >= 1
     assert (out / "iter_1" / "policy" / "model.safetensors").exists()
     assert stages["policy"]["policy_from"] == str(smollm2)
+
+
+SHORT = ["--eva.iterations", "1", "--eva.prompts_per_iteration", "4", "--eva.num_samples", "2",
+         "--eva.solver_samples", "2", "--eva.num_evolutions", "1", "--eva.evolver_candidates", "2",
+         "--eva.generation.max_new_tokens", "16", "--eva.evolver_generation.max_new_tokens", "48"]
+
+
+@pytest.mark.parametrize("evolver", ["evol_complexity", "evol_quality", "self_instruct"])
+def test_other_evolvers_on_the_demo_model(smollm2, tmp_path, evolver):
+    from datasets import load_from_disk
+
+    from eva_plugin.creator.evolvers import STATUSES
+    from eva_plugin.dpo import run
+    from eva_plugin.recipe import load_recipe
+
+    recipe = load_recipe(["--config", str(ROOT / "recipes/demo/config_eva.yaml"), "--output_dir",
+                          str(tmp_path / evolver), *SHORT, "--eva.evolver", evolver, "--eva.evolver_feedback", "true"])
+    run(recipe, stop_after="evolved")
+    out = recipe.output_dir / "iter_1" / "evolved"
+    evolved = load_from_disk(str(out / "data"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert len(evolved) >= 1 and sum(manifest[s] for s in STATUSES) == len(evolved)
+    assert manifest["tokens_generated"] > 0
+
+
+def test_rewriter_on_the_demo_model(smollm2, tmp_path):
+    from eva_plugin.dpo import run
+    from eva_plugin.recipe import load_recipe
+
+    recipe = load_recipe(["--config", str(ROOT / "recipes/demo/config_eva.yaml"), "--output_dir",
+                          str(tmp_path / "rw"), *SHORT, "--eva.rewriter", "true"])
+    run(recipe)
+    manifest = json.loads((recipe.output_dir / "iter_1" / "rewritten" / "manifest.json").read_text())
+    assert sum(manifest[s] for s in ("rewritten", "empty", "truncated", "length")) == manifest["rows"] >= 1
+    assert (recipe.output_dir / "iter_1" / "policy" / "model.safetensors").exists()

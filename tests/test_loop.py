@@ -173,6 +173,15 @@ def test_every_evolver_runs_in_the_loop(write_recipe, evolver):
     assert (out / "iter_1" / "policy" / "model.safetensors").exists()
 
 
+def test_rewriter_with_the_policy_on_the_tiny_model(write_recipe):
+    recipe = load_recipe(["--config", str(write_recipe(eva={"iterations": 1, "rewriter": True}))])
+    run(recipe)
+    m = manifest(recipe.output_dir, 1, "rewritten")
+    assert sum(m[s] for s in ("rewritten", "empty", "truncated", "length")) == m["rows"]
+    assert m["rows"] == manifest(recipe.output_dir, 1, "pairs")["rows"]
+    assert manifest(recipe.output_dir, 1, "policy")["config"]["rewritten"] == m["fingerprint"]
+
+
 def test_creator_none_is_plain_iterative_dpo(write_recipe, prompts_file):
     recipe = load_recipe(["--config", str(write_recipe(creator="none", eva={"prompts_per_iteration": 6}))])
     run(recipe)

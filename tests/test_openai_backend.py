@@ -74,6 +74,10 @@ class Server:
             choices = [{"message": {"role": "assistant", "content": None}, "finish_reason": "stop"}] * n
         elif "ONE_AT_A_TIME" in text:
             choices = [{"message": {"content": f"single {next(self.counter)}"}, "finish_reason": "stop"}]
+        elif "#Given Response#" in text:  # the rewriter: same text, upper case (same length)
+            original = text.split("#Given Response#:\n", 1)[1].split("\n#Rewritten Response#", 1)[0]
+            choices = [{"message": {"content": "#Rewritten Response#:\n" + original.upper()},
+                        "finish_reason": "stop"} for _ in range(n)]
         elif "#The Given Prompt#" in text or "#Given Prompt#" in text:
             choices = [{"message": {"content": f"#Rewritten Prompt#:\nExplain {TOPICS[next(self.counter) % 12]} "
                                                "with a worked example."}, "finish_reason": "stop"}
@@ -157,3 +161,28 @@ def test_the_loop_evolves_through_a_server(server, write_recipe):
     assert {r["model"] for r in server.requests} == {"gpt-4-0125-preview"}
     prompts = load_from_disk(str(recipe.output_dir / "iter_1" / "prompts" / "data"))
     assert "evolved" in set(prompts["origin"])
+
+
+def test_the_rewriter_rewrites_chosen_responses_through_a_server(server, write_recipe):
+    import json as _json
+
+    from datasets import load_from_disk
+
+    from eva_plugin.dpo import run
+    from eva_plugin.loop import stages_for
+    from eva_plugin.recipe import load_recipe
+
+    eva = {"iterations": 1, "rewriter": True, "evolver_model": "gpt-4-0125-preview",
+           "evolver_generation": {"backend": "openai", "options": {"base_url": server.base_url, "backoff": 0.01}}}
+    recipe = load_recipe(["--config", str(write_recipe(eva=eva))])
+    run(recipe)
+    out = recipe.output_dir / "iter_1"
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
+        [*stages_for("eva", rewriter=True), "manifest.json"])
+    rewritten = load_from_disk(str(out / "rewritten" / "data"))
+    manifest = _json.loads((out / "rewritten" / "manifest.json").read_text())
+    assert sum(manifest[s] for s in ("rewritten", "empty", "truncated", "length")) == len(rewritten)
+    done = [r for r in rewritten if r["rewrite_status"] == "rewritten"]
+    assert done and all(r["chosen"][0]["content"] == r["chosen_original"].strip().upper() for r in done)
+    policy = _json.loads((out / "policy" / "manifest.json").read_text())
+    assert policy["config"]["rewritten"] == manifest["fingerprint"]  # training used the rewritten pairs
