@@ -29,6 +29,12 @@ from eva_plugin.creator.evolvers import (
         ("Evolved prompting techniques: list three", "Evolved prompting techniques: list three"),
         ("Write a story.\nNew prompt ideas are welcome", "Write a story.\nNew prompt ideas are welcome"),
         ("Rewritten Prompt#Rewritten Prompt#: list two", "list two"),
+        ("#Rewritten Prompt#:\nList two tides.\n\nThis rewritten prompt adds a constraint.", "List two tides."),
+        ("List two tide types.\n\nExplanation: I asked for a number.", "List two tide types."),
+        ("List two tide types.\n\n**Note:** shorter.", "List two tide types."),
+        ("Plan a trip.\n\nI have added a budget constraint.", "Plan a trip."),
+        ("Plan a trip.\n\nInclude a budget table.", "Plan a trip.\n\nInclude a budget table."),
+        ("### New Prompt:\nCompare two rivers.", "Compare two rivers."),
     ],
 )
 def test_parse_evolved(output, expected):
@@ -89,6 +95,15 @@ def test_failed_outputs_are_counted_and_the_chain_continues_from_the_last_good_p
     out = EvolInstruct(3).evolve([{"prompt_id": "a", "prompt": "seed text"}], llm, np.random.default_rng(0))
     assert [e.status for e in out] == ["empty", "empty", "kept"]
     assert "seed text" in sent[2]
+
+
+def test_evolving_leaves_the_global_rng_alone():
+    from eva_plugin.creator.evolvers import EvolQuality
+
+    state = np.random.get_state()[1].copy()
+    seeds = [{"prompt_id": str(i), "prompt": f"p{i}"} for i in range(5)]
+    EvolQuality(2).evolve(seeds, lambda xs: ["new text here"] * len(xs), np.random.default_rng(1))
+    assert (np.random.get_state()[1] == state).all()
 
 
 def test_truncated_outputs_are_never_kept():

@@ -51,6 +51,13 @@ _HEADER = re.compile(
     r"|^[ \t>*_#]*(?:the\s+)?(?:rewritten|created|new|evolved)\s+(?:prompt|instruction)\b[*_ \t]*[:：][*_ \t]*",
     re.IGNORECASE | re.MULTILINE,
 )
+#: A blank line, then the evolver explaining itself: everything from there on is cut.
+_TRAILER = re.compile(
+    r"\n\s*\n[ \t*_>(]*(?:note\b|explanation\b|changes?\s*(?:made)?\s*:|"
+    r"(?:this|the|in this|my)\s+(?:rewritten|new|revised|evolved|created)\s+(?:prompt|version|instruction)\b|"
+    r"i(?:'ve| have)\s+(?:added|rewritten|made|replaced|increased))",
+    re.IGNORECASE,
+)
 #: Template words that must not survive into an evolved prompt.
 _TEMPLATE_WORDS = re.compile(r"(?:given|rewritten|created)\s+prompt", re.IGNORECASE)
 
@@ -69,13 +76,17 @@ class EvolvedPrompt:
 
 
 def parse_evolved(output: str | None) -> str | None:
-    """The new prompt in an evolver output: the text after the last header, else the whole text."""
+    """The new prompt in an evolver output: the text after the last header (else the whole text),
+    without a trailing explanation of the rewrite."""
     if output is None:
         return None
     text = output
     matches = list(_HEADER.finditer(text))
     if matches:
         text = text[matches[-1].end():]
+    trailer = _TRAILER.search(text)
+    if trailer:
+        text = text[: trailer.start()]
     text = text.strip().strip('"').strip()
     return text or None
 
