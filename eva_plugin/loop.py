@@ -73,6 +73,25 @@ class _Lazy:
             self._obj = None
 
 
+class _Completions:
+    """One completion per instruction from an LLM (evolver, rewriter), counting tokens and failures."""
+
+    def __init__(self, llm: _Lazy, params: SamplingParams) -> None:
+        self.llm, self.params = llm, params
+        self.tokens = self.failed = 0
+
+    def __call__(self, instructions: list[str]) -> tuple[list[str], list[bool]]:
+        """Texts and whether each ended on its own (True where the backend cannot tell)."""
+        gens = self.llm.get().generate([user_turn(i) for i in instructions], 1, self.params)
+        self.tokens += gens.num_tokens
+        self.failed += gens.failed
+        done = gens.finished or [[True]] * len(gens.texts)
+        return [texts[0] if texts else "" for texts in gens.texts], [ok[0] for ok in done]
+
+    def stats(self) -> dict[str, int]:
+        return {"tokens_generated": self.tokens, "llm_failures": self.failed}
+
+
 class EvaLoop:
     """Runs ``recipe.eva.iterations`` rounds; ``stop_after`` ends the run after one stage (tests, debugging)."""
 
@@ -276,25 +295,19 @@ class EvaLoop:
         def evolve(_: Path) -> StageResult:
             evolver = plugins.get("evolvers", eva.evolver)(num_evolutions=eva.num_evolutions,
                                                            candidates=eva.evolver_candidates)
-            tokens = failed = 0
+            complete = _Completions(evolver_llm, self.params(evo_gen, t, salt=2))
 
             def generate(instructions: list[str]) -> list[str | None]:
-                nonlocal tokens, failed
-                gens = evolver_llm.get().generate([user_turn(i) for i in instructions], 1,
-                                                  self.params(evo_gen, t, salt=2))
-                tokens += gens.num_tokens
-                failed += gens.failed
-                done = gens.finished if eva.evolver_drop_truncated and gens.finished else [[True]] * len(gens.texts)
-                return [None if not texts or not texts[0] else (texts[0] if ok[0] else Truncated(texts[0]))
-                        for texts, ok in zip(gens.texts, done)]
+                texts, done = complete(instructions)
+                return [None if not text else (text if ok or not eva.evolver_drop_truncated else Truncated(text))
+                        for text, ok in zip(texts, done)]
 
             evolved = evolver.evolve(self.evolver_seeds(selected, scored), generate, self.rng(t, "evolved"))
             rules = hygiene.Hygiene(eva.evolved_min_words, eva.evolved_max_words, eva.near_duplicate_threshold)
             evolved = hygiene.apply(evolved, list(prev["prompt"]), rules)
             status = {s: sum(e.status == s for e in evolved) for s in STATUSES}
             rows = [e.as_row() for e in evolved]
-            return StageResult(Dataset.from_list(rows), {"tokens_generated": tokens, "llm_failures": failed,
-                                                         **status})
+            return StageResult(Dataset.from_list(rows), {**complete.stats(), **status})
 
         ecfg = {**self.upstream(t, "selected"), "evolver": eva.evolver, "n": eva.num_evolutions,
                 "drop_truncated": eva.evolver_drop_truncated, "candidates": eva.evolver_candidates,
@@ -424,18 +437,9 @@ class EvaLoop:
 
         def make(_: Path) -> StageResult:
             pairs = load_from_disk(str(self.store.path(t, "pairs") / "data"))
-            tokens = failed = 0
-
-            def generate(instructions: list[str]) -> tuple[list[str], list[bool]]:
-                nonlocal tokens, failed
-                gens = llm.get().generate([user_turn(i) for i in instructions], 1, self.params(gen, t, salt=4))
-                tokens, failed = tokens + gens.num_tokens, failed + gens.failed
-                done = gens.finished or [[True]] * len(gens.texts)
-                return [texts[0] for texts in gens.texts], [ok[0] for ok in done]
-
-            rows, counts = rewrite_pairs(pairs.to_list(), generate, eva.rewriter_max_length_ratio)
-            return StageResult(Dataset.from_list(rows), {"tokens_generated": tokens, "llm_failures": failed,
-                                                         **counts})
+            complete = _Completions(llm, self.params(gen, t, salt=4))
+            rows, counts = rewrite_pairs(pairs.to_list(), complete, eva.rewriter_max_length_ratio)
+            return StageResult(Dataset.from_list(rows), {**complete.stats(), **counts})
 
         config = {**self.upstream(t, "pairs"), "ratio": eva.rewriter_max_length_ratio,
                   "llm": eva.evolver_model or self.policy_id(t), "generation": dataclasses.asdict(gen)}

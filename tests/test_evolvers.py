@@ -35,6 +35,11 @@ from eva_plugin.creator.evolvers import (
         ("Plan a trip.\n\nI have added a budget constraint.", "Plan a trip."),
         ("Plan a trip.\n\nInclude a budget table.", "Plan a trip.\n\nInclude a budget table."),
         ("### New Prompt:\nCompare two rivers.", "Compare two rivers."),
+        ('Chop onions twice." This rewriting adds 10 words.', "Chop onions twice."),
+        ("Write a memo. Note the deadline.", "Write a memo. Note the deadline."),
+        ("Plan a trip. This revised version asks for a budget.", "Plan a trip."),
+        ("Describe the app. The new version must run offline.", "Describe the app. The new version must run offline."),
+        ("Plan a trip.\n\nThe new prompt asks for a budget.", "Plan a trip."),
     ],
 )
 def test_parse_evolved(output, expected):

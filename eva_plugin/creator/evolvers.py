@@ -51,11 +51,14 @@ _HEADER = re.compile(
     r"|^[ \t>*_#]*(?:the\s+)?(?:rewritten|created|new|evolved)\s+(?:prompt|instruction)\b[*_ \t]*[:：][*_ \t]*",
     re.IGNORECASE | re.MULTILINE,
 )
-#: A blank line, then the evolver explaining itself: everything from there on is cut.
+#: The evolver explaining its rewrite, after a blank line or (stricter) after a sentence:
+#: everything from there on is cut.
+_SELF_TALK = (r"(?:this|the|in this|my)\s+(?:rewritten|revised)\s+(?:prompt|version|instruction)\b"
+              r"|this\s+rewrit\w*\b|i(?:'ve| have)\s+(?:added|rewritten|made|replaced|increased)\b")
 _TRAILER = re.compile(
-    r"\n\s*\n[ \t*_>(]*(?:note\b|explanation\b|changes?\s*(?:made)?\s*:|"
-    r"(?:this|the|in this|my)\s+(?:rewritten|new|revised|evolved|created)\s+(?:prompt|version|instruction)\b|"
-    r"i(?:'ve| have)\s+(?:added|rewritten|made|replaced|increased))",
+    r"\n\s*\n[ \t*_>(]*(?:note\b|explanation\b|changes?\s*(?:made)?\s*:"
+    r"|(?:this|the|in this|my)\s+(?:new|evolved|created)\s+(?:prompt|version|instruction)\b|" + _SELF_TALK + r")"
+    r"|(?<=[.!?\"'])[ \t]+(?:" + _SELF_TALK + r")",
     re.IGNORECASE,
 )
 #: Template words that must not survive into an evolved prompt.
