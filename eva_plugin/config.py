@@ -117,6 +117,11 @@ class EvaArguments:
         metadata={"help": "Keep a rewrite only within this ratio of the original's length (either way); "
                   "the rewriter may generate up to generation.max_new_tokens times this ratio."},
     )
+    length_penalty: float = field(
+        default=0.0,
+        metadata={"help": "λ in r − λ·(response length in characters), applied before informativeness and "
+                  "pair choice (RLHF Workflow; 0.001 gave its concise model). 0 = off."},
+    )
     reference: str = field(
         default="previous",
         metadata={"help": "DPO reference model each round: previous (last round's policy) | initial."},
@@ -171,6 +176,7 @@ def validate(args: EvaArguments) -> None:
         (args.evolver_candidates >= 1, "eva.evolver_candidates must be >= 1"),
         (0 < args.near_duplicate_threshold <= 1, "eva.near_duplicate_threshold must be in (0, 1]"),
         (args.rewriter_max_length_ratio >= 1, "eva.rewriter_max_length_ratio must be >= 1"),
+        (args.length_penalty >= 0, "eva.length_penalty must be >= 0"),
         (0 <= args.evolved_min_words <= args.evolved_max_words,
          "eva.evolved_min_words must be >= 0 and <= eva.evolved_max_words"),
         (args.prompts_per_iteration is None or args.prompts_per_iteration >= 1,

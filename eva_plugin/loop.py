@@ -73,6 +73,13 @@ class _Lazy:
             self._obj = None
 
 
+def length_penalised(rewards: list[list[float]], responses: list[list[str]], penalty: float) -> list[list[float]]:
+    """r − λ·|y| with |y| in characters (RLHF Workflow); λ = 0 returns the rewards unchanged."""
+    if not penalty:
+        return rewards
+    return [[r - penalty * len(y) for r, y in zip(rs, ys)] for rs, ys in zip(rewards, responses)]
+
+
 class _Completions:
     """One completion per instruction from an LLM (evolver, rewriter), counting tokens and failures."""
 
@@ -262,7 +269,8 @@ class EvaLoop:
 
         def rewards(_: Path) -> StageResult:
             conv = [user_turn(p) for p in sampled["prompt"]]
-            scores = rewarder.get().score(conv, list(sampled["responses"]))
+            responses = list(sampled["responses"])
+            scores = self.score(rewarder, conv, responses)
             return StageResult(sampled.add_column("rewards", scores))
 
         rcfg = {**self.upstream(t, "creator_samples"), **self.reward_config()}
@@ -332,9 +340,13 @@ class EvaLoop:
                                 "worst": row["responses"][lo], "worst_reward": rewards[lo]}
         return seeds
 
+    def score(self, rewarder: _Lazy, conversations: list, responses: list[list[str]]) -> list[list[float]]:
+        """Rewards from the reward model, length-penalised (RLHF Workflow) when ``length_penalty`` > 0."""
+        return length_penalised(rewarder.get().score(conversations, responses), responses, self.eva.length_penalty)
+
     def reward_config(self) -> dict:
         return {"reward_model": self.eva.reward_model, "reward_type": self.eva.reward_type,
-                "reward_options": self.eva.reward_options}
+                "reward_options": self.eva.reward_options, "length_penalty": self.eva.length_penalty}
 
     # ---- solver ----------------------------------------------------------------------------
     def new_prompts(self, t: int) -> tuple[Dataset, int]:
@@ -402,8 +414,8 @@ class EvaLoop:
 
         def rewards(_: Path) -> StageResult:
             todo = [i for i, r in enumerate(sampled) if not r["reused"]]
-            scores = rewarder.get().score([user_turn(sampled[i]["prompt"]) for i in todo],
-                                          [sampled[i]["responses"] for i in todo]) if todo else []
+            scores = self.score(rewarder, [user_turn(sampled[i]["prompt"]) for i in todo],
+                                [sampled[i]["responses"] for i in todo]) if todo else []
             fresh = dict(zip(todo, scores))
             all_rewards = [fresh.get(i, r["reused_rewards"]) for i, r in enumerate(sampled)]
             ds = sampled.remove_columns("reused_rewards").add_column("rewards", all_rewards)

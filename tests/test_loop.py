@@ -182,6 +182,27 @@ def test_rewriter_with_the_policy_on_the_tiny_model(write_recipe):
     assert manifest(recipe.output_dir, 1, "policy")["config"]["rewritten"] == m["fingerprint"]
 
 
+def test_length_penalty_is_applied_before_scores_and_pairs(write_recipe, models):
+    from eva_plugin.rewards.sequence_classification import SequenceClassificationReward
+
+    lam = 0.01
+    recipe = load_recipe(["--config", str(write_recipe(eva={"iterations": 1, "length_penalty": lam}))])
+    run(recipe, stop_after="pairs")
+    out = recipe.output_dir
+    scored = data(out, 1, "creator_rewards")
+    rm = SequenceClassificationReward(str(models["reward"]))
+    raw = rm.score([[{"role": "user", "content": p}] for p in scored["prompt"]], list(scored["responses"]))
+    for row, r in zip(scored, raw):
+        expected = [x - lam * len(y) for x, y in zip(r, row["responses"])]
+        assert row["rewards"] == pytest.approx(expected, abs=1e-5)
+    info = data(out, 1, "scores")["info"]
+    assert info == pytest.approx([max(r) - min(r) for r in scored["rewards"]])  # a_min on penalised rewards
+    solver = data(out, 1, "solver_rewards")
+    for pair in data(out, 1, "pairs"):
+        row = next(r for r in solver if r["prompt_id"] == pair["prompt_id"])
+        assert pair["chosen_reward"] == pytest.approx(max(row["rewards"]))
+
+
 def test_creator_none_is_plain_iterative_dpo(write_recipe, prompts_file):
     recipe = load_recipe(["--config", str(write_recipe(creator="none", eva={"prompts_per_iteration": 6}))])
     run(recipe)
