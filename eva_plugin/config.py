@@ -117,6 +117,14 @@ class EvaArguments:
         metadata={"help": "Keep a rewrite only within this ratio of the original's length (either way); "
                   "the rewriter may generate up to generation.max_new_tokens times this ratio."},
     )
+    loss: str = field(
+        default="dpo", metadata={"help": "Preference loss: dpo | ipo | sppo | simpo | orpo."}
+    )
+    loss_args: dict[str, float] = field(
+        default_factory=dict,
+        metadata={"help": "The loss's own knobs (dpo/ipo/sppo: beta; simpo: beta, gamma; orpo: lambda); "
+                  "default: the EVA paper's values, or the recipe's `beta` for the DPO family."},
+    )
     length_penalty: float = field(
         default=0.0,
         metadata={"help": "λ in r − λ·(response length in characters), applied before informativeness and "
@@ -189,6 +197,9 @@ def validate(args: EvaArguments) -> None:
         if not ok:
             raise RecipeError(message)
     from eva_plugin.creator.proxies import WEIGHTINGS
+    from eva_plugin.solver.losses import loss_knobs
+
+    loss_knobs(args.loss, args.loss_args)
 
     if args.weighting not in WEIGHTINGS:
         raise RecipeError(f"unknown eva.weighting {args.weighting!r}; known: {', '.join(WEIGHTINGS)}")

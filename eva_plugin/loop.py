@@ -479,7 +479,9 @@ class EvaLoop:
         from datasets import load_from_disk
 
         source = self.training_pairs_stage()
+        knobs = self.recipe.loss_knobs()
         config = {**self.upstream(t, source), "policy": self.policy_id(t), "reference": self.eva.reference,
+                  "loss": self.eva.loss, "knobs": knobs,
                   "training": _training_config(self.recipe.training), "model": _model_config(self.recipe.model)}
         if self.store.is_done(t, "policy", config):
             self.log(f"[iter {t}] policy: done before, skipped")
@@ -495,7 +497,8 @@ class EvaLoop:
         # in memory: the trainer's tokenising map must not write cache files into the artifact
         pairs = load_from_disk(str(self.store.path(t, source) / "data"), keep_in_memory=True)
         stats = train_round(pairs, policy_path=self.policy_path(t), reference_path=self.reference_path(t),
-                            training=self.recipe.training, model_args=self.recipe.model, save_dir=tmp)
+                            training=self.recipe.training, model_args=self.recipe.model, save_dir=tmp,
+                            loss=self.eva.loss, knobs=knobs)
         if self.state.is_main_process:
             shutil.rmtree(tmp / "trainer_state", ignore_errors=True)
             manifest = {"stage": "policy", "iteration": t, "fingerprint": fingerprint(config), "config": config,

@@ -76,6 +76,14 @@ class Recipe:
     test_split_size: float | None = None
     source: str | None = None
     notes: list[str] = field(default_factory=list)
+    explicit: set[str] = field(default_factory=set)  # TRL keys the recipe or command line set
+
+    def loss_knobs(self) -> dict[str, float]:
+        """The round's loss knobs (paper defaults < the recipe's own ``beta`` < ``eva.loss_args``)."""
+        from eva_plugin.solver.losses import loss_knobs
+
+        beta = self.training.beta if "beta" in self.explicit else None
+        return loss_knobs(self.eva.loss, self.eva.loss_args, beta)
 
     @property
     def output_dir(self) -> Path:
@@ -222,6 +230,7 @@ def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None
         cfg.pop(key)
         notes.append(f"`{key}` ignored: not a ScriptArguments/DPOConfig/ModelConfig field")
     rest = _legacy_cli(rest, notes)
+    explicit = set(cfg) | {a[2:].split("=", 1)[0] for a in rest if a.startswith("--")}
     parser = TrlParser(dataclass_types)
     parser.set_defaults_with_config(**cfg)
     try:
@@ -251,7 +260,7 @@ def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None
         logger.warning("recipe: %s", note)
     return Recipe(
         creator=creator, eva=eva, script=script, training=training, model=model, datasets=specs,
-        mixture_seed=mixture_seed, test_split_size=test_size, source=config_path, notes=notes,
+        mixture_seed=mixture_seed, test_split_size=test_size, source=config_path, notes=notes, explicit=explicit,
     )
 
 

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from datasets import load_from_disk
@@ -201,6 +202,21 @@ def test_length_penalty_is_applied_before_scores_and_pairs(write_recipe, models)
     for pair in data(out, 1, "pairs"):
         row = next(r for r in solver if r["prompt_id"] == pair["prompt_id"])
         assert pair["chosen_reward"] == pytest.approx(max(row["rewards"]))
+
+
+@pytest.mark.parametrize(
+    ("loss", "knobs"),
+    [("dpo", {"beta": 0.1, "label_smoothing": 0.0}), ("ipo", {"beta": 0.1}), ("sppo", {"beta": 0.1}),
+     ("simpo", {"beta": 10.0, "gamma": 5.0}), ("orpo", {"lambda": 0.5})],
+)
+def test_every_loss_trains_on_the_tiny_model(write_recipe, models, loss, knobs):
+    recipe = load_recipe(["--config", str(write_recipe(eva={"iterations": 1, "loss": loss}))])
+    run(recipe)
+    m = manifest(recipe.output_dir, 1, "policy")
+    assert m["loss"] == loss and m["knobs"] == knobs  # the recipe's beta: 0.1 wins for the DPO family
+    assert m["steps"] >= 1 and np.isfinite(m["train_loss"])
+    assert (m["reference_checksum"] is None) == (loss in ("simpo", "orpo"))
+    assert checksum(recipe.output_dir / "iter_1" / "policy") != pytest.approx(checksum(models["policy"]))
 
 
 def test_creator_none_is_plain_iterative_dpo(write_recipe, prompts_file):

@@ -105,6 +105,9 @@ def test_legacy_keys_on_the_command_line_are_mapped(write_recipe):
         ({"subset_fraction": 0}, "subset_fraction"),
         ({"weighting": "softmax"}, "minmax, proportional"),
         ({"generation": {"temperature": 0}}, "eva.generation.temperature must be > 0"),
+        ({"loss": "kto"}, "unknown eva.loss 'kto'; known: dpo, ipo, sppo, simpo, orpo"),
+        ({"loss": "dpo", "loss_args": {"gamma": 5}}, "eva.loss_args gamma do not belong to loss 'dpo'; it takes: beta"),
+        ({"loss": "orpo", "loss_args": {"beta": 1}}, "it takes: lambda"),
     ],
 )
 def test_bad_eva_values_fail_at_parse_time_with_the_choices(write_recipe, eva, message):
@@ -124,3 +127,21 @@ def test_unknown_creator_and_missing_reward_model(write_recipe, models):
 def test_missing_recipe_file_is_one_clear_line(tmp_path):
     with pytest.raises(RecipeError, match="not found; pass --config"):
         load_recipe(["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_loss_knobs_paper_defaults_recipe_beta_and_overrides(tmp_path, models, prompts_file):
+    base = {"model_name_or_path": str(models["policy"]), "output_dir": str(tmp_path / "o"),
+            "dataset_name": str(prompts_file), "creator": "eva"}
+
+    def knobs(eva, **top):
+        path = tmp_path / "r.yaml"
+        path.write_text(yaml.safe_dump({**base, **top, "eva": {"reward_model": "rm", **eva}}))
+        return load_recipe(["--config", str(path)]).loss_knobs()
+
+    assert knobs({}) == {"beta": 0.05, "label_smoothing": 0.0}  # EVA Table 6
+    assert knobs({"loss": "sppo"}) == {"beta": 0.001}
+    assert knobs({"loss": "simpo"}) == {"beta": 10.0, "gamma": 5.0}
+    assert knobs({"loss": "orpo"}) == {"lambda": 0.5}
+    assert knobs({}, beta=0.01) == {"beta": 0.01, "label_smoothing": 0.0}  # a Handbook recipe's beta
+    assert knobs({"loss": "simpo"}, beta=0.01) == {"beta": 10.0, "gamma": 5.0}  # not SimPO's beta
+    assert knobs({"loss": "simpo", "loss_args": {"gamma": 3}}) == {"beta": 10.0, "gamma": 3.0}

@@ -14,6 +14,7 @@ import torch
 from datasets import Dataset
 
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, release
+from eva_plugin.solver.losses import LOSSES, loss_knobs, round_config, trainer_class
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +22,7 @@ PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
 
 
 def round_arguments(training, output_dir: Path):
-    """The recipe's ``DPOConfig`` for one inner round: no checkpoints, no hub, no eval."""
+    """A copy of the round's trainer config: no checkpoints, no hub, no eval."""
     args = copy.deepcopy(training)
     args.output_dir = str(output_dir)
     args.save_strategy = "no"
@@ -49,25 +50,33 @@ def train_round(
     training,
     model_args,
     save_dir: Path,
+    loss: str = "dpo",
+    knobs: dict[str, float] | None = None,
 ) -> dict:
-    """Train on ``pairs`` from ``policy_path`` against ``reference_path``; save a checkpoint in ``save_dir``."""
-    from trl import DPOTrainer, get_peft_config
+    """Train on ``pairs`` from ``policy_path`` with ``loss`` (against ``reference_path`` where the
+    loss has a reference); save a checkpoint in ``save_dir``."""
+    from trl import get_peft_config
 
+    knobs = knobs if knobs is not None else loss_knobs(loss, {})
     dtype = model_args.dtype
     trust = bool(training.trust_remote_code)
     model = load_causal_lm(policy_path, dtype=dtype, trust_remote_code=trust)
-    ref_model = load_causal_lm(reference_path, dtype=dtype, trust_remote_code=trust)
     tokenizer = load_tokenizer(policy_path, trust_remote_code=trust)
-    args = round_arguments(training, save_dir / "trainer_state")
-    trainer = DPOTrainer(
+    args = round_arguments(round_config(training, loss, knobs), save_dir / "trainer_state")
+    kwargs = {}
+    ref_model = None
+    if LOSSES[loss].uses_reference:
+        ref_model = kwargs["ref_model"] = load_causal_lm(reference_path, dtype=dtype, trust_remote_code=trust)
+    trainer = trainer_class(loss)(
         model=model,
-        ref_model=ref_model,
         args=args,
         train_dataset=pairs.select_columns(PAIR_COLUMNS),
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
+        **kwargs,
     )
-    reference_checksum = parameter_checksum(trainer.ref_model) if trainer.ref_model is not None else None
+    ref = getattr(trainer, "ref_model", None)
+    reference_checksum = parameter_checksum(ref) if ref is not None else None
     output = trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     last = logs[-1] if logs else {}
@@ -91,7 +100,9 @@ def train_round(
         "reward_accuracy": last.get("rewards/accuracies"),
         "reward_margin": last.get("rewards/margins"),
         "policy_from": str(policy_path),
-        "reference": str(reference_path),
+        "loss": loss,
+        "knobs": knobs,
+        "reference": str(reference_path) if ref_model is not None else None,
         "reference_checksum": reference_checksum,
     }
     if hasattr(trainer, "end"):
