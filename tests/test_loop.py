@@ -219,6 +219,25 @@ def test_every_loss_trains_on_the_tiny_model(write_recipe, models, loss, knobs):
     assert checksum(recipe.output_dir / "iter_1" / "policy") != pytest.approx(checksum(models["policy"]))
 
 
+def test_lora_adapters_are_merged_into_each_rounds_policy(write_recipe, models):
+    recipe = load_recipe(["--config", str(write_recipe(
+        use_peft=True, lora_r=4, lora_alpha=8, lora_dropout=0.0, lora_target_modules=["q_proj", "v_proj"]))])
+    assert recipe.model.use_peft
+    run(recipe)
+    out = recipe.output_dir
+    initial = AutoModelForCausalLM.from_pretrained(models["policy"]).state_dict()
+    for t in (1, 2):
+        policy = out / f"iter_{t}" / "policy"
+        assert (policy / "model.safetensors").exists() and not (policy / "adapter_config.json").exists()
+        sd = AutoModelForCausalLM.from_pretrained(policy).state_dict()
+        assert sd.keys() == initial.keys()  # a plain checkpoint, no lora_ weights
+        changed = {k for k in sd if not torch.equal(sd[k], initial[k])}
+        assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)  # only LoRA targets moved
+    # round 2 samples from (and trains from) the merged round-1 weights
+    assert manifest(out, 2, "policy")["policy_from"] == str(out / "iter_1" / "policy")
+    assert manifest(out, 2, "creator_samples")["config"]["policy"] == manifest(out, 1, "policy")["fingerprint"]
+
+
 def test_creator_none_is_plain_iterative_dpo(write_recipe, prompts_file):
     recipe = load_recipe(["--config", str(write_recipe(creator="none", eva={"prompts_per_iteration": 6}))])
     run(recipe)
