@@ -206,8 +206,9 @@ def test_length_penalty_is_applied_before_scores_and_pairs(write_recipe, models)
 
 @pytest.mark.parametrize(
     ("loss", "knobs"),
-    [("dpo", {"beta": 0.1, "label_smoothing": 0.0}), ("ipo", {"beta": 0.1}), ("sppo", {"beta": 0.1}),
-     ("simpo", {"beta": 10.0, "gamma": 5.0}), ("orpo", {"lambda": 0.5})],
+    [("dpo", {"beta": 0.1, "label_smoothing": 0.0, "nll_alpha": 0.0}), ("ipo", {"beta": 0.1, "nll_alpha": 0.0}),
+     ("sppo", {"beta": 0.1, "nll_alpha": 0.0}), ("simpo", {"beta": 10.0, "gamma": 5.0, "nll_alpha": 0.0}),
+     ("orpo", {"lambda": 0.5})],
 )
 def test_every_loss_trains_on_the_tiny_model(write_recipe, models, loss, knobs):
     recipe = load_recipe(["--config", str(write_recipe(eva={"iterations": 1, "loss": loss}))])

@@ -106,7 +106,8 @@ def test_legacy_keys_on_the_command_line_are_mapped(write_recipe):
         ({"weighting": "softmax"}, "minmax, proportional"),
         ({"generation": {"temperature": 0}}, "eva.generation.temperature must be > 0"),
         ({"loss": "kto"}, "unknown eva.loss 'kto'; known: dpo, ipo, sppo, simpo, orpo"),
-        ({"loss": "dpo", "loss_args": {"gamma": 5}}, "eva.loss_args gamma do not belong to loss 'dpo'; it takes: beta"),
+        ({"loss": "dpo", "loss_args": {"gamma": 5}},
+         "eva.loss_args gamma do not belong to loss 'dpo'; it takes: beta, label_smoothing, nll_alpha"),
         ({"loss": "orpo", "loss_args": {"beta": 1}}, "it takes: lambda"),
     ],
 )
@@ -138,10 +139,12 @@ def test_loss_knobs_paper_defaults_recipe_beta_and_overrides(tmp_path, models, p
         path.write_text(yaml.safe_dump({**base, **top, "eva": {"reward_model": "rm", **eva}}))
         return load_recipe(["--config", str(path)]).loss_knobs()
 
-    assert knobs({}) == {"beta": 0.05, "label_smoothing": 0.0}  # EVA Table 6
-    assert knobs({"loss": "sppo"}) == {"beta": 0.001}
-    assert knobs({"loss": "simpo"}) == {"beta": 10.0, "gamma": 5.0}
+    nll = {"nll_alpha": 0.0}
+    assert knobs({}) == {"beta": 0.05, "label_smoothing": 0.0, **nll}  # EVA Table 6
+    assert knobs({"loss": "sppo"}) == {"beta": 0.001, **nll}
+    assert knobs({"loss": "simpo"}) == {"beta": 10.0, "gamma": 5.0, **nll}
     assert knobs({"loss": "orpo"}) == {"lambda": 0.5}
-    assert knobs({}, beta=0.01) == {"beta": 0.01, "label_smoothing": 0.0}  # a Handbook recipe's beta
-    assert knobs({"loss": "simpo"}, beta=0.01) == {"beta": 10.0, "gamma": 5.0}  # not SimPO's beta
-    assert knobs({"loss": "simpo", "loss_args": {"gamma": 3}}) == {"beta": 10.0, "gamma": 3.0}
+    assert knobs({}, beta=0.01) == {"beta": 0.01, "label_smoothing": 0.0, **nll}  # a Handbook recipe's beta
+    assert knobs({"loss": "simpo"}, beta=0.01) == {"beta": 10.0, "gamma": 5.0, **nll}  # not SimPO's beta
+    assert knobs({"loss": "simpo", "loss_args": {"gamma": 3, "nll_alpha": 0.2}}) == {
+        "beta": 10.0, "gamma": 3.0, "nll_alpha": 0.2}

@@ -40,7 +40,9 @@ def test_every_recipe_parses(path):
         t = recipe.training
         assert (recipe.eva.loss, t.learning_rate, t.lr_scheduler_type.value, t.num_train_epochs) == (
             loss, lr, sched, epochs)
-        assert recipe.loss_knobs() == {**knobs, **({"label_smoothing": 0.0} if loss == "dpo" else {})}
+        extra = {"label_smoothing": 0.0} if loss == "dpo" else {}
+        extra.update({} if loss == "orpo" else {"nll_alpha": 0.0})
+        assert recipe.loss_knobs() == {**knobs, **extra}
         assert t.optim.value == optim and t.per_device_train_batch_size * t.gradient_accumulation_steps * 8 == batch
         assert t.warmup_steps == (0.03 if key.startswith("llama") else 0.1)
         assert recipe.eva.solver_samples == (8 if key.startswith("llama") else 6)

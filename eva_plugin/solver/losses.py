@@ -3,6 +3,8 @@
 | loss    | TRL trainer                       | knobs (paper default, EVA Table 6)     |
 |---------|-----------------------------------|----------------------------------------|
 | `dpo`   | DPOTrainer, `loss_type: sigmoid`  | beta 0.05, label_smoothing 0           |
+(``nll_alpha``, default 0, adds α · length-normalised NLL of the chosen response for
+dpo, ipo, sppo and simpo; see ``eva_plugin.solver.nll``.)
 | `ipo`   | DPOTrainer, `loss_type: ipo`      | beta 0.05 (not in the paper: DPO's)    |
 | `sppo`  | DPOTrainer, `loss_type: sppo_hard`| beta 0.001                             |
 | `simpo` | experimental CPOTrainer, `simpo`, `cpo_alpha: 0` | beta 10, gamma 5        |
@@ -29,10 +31,10 @@ class Loss:
 
 
 LOSSES: dict[str, Loss] = {
-    "dpo": Loss("dpo", "sigmoid", {"beta": 0.05, "label_smoothing": 0.0}),
-    "ipo": Loss("dpo", "ipo", {"beta": 0.05}),
-    "sppo": Loss("dpo", "sppo_hard", {"beta": 0.001}),
-    "simpo": Loss("cpo", "simpo", {"beta": 10.0, "gamma": 5.0}, uses_reference=False),
+    "dpo": Loss("dpo", "sigmoid", {"beta": 0.05, "label_smoothing": 0.0, "nll_alpha": 0.0}),
+    "ipo": Loss("dpo", "ipo", {"beta": 0.05, "nll_alpha": 0.0}),
+    "sppo": Loss("dpo", "sppo_hard", {"beta": 0.001, "nll_alpha": 0.0}),
+    "simpo": Loss("cpo", "simpo", {"beta": 10.0, "gamma": 5.0, "nll_alpha": 0.0}, uses_reference=False),
     "orpo": Loss("orpo", None, {"lambda": 0.5}, uses_reference=False),
 }
 
@@ -87,15 +89,21 @@ def round_config(training, name: str, knobs: dict[str, float]):
 
 
 def trainer_class(name: str):
+    """The TRL trainer for ``name`` (DPO and SimPO subclassed to add the optional NLL term)."""
     trainer = LOSSES[name].trainer
     if trainer == "dpo":
-        from trl import DPOTrainer
+        from eva_plugin.solver.nll import NLLDPOTrainer
 
-        return DPOTrainer
+        return NLLDPOTrainer
     if trainer == "cpo":
-        from trl.experimental.cpo import CPOTrainer
+        from eva_plugin.solver.nll import NLLCPOTrainer
 
-        return CPOTrainer
+        return NLLCPOTrainer
     from trl.experimental.orpo import ORPOTrainer
 
     return ORPOTrainer
+
+
+def trainer_kwargs(name: str, knobs: dict[str, float]) -> dict:
+    """Extra constructor arguments of ``trainer_class(name)``."""
+    return {"nll_alpha": knobs["nll_alpha"]} if "nll_alpha" in knobs else {}

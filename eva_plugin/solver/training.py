@@ -14,7 +14,7 @@ import torch
 from datasets import Dataset
 
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, release
-from eva_plugin.solver.losses import LOSSES, loss_knobs, round_config, trainer_class
+from eva_plugin.solver.losses import LOSSES, loss_knobs, round_config, trainer_class, trainer_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def train_round(
     model = load_causal_lm(policy_path, dtype=dtype, trust_remote_code=trust)
     tokenizer = load_tokenizer(policy_path, trust_remote_code=trust)
     args = round_arguments(round_config(training, loss, knobs), save_dir / "trainer_state")
-    kwargs = {}
+    kwargs = trainer_kwargs(loss, knobs)
     ref_model = None
     if LOSSES[loss].uses_reference:
         ref_model = kwargs["ref_model"] = load_causal_lm(reference_path, dtype=dtype, trust_remote_code=trust)
