@@ -85,6 +85,16 @@ def test_round_two_reference_is_the_one_asked_for(write_recipe, models, referenc
     expected = previous if reference == "previous" else initial
     assert used == pytest.approx(expected, rel=1e-9)
     assert manifest(out, 1, "policy")["reference_checksum"] == pytest.approx(initial, rel=1e-9)
+    # and by log-probs: the reference's log p(y+ | x) of round 2's first pair
+    from eva_plugin.modeling import load_tokenizer
+    from eva_plugin.solver.training import sequence_logp
+
+    pair = data(out, 2, "pairs")[0]
+    tok = load_tokenizer(str(models["policy"]))
+    logp = {name: sequence_logp(AutoModelForCausalLM.from_pretrained(path), tok, pair["prompt"], pair["chosen"])
+            for name, path in (("previous", out / "iter_1" / "policy"), ("initial", models["policy"]))}
+    assert abs(logp["previous"] - logp["initial"]) > 1e-4
+    assert manifest(out, 2, "policy")["reference_logp_probe"] == pytest.approx(logp[reference], abs=1e-4)
 
 
 def _final_state(out: Path):

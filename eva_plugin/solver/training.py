@@ -42,6 +42,19 @@ def parameter_checksum(model: torch.nn.Module) -> float:
         return float(sum(p.detach().double().abs().sum().item() for p in model.parameters()))
 
 
+@torch.no_grad()
+def sequence_logp(model, tokenizer, prompt: list[dict], response: list[dict]) -> float:
+    """log p(response | prompt) under ``model``, both rendered with the tokenizer's chat template."""
+    context = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    full = tokenizer.apply_chat_template(prompt + response, tokenize=False)
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([tokenizer(full, add_special_tokens=False)["input_ids"]], device=model.device)
+    logps = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    targets = ids[0, 1:]
+    token_logps = logps.gather(-1, targets[:, None]).squeeze(-1)
+    return float(token_logps[len(context_ids) - 1 :].sum())
+
+
 def train_round(
     pairs: Dataset,
     *,
@@ -77,6 +90,8 @@ def train_round(
     )
     ref = getattr(trainer, "ref_model", None)
     reference_checksum = parameter_checksum(ref) if ref is not None else None
+    # the reference's log-prob of the first pair's chosen response: shows which model it is
+    probe = sequence_logp(ref, tokenizer, pairs[0]["prompt"], pairs[0]["chosen"]) if ref is not None else None
     output = trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     last = logs[-1] if logs else {}
@@ -104,6 +119,7 @@ def train_round(
         "knobs": knobs,
         "reference": str(reference_path) if ref_model is not None else None,
         "reference_checksum": reference_checksum,
+        "reference_logp_probe": probe,
     }
     if hasattr(trainer, "end"):
         trainer.end()
