@@ -3,7 +3,8 @@
 A reward model is built by a factory registered under a type name and offers
 ``score(conversations, responses) -> list[list[float]]`` and ``close()``.
 Built in: ``sequence_classification`` (one scalar head, incl. remote-code models whose
-output carries ``.score`` such as ArmoRM) and ``embedding`` (prompt↔response cosine).
+output carries ``.score`` such as ArmoRM), ``embedding`` (prompt↔response cosine) and
+``pairwise`` (a preference LM judging pairs; reward = mean win probability).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ class RewardModel(Protocol):
 @hookimpl
 def register_reward_models(register):
     from eva_plugin.rewards.embedding import EmbeddingSimilarityReward
+    from eva_plugin.rewards.pairwise import PairwisePreferenceReward
     from eva_plugin.rewards.sequence_classification import SequenceClassificationReward
 
     register("sequence_classification", SequenceClassificationReward)
     register("embedding", EmbeddingSimilarityReward)
+    register("pairwise", PairwisePreferenceReward)

@@ -1,0 +1,100 @@
+"""Pair-wise preference models as rewards (RLHF Workflow's preference model, PairRM-style).
+
+A causal LM reads "[CONTEXT] x [RESPONSE A] a [RESPONSE B] b" as a user turn and answers
+"A" or "B"; P(a beats b) is the softmax of the "A" and "B" token logits at the answer
+position. A response's reward is its mean win probability against the other samples of
+the same prompt. Position bias is cancelled by judging each pair in a random order
+(``order: random``, seeded) or in both orders averaged (``order: both``, twice the cost).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+
+from eva_plugin.generation import Conversation
+from eva_plugin.modeling import load_causal_lm, load_tokenizer, release
+
+TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {a} [RESPONSE B] {b} \n"
+
+
+class PairwisePreferenceReward:
+    def __init__(
+        self,
+        path: str,
+        *,
+        batch_size: int = 8,
+        dtype: str | None = None,
+        trust_remote_code: bool = False,
+        order: str = "random",
+        seed: int = 0,
+        template: str = TEMPLATE,
+        labels: tuple[str, str] = ("A", "B"),
+        device: str | None = None,
+        **_: object,
+    ) -> None:
+        if order not in ("random", "both"):
+            raise ValueError(f"unknown pairwise order {order!r}; known: random, both")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.batch_size, self.order, self.template = max(1, int(batch_size)), order, template
+        self.rng = np.random.default_rng(seed)
+        self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        self.tokenizer.padding_side = "left"
+        self.model = load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code).to(self.device).eval()
+        ids = [self.tokenizer.encode(label, add_special_tokens=False) for label in labels]
+        if any(len(i) != 1 for i in ids):
+            raise ValueError(f"labels {labels} must be single tokens for this tokenizer")
+        self.label_ids = [i[0] for i in ids]
+
+    def render(self, context: str, a: str, b: str) -> str:
+        turn = [{"role": "user", "content": self.template.format(context=context, a=a, b=b)}]
+        if self.tokenizer.chat_template:
+            return self.tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+        return turn[0]["content"]
+
+    @torch.no_grad()
+    def prob_first_wins(self, texts: list[str]) -> list[float]:
+        """P("A") against P("B") at the answer position, per rendered comparison."""
+        out: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
+                                   add_special_tokens=False).to(self.device)
+            logits = self.model(**batch).logits[:, -1, self.label_ids].float()
+            out.extend(torch.softmax(logits, -1)[:, 0].tolist())
+        return out
+
+    def score(self, conversations: list[Conversation], responses: list[list[str]]) -> list[list[float]]:
+        jobs: list[tuple[int, int, int, bool]] = []  # prompt, i, j, i shown first
+        texts: list[str] = []
+        for p, (conv, rs) in enumerate(zip(conversations, responses)):
+            context = next(m["content"] for m in reversed(conv) if m["role"] == "user")
+            for i, j in itertools.combinations(range(len(rs)), 2):
+                orders = [True, False] if self.order == "both" else [bool(self.rng.integers(2))]
+                for i_first in orders:
+                    a, b = (rs[i], rs[j]) if i_first else (rs[j], rs[i])
+                    jobs.append((p, i, j, i_first))
+                    texts.append(self.render(context, a, b))
+        probs = self.prob_first_wins(texts)
+        wins = [np.zeros((len(rs), len(rs))) for rs in responses]
+        counts = [np.zeros((len(rs), len(rs))) for rs in responses]
+        for (p, i, j, i_first), prob in zip(jobs, probs):
+            p_i = prob if i_first else 1.0 - prob
+            wins[p][i, j] += p_i
+            wins[p][j, i] += 1.0 - p_i
+            counts[p][i, j] += 1
+            counts[p][j, i] += 1
+        rewards = []
+        for w, c, rs in zip(wins, counts, responses):
+            n = len(rs)
+            if n < 2:
+                rewards.append([0.5] * n)
+                continue
+            rate = np.divide(w, c, out=np.zeros_like(w), where=c > 0)
+            rewards.append([float(rate[i].sum() / (n - 1)) for i in range(n)])
+        return rewards
+
+    def close(self) -> None:
+        del self.model
+        release()

@@ -1,0 +1,63 @@
+"""Pair-wise preference rewards on a tiny causal LM judge."""
+
+import pytest
+import torch
+
+from eva_plugin import plugins
+from eva_plugin.rewards.pairwise import PairwisePreferenceReward
+
+CONV = [[{"role": "user", "content": "name a prime number"}], [{"role": "user", "content": "say hi"}]]
+RESPONSES = [["seven", "four is prime", "2", "nine"], ["hi", "hello there"]]
+
+
+def test_both_orders_make_win_rates_complementary(models):
+    rm = PairwisePreferenceReward(str(models["policy"]), order="both")
+    rewards = rm.score(CONV, RESPONSES)
+    assert [len(r) for r in rewards] == [4, 2]
+    for r, rs in zip(rewards, RESPONSES):
+        assert sum(r) == pytest.approx(len(rs) / 2)  # every comparison hands out exactly one win
+        assert all(0 <= x <= 1 for x in r)
+
+
+def test_two_responses_match_a_direct_forward(models):
+    rm = PairwisePreferenceReward(str(models["policy"]), order="both")
+    a, b = RESPONSES[1]
+
+    def p_first(x, y):
+        text = rm.render("say hi", x, y)
+        ids = rm.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            logits = rm.model(**ids).logits[0, -1, rm.label_ids]
+        return torch.softmax(logits.float(), -1)[0].item()
+
+    expected = (p_first(a, b) + 1 - p_first(b, a)) / 2
+    (reward,) = rm.score(CONV[1:], RESPONSES[1:])
+    assert reward[0] == pytest.approx(expected, abs=1e-5)
+    assert reward[1] == pytest.approx(1 - expected, abs=1e-5)
+    assert "[CONTEXT] say hi [RESPONSE A] hi [RESPONSE B] hello there" in rm.render("say hi", a, b)
+
+
+def test_random_order_is_seeded_and_judges_each_pair_once(models):
+    first = PairwisePreferenceReward(str(models["policy"]), seed=3).score(CONV, RESPONSES)
+    again = PairwisePreferenceReward(str(models["policy"]), seed=3).score(CONV, RESPONSES)
+    assert first == again
+    rm = PairwisePreferenceReward(str(models["policy"]), seed=3)
+    seen = []
+    rm.prob_first_wins = lambda texts: seen.extend(texts) or [0.5] * len(texts)
+    rm.score(CONV, RESPONSES)
+    assert len(seen) == 6 + 1  # C(4,2) + C(2,2) comparisons
+
+
+def test_pairwise_reward_in_the_loop(write_recipe, models):
+    from eva_plugin.dpo import run
+    from eva_plugin.recipe import load_recipe
+
+    assert plugins.get("reward_models", "pairwise") is PairwisePreferenceReward
+    eva = {"iterations": 1, "reward_type": "pairwise", "reward_model": str(models["policy"]),
+           "reward_options": {"order": "both"}}
+    recipe = load_recipe(["--config", str(write_recipe(eva=eva))])
+    run(recipe, stop_after="pairs")
+    from datasets import load_from_disk
+
+    scored = load_from_disk(str(recipe.output_dir / "iter_1" / "creator_rewards" / "data"))
+    assert all(sum(r) == pytest.approx(len(r) / 2) for r in scored["rewards"])
