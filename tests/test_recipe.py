@@ -98,7 +98,7 @@ def test_legacy_keys_on_the_command_line_are_mapped(write_recipe):
         ({"selector": "top"}, "known: greedy, sample"),
         ({"evolver": "magic"}, "known: evol_complexity, evol_instruct, evol_quality, self_instruct"),
         ({"reward_type": "oracle"}, "known: embedding, pairwise, sequence_classification"),
-        ({"generation": {"backend": "tgi"}}, "known: openai, transformers"),
+        ({"generation": {"backend": "tgi"}}, "known: openai, transformers, vllm"),
         ({"proxie": "a_min"}, "unknown key(s) proxie in `eva`"),
         ({"generation": {"temp": 1}}, "unknown key(s) temp in `eva.generation`"),
         ({"reference": "sft"}, "previous, initial"),

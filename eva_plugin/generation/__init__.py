@@ -50,6 +50,8 @@ class Backend(Protocol):
 def register_backends(register):
     from eva_plugin.generation.openai_backend import OpenAICompatibleBackend
     from eva_plugin.generation.transformers_backend import TransformersBackend
+    from eva_plugin.generation.vllm_backend import VLLMBackend
 
     register("transformers", TransformersBackend)
     register("openai", OpenAICompatibleBackend)
+    register("vllm", VLLMBackend)
