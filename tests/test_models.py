@@ -76,6 +76,27 @@ def test_reward_model_without_pad_id_reads_the_real_last_token(tmp_path, models)
     assert batched == pytest.approx(single, abs=1e-5)
 
 
+def test_length_sorted_token_budget_batches_equal_one_at_a_time(models):
+    responses = [["a poem about waves and the moon at night over the sea", "no", "x"],
+                 ["x = 4 because 2 x = 8 after subtracting 3", "4"], ["hello there, friend"]]
+    budgeted = SequenceClassificationReward(str(models["reward"]), batch_size=8, max_batch_tokens=64)
+    single = SequenceClassificationReward(str(models["reward"]), batch_size=1)
+    assert [x for r in budgeted.score(CONVS, responses) for x in r] == pytest.approx(
+        [x for r in single.score(CONVS, responses) for x in r], abs=1e-5)
+
+
+def test_length_batches_respect_size_and_token_budget():
+    from eva_plugin.rewards.batching import length_batches
+
+    lengths = [5, 40, 12, 11, 3, 100, 12]
+    batches = length_batches(lengths, batch_size=3, max_tokens=40)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert batches[0] == [5]  # longer than the budget: alone
+    for b in batches:
+        assert len(b) <= 3 and (len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 40)
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+
+
 REMOTE_CODE = '''
 from dataclasses import dataclass
 import torch

@@ -19,6 +19,12 @@ def test_both_orders_make_win_rates_complementary(models):
         assert all(0 <= x <= 1 for x in r)
 
 
+def test_left_padded_length_batches_match_one_at_a_time(models):
+    batched = PairwisePreferenceReward(str(models["policy"]), batch_size=8).score(CONV, RESPONSES)
+    single = PairwisePreferenceReward(str(models["policy"]), batch_size=1).score(CONV, RESPONSES)
+    assert [x for r in batched for x in r] == pytest.approx([x for r in single for x in r], abs=1e-5)
+
+
 def test_two_responses_match_a_direct_forward(models):
     rm = PairwisePreferenceReward(str(models["policy"]), order="both")
     a, b = RESPONSES[1]
@@ -38,10 +44,10 @@ def test_two_responses_match_a_direct_forward(models):
 
 
 def test_random_order_is_seeded_and_judges_each_pair_once(models):
-    first = PairwisePreferenceReward(str(models["policy"]), seed=3).score(CONV, RESPONSES)
-    again = PairwisePreferenceReward(str(models["policy"]), seed=3).score(CONV, RESPONSES)
+    first = PairwisePreferenceReward(str(models["policy"]), order="random", seed=3).score(CONV, RESPONSES)
+    again = PairwisePreferenceReward(str(models["policy"]), order="random", seed=3).score(CONV, RESPONSES)
     assert first == again
-    rm = PairwisePreferenceReward(str(models["policy"]), seed=3)
+    rm = PairwisePreferenceReward(str(models["policy"]), order="random", seed=3)
     seen = []
     rm.prob_first_wins = lambda texts: seen.extend(texts) or [0.5] * len(texts)
     rm.score(CONV, RESPONSES)

@@ -3,8 +3,9 @@
 A causal LM reads "[CONTEXT] x [RESPONSE A] a [RESPONSE B] b" as a user turn and answers
 "A" or "B"; P(a beats b) is the softmax of the "A" and "B" token logits at the answer
 position. A response's reward is its mean win probability against the other samples of
-the same prompt. Position bias is cancelled by judging each pair in a random order
-(``order: random``, seeded) or in both orders averaged (``order: both``, twice the cost).
+the same prompt. Position bias is cancelled by judging each pair in both orders and
+averaging (``order: both``, default) or, at half the cost, in one seeded random order
+(``order: random``). Comparisons run in length-sorted batches under a token budget.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from eva_plugin.generation import Conversation
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, release
+from eva_plugin.rewards.batching import length_batches
 
 TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {a} [RESPONSE B] {b} \n"
 
@@ -28,7 +30,8 @@ class PairwisePreferenceReward:
         batch_size: int = 8,
         dtype: str | None = None,
         trust_remote_code: bool = False,
-        order: str = "random",
+        order: str = "both",
+        max_batch_tokens: int | None = 32768,
         seed: int = 0,
         template: str = TEMPLATE,
         labels: tuple[str, str] = ("A", "B"),
@@ -39,6 +42,7 @@ class PairwisePreferenceReward:
             raise ValueError(f"unknown pairwise order {order!r}; known: random, both")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size, self.order, self.template = max(1, int(batch_size)), order, template
+        self.max_batch_tokens = max_batch_tokens
         self.rng = np.random.default_rng(seed)
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
@@ -57,12 +61,16 @@ class PairwisePreferenceReward:
     @torch.no_grad()
     def prob_first_wins(self, texts: list[str]) -> list[float]:
         """P("A") against P("B") at the answer position, per rendered comparison."""
-        out: list[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(texts[start : start + self.batch_size], return_tensors="pt", padding=True,
-                                   add_special_tokens=False).to(self.device)
-            logits = self.model(**batch).logits[:, -1, self.label_ids].float()
-            out.extend(torch.softmax(logits, -1)[:, 0].tolist())
+        if not texts:
+            return []
+        lengths = [len(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        out = [0.0] * len(texts)
+        for batch in length_batches(lengths, self.batch_size, self.max_batch_tokens):
+            enc = self.tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
+                                 add_special_tokens=False).to(self.device)
+            logits = self.model(**enc).logits[:, -1, self.label_ids].float()
+            for i, p in zip(batch, torch.softmax(logits, -1)[:, 0].tolist()):
+                out[i] = p
         return out
 
     def score(self, conversations: list[Conversation], responses: list[list[str]]) -> list[list[float]]:

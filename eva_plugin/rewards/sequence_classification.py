@@ -6,6 +6,7 @@ import torch
 
 from eva_plugin.generation import Conversation
 from eva_plugin.modeling import load_tokenizer, release, torch_dtype
+from eva_plugin.rewards.batching import length_batches
 
 
 class SequenceClassificationReward:
@@ -24,6 +25,7 @@ class SequenceClassificationReward:
         dtype: str | None = None,
         trust_remote_code: bool = False,
         max_length: int = 4096,
+        max_batch_tokens: int | None = 32768,
         device: str | None = None,
         **_: object,
     ) -> None:
@@ -32,6 +34,7 @@ class SequenceClassificationReward:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = max(1, int(batch_size))
         self.max_length = max_length
+        self.max_batch_tokens = max_batch_tokens
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
@@ -51,25 +54,33 @@ class SequenceClassificationReward:
     @torch.no_grad()
     def score(self, conversations: list[Conversation], responses: list[list[str]]) -> list[list[float]]:
         flat = [(i, self.render(c, r)) for i, (c, rs) in enumerate(zip(conversations, responses)) for r in rs]
-        values: list[float] = []
-        for start in range(0, len(flat), self.batch_size):
-            texts = [t for _, t in flat[start : start + self.batch_size]]
-            ids = self.tokenizer(texts, truncation=True, max_length=self.max_length, add_special_tokens=False)[
-                "input_ids"]
-            pad = self.pad_id if self.pad_id is not None else _unused_id(ids, self.model.config.vocab_size)
-            self.model.config.pad_token_id = pad
-            width = max(len(x) for x in ids)
-            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
-            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
-            out = self.model(input_ids=input_ids, attention_mask=mask)
-            score = getattr(out, "score", None)
-            if score is None:
-                score = out.logits[:, 0]
-            values.extend(score.float().reshape(-1).tolist())
+        if not flat:
+            return [[] for _ in conversations]
+        ids = self.tokenizer([t for _, t in flat], truncation=True, max_length=self.max_length,
+                             add_special_tokens=False)["input_ids"]
+        values: list[float] = [0.0] * len(flat)
+        for batch in length_batches([len(x) for x in ids], self.batch_size, self.max_batch_tokens):
+            values_of = self._forward([ids[i] for i in batch])
+            for i, v in zip(batch, values_of):
+                values[i] = v
         result: list[list[float]] = [[] for _ in conversations]
         for (i, _), v in zip(flat, values):
             result[i].append(v)
         return result
+
+    @torch.no_grad()
+    def _forward(self, ids: list[list[int]]) -> list[float]:
+        """Scores of one right-padded batch (attention mask on, the head reads the last real token)."""
+        pad = self.pad_id if self.pad_id is not None else _unused_id(ids, self.model.config.vocab_size)
+        self.model.config.pad_token_id = pad
+        width = max(len(x) for x in ids)
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
+        out = self.model(input_ids=input_ids, attention_mask=mask)
+        score = getattr(out, "score", None)
+        if score is None:
+            score = out.logits[:, 0]
+        return score.float().reshape(-1).tolist()
 
     def close(self) -> None:
         del self.model

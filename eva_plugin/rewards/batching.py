@@ -1,0 +1,26 @@
+"""Length-sorted batches with a padded-token budget, shared by the reward models."""
+
+from __future__ import annotations
+
+
+def length_batches(lengths: list[int], batch_size: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices grouped into batches of similar length, longest first.
+
+    A batch holds at most ``batch_size`` items and, when ``max_tokens`` is set, at most
+    ``max_tokens`` padded tokens (items x longest item); an item longer than the budget
+    gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        full = len(current) >= batch_size or (
+            max_tokens is not None and current and (len(current) + 1) * longest > max_tokens)
+        if full:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
