@@ -252,6 +252,9 @@ def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None
     eva.evolver_model = resolve(eva.evolver_model)
     if creator is not None and not model.model_name_or_path:
         raise RecipeError("recipe has no `model_name_or_path`; set it to the policy checkpoint")
+    if creator is not None and explicit & {"loss_type", "loss_weights"}:
+        raise RecipeError("with `creator:` the loss comes from `eva.loss` (dpo, ipo, sppo, simpo, orpo) and "
+                          "`eva.loss_args`; remove `loss_type`/`loss_weights`")
     if creator is not None and eva.reward_model is None:
         raise RecipeError(f"`creator: {creator}` needs `eva.reward_model` (a local reward model path)")
     if not specs:

@@ -148,3 +148,10 @@ def test_loss_knobs_paper_defaults_recipe_beta_and_overrides(tmp_path, models, p
     assert knobs({"loss": "simpo"}, beta=0.01) == {"beta": 10.0, "gamma": 5.0, **nll}  # not SimPO's beta
     assert knobs({"loss": "simpo", "loss_args": {"gamma": 3, "nll_alpha": 0.2}}) == {
         "beta": 10.0, "gamma": 3.0, "nll_alpha": 0.2}
+
+
+def test_trl_loss_type_is_refused_in_eva_runs(write_recipe):
+    with pytest.raises(RecipeError, match="the loss comes from `eva.loss`"):
+        load_recipe(["--config", str(write_recipe(loss_type="ipo"))])
+    with pytest.raises(RecipeError, match="remove `loss_type`"):
+        load_recipe(["--config", str(write_recipe()), "--loss_type", "ipo"])
