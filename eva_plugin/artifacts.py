@@ -72,6 +72,10 @@ class StageStore:
     def path(self, iteration: int, stage: str) -> Path:
         return self.root / f"iter_{iteration}" / stage
 
+    def load(self, iteration: int, stage: str, keep_in_memory: bool = False) -> Dataset:
+        """The dataset a finished stage wrote."""
+        return load_from_disk(str(self.path(iteration, stage) / "data"), keep_in_memory=keep_in_memory)
+
     def manifest(self, iteration: int, stage: str) -> dict | None:
         file = self.path(iteration, stage) / MANIFEST
         return read_json(file) if file.exists() else None
@@ -112,7 +116,7 @@ class StageStore:
             self.skipped.append(f"iter_{iteration}/{stage}")
             manifest = self.manifest(iteration, stage) or {}
             log(f"[iter {iteration}] {stage}: done before, skipped")
-            return (load_from_disk(str(final / "data")) if (final / "data").exists() else None), manifest
+            return (self.load(iteration, stage) if (final / "data").exists() else None), manifest
         log(f"[iter {iteration}] {stage}: running")
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{stage}.tmp-"))
@@ -138,7 +142,7 @@ class StageStore:
             raise
         log(f"[iter {iteration}] {stage}: {manifest['rows'] if manifest['rows'] is not None else '-'} rows "
             f"in {manifest['seconds']:.1f}s")
-        data = load_from_disk(str(final / "data")) if result.data is not None else None
+        data = self.load(iteration, stage) if result.data is not None else None
         return data, manifest
 
 

@@ -32,7 +32,7 @@ from eva_plugin.creator import hygiene
 from eva_plugin.creator.evolvers import STATUSES, Truncated
 from eva_plugin.creator.mixing import plan_mix
 from eva_plugin.creator.proxies import weights as proxy_weights
-from eva_plugin.data import load_prompts, user_turn
+from eva_plugin.data import load_prompts, prompt_id, user_turn
 from eva_plugin.generation import SamplingParams
 from eva_plugin.recipe import Recipe
 from eva_plugin.solver.pairs import build_pairs
@@ -238,12 +238,10 @@ class EvaLoop:
 
     # ---- creator ---------------------------------------------------------------------------
     def previous_prompts(self, t: int) -> Dataset:
-        from datasets import load_from_disk
-
         if t == 1:
-            pool = load_from_disk(str(self.store.path(0, "prompts") / "data"))
+            pool = self.store.load(0, "prompts")
             return _with_origin(pool.select(range(self.set_size(pool))), "seed")
-        return load_from_disk(str(self.store.path(t - 1, "prompts") / "data"))
+        return self.store.load(t - 1, "prompts")
 
     def previous_prompts_id(self, t: int) -> str:
         stage = self.upstream(t - 1 if t > 1 else 0, "prompts")["prompts"]
@@ -352,18 +350,16 @@ class EvaLoop:
     def new_prompts(self, t: int) -> tuple[Dataset, int]:
         """X_t and how many evolved prompts were missing: evolved + buffer (EVA), or the next
         slice of the seed pool (``creator: none``)."""
-        from datasets import load_from_disk
-
         if self.creator != "eva":
-            pool = load_from_disk(str(self.store.path(0, "prompts") / "data"))
+            pool = self.store.load(0, "prompts")
             n = self.set_size(pool)
             idx = [((t - 1) * n + i) % len(pool) for i in range(n)]
             return _with_origin(pool.select(idx), "seed"), 0
         prev = self.previous_prompts(t)
-        evolved = load_from_disk(str(self.store.path(t, "evolved") / "data"))
+        evolved = self.store.load(t, "evolved")
         evolved = evolved.select([i for i, s in enumerate(evolved["status"]) if s == "kept"])
         plan = plan_mix(len(evolved), len(prev), len(prev), self.eva.evolved_fraction, self.rng(t, "prompts"))
-        rows = [{"prompt_id": _pid(e["prompt"]), "prompt": e["prompt"], "origin": "evolved",
+        rows = [{"prompt_id": prompt_id(e["prompt"]), "prompt": e["prompt"], "origin": "evolved",
                  "parent_id": e["parent_id"]} for e in evolved.select(plan.evolved)]
         rows += [{"prompt_id": b["prompt_id"], "prompt": b["prompt"], "origin": "buffer",
                   "parent_id": ""} for b in prev.select(plan.buffer)]
@@ -441,14 +437,12 @@ class EvaLoop:
 
     def rewrite(self, t: int, llm: _Lazy) -> None:
         """``rewritten``: the pairs with chosen responses rewritten by the evolver LLM (where kept)."""
-        from datasets import load_from_disk
-
         eva = self.eva
         gen = dataclasses.replace(eva.evolver_generation, max_new_tokens=math.ceil(
             eva.generation.max_new_tokens * eva.rewriter_max_length_ratio))
 
         def make(_: Path) -> StageResult:
-            pairs = load_from_disk(str(self.store.path(t, "pairs") / "data"))
+            pairs = self.store.load(t, "pairs")
             complete = _Completions(llm, self.params(gen, t, salt=4))
             rows, counts = rewrite_pairs(pairs.to_list(), complete, eva.rewriter_max_length_ratio)
             return StageResult(Dataset.from_list(rows), {**complete.stats(), **counts})
@@ -462,12 +456,9 @@ class EvaLoop:
         eva = self.eva
         if self.creator != "eva" or not eva.reuse_creator_samples or eva.num_samples < eva.solver_samples:
             return {}
-        from datasets import load_from_disk
-
-        path = self.store.path(t, "creator_rewards") / "data"
-        if not path.exists():
+        if not (self.store.path(t, "creator_rewards") / "data").exists():
             return {}
-        scored = load_from_disk(str(path))
+        scored = self.store.load(t, "creator_rewards")
         return {r["prompt_id"]: {"responses": r["responses"], "rewards": r["rewards"]} for r in scored}
 
     # ---- training ----------------------------------------------------------------------------
@@ -476,8 +467,6 @@ class EvaLoop:
             self.recipe.model.model_name_or_path)
 
     def train(self, t: int) -> None:
-        from datasets import load_from_disk
-
         source = self.training_pairs_stage()
         knobs = self.recipe.loss_knobs()
         config = {**self.upstream(t, source), "policy": self.policy_id(t), "reference": self.eva.reference,
@@ -495,7 +484,7 @@ class EvaLoop:
         self.state.wait_for_everyone()
         started = time.perf_counter()
         # in memory: the trainer's tokenising map must not write cache files into the artifact
-        pairs = load_from_disk(str(self.store.path(t, source) / "data"), keep_in_memory=True)
+        pairs = self.store.load(t, source, keep_in_memory=True)
         stats = train_round(pairs, policy_path=self.policy_path(t), reference_path=self.reference_path(t),
                             training=self.recipe.training, model_args=self.recipe.model, save_dir=tmp,
                             loss=self.eva.loss, knobs=knobs)
@@ -529,12 +518,6 @@ class StopAfterStage(Exception):
 def _with_origin(ds: Dataset, origin: str) -> Dataset:
     """Tag rows in memory (``map`` would write cache files into the artifact folder)."""
     return ds.flatten_indices(keep_in_memory=True).add_column("origin", [origin] * len(ds))
-
-
-def _pid(text: str) -> str:
-    from eva_plugin.data import prompt_id
-
-    return prompt_id(text)
 
 
 #: DPOConfig keys that do not change the trained weights (where and how a run reports).

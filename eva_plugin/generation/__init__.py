@@ -40,6 +40,18 @@ class Generations:
     failed: int = 0
 
 
+def render_prompt(tokenizer, conversation: Conversation) -> str:
+    """The text a causal LM sees: its chat template with the generation prompt, else plain turns."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+    return "\n\n".join(turn["content"] for turn in conversation) + "\n\n"
+
+
+def last_user_turn(conversation: Conversation) -> str:
+    """The content of the conversation's last user message (the prompt being answered)."""
+    return next(m["content"] for m in reversed(conversation) if m["role"] == "user")
+
+
 class Backend(Protocol):
     def generate(self, conversations: list[Conversation], n: int, params: SamplingParams) -> Generations: ...
 

@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from eva_plugin.generation import Conversation, Generations, SamplingParams
+from eva_plugin.generation import Conversation, Generations, SamplingParams, render_prompt
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, release
 
 logger = logging.getLogger(__name__)
@@ -35,9 +35,7 @@ class TransformersBackend:
 
     def render(self, conversation: Conversation) -> str:
         """The prompt text the policy sees: its chat template with the generation prompt."""
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(turn["content"] for turn in conversation) + "\n\n"
+        return render_prompt(self.tokenizer, conversation)
 
     @torch.no_grad()
     def generate(self, conversations: list[Conversation], n: int, params: SamplingParams) -> Generations:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import logging
 
-from eva_plugin.generation import Conversation, Generations, SamplingParams
+from eva_plugin.generation import Conversation, Generations, SamplingParams, render_prompt
 from eva_plugin.modeling import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -45,9 +45,7 @@ class VLLMBackend:
         self.llm = LLM(**kwargs)
 
     def render(self, conversation: Conversation) -> str:
-        if self.tokenizer.chat_template:
-            return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
-        return "\n\n".join(turn["content"] for turn in conversation) + "\n\n"
+        return render_prompt(self.tokenizer, conversation)
 
     def generate(self, conversations: list[Conversation], n: int, params: SamplingParams) -> Generations:
         from vllm import SamplingParams as VLLMSamplingParams

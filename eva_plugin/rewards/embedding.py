@@ -10,7 +10,7 @@ import re
 
 import torch
 
-from eva_plugin.generation import Conversation
+from eva_plugin.generation import Conversation, last_user_turn
 from eva_plugin.modeling import load_tokenizer, release
 
 
@@ -86,7 +86,7 @@ class EmbeddingSimilarityReward:
         return torch.cat(rows) if rows else torch.zeros(0)
 
     def score(self, conversations: list[Conversation], responses: list[list[str]]) -> list[list[float]]:
-        prompts = [next(m["content"] for m in reversed(c) if m["role"] == "user") for c in conversations]
+        prompts = [last_user_turn(c) for c in conversations]
         p = self.embed(prompts)
         flat = [r for rs in responses for r in rs]
         r = self.embed(flat) if flat else torch.zeros(0, p.shape[-1])

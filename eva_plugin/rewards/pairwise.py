@@ -15,7 +15,7 @@ import itertools
 import numpy as np
 import torch
 
-from eva_plugin.generation import Conversation
+from eva_plugin.generation import Conversation, last_user_turn
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, release
 from eva_plugin.rewards.batching import length_batches
 
@@ -77,7 +77,7 @@ class PairwisePreferenceReward:
         jobs: list[tuple[int, int, int, bool]] = []  # prompt, i, j, i shown first
         texts: list[str] = []
         for p, (conv, rs) in enumerate(zip(conversations, responses)):
-            context = next(m["content"] for m in reversed(conv) if m["role"] == "user")
+            context = last_user_turn(conv)
             for i, j in itertools.combinations(range(len(rs)), 2):
                 orders = [True, False] if self.order == "both" else [bool(self.rng.integers(2))]
                 for i_first in orders:
