@@ -66,6 +66,8 @@ def run(recipe: Recipe, *, stop_after: str | None = None, overwrite_stale: bool 
         if loop.state.is_main_process:
             print(f"stopped after {stop.args[0]} as asked; rerun without --stop_after to continue")
         return
+    finally:
+        loop.state.destroy_process_group()  # a no-op with one process
     if loop.state.is_main_process:
         print_summary(reports, recipe.output_dir)
 

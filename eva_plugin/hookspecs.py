@@ -26,9 +26,15 @@ def register_evolvers(register):
 
 @hookspec
 def register_reward_models(register):
-    """Register reward model types: ``register(name, factory(path, **options) -> RewardModel)``."""
+    """Register reward model types: ``register(name, factory(path, **options) -> RewardModel)``.
+
+    ``options`` are the recipe's ``reward_options`` plus ``device`` (this process's device)."""
 
 
 @hookspec
 def register_backends(register):
-    """Register generation backends: ``register(name, factory(model_path, **options) -> Backend)``."""
+    """Register generation backends: ``register(name, factory(model_path, **options) -> Backend)``.
+
+    ``options``: ``batch_size``, ``dtype``, ``trust_remote_code``, ``device`` and the recipe's
+    ``generation.options``. ``Backend.generate(conversations, n, params, seeds)`` gets one seed
+    per prompt; a prompt's samples should depend on its seed alone (see ``generation.seeding``)."""

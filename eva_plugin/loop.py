@@ -2,7 +2,10 @@
 
 Every stage goes through ``StageStore.run``, so a re-run skips finished stages, and a
 changed config that invalidates a finished stage is reported instead of silently reused.
-Stages that sample or score run on the main process; every process trains.
+Under ``accelerate launch`` with several processes, the stages that sample or score split
+their prompts across the processes (``eva_plugin.sharding``), the main process writes every
+artifact and the others read it back; the cheap bookkeeping stages run on the main process
+only; every process trains.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import dataclasses
 import logging
 import math
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,6 +39,9 @@ from eva_plugin.creator.proxies import weights as proxy_weights
 from eva_plugin.data import load_prompts, prompt_id, user_turn
 from eva_plugin.generation import SamplingParams
 from eva_plugin.recipe import Recipe
+from eva_plugin.sharding import Shards
+from eva_plugin.sharding import generate as shared_generate
+from eva_plugin.sharding import score as shared_score
 from eva_plugin.solver.pairs import build_pairs
 from eva_plugin.solver.rewriter import rewrite_pairs
 from eva_plugin.solver.training import train_round
@@ -81,15 +88,17 @@ def length_penalised(rewards: list[list[float]], responses: list[list[str]], pen
 
 
 class _Completions:
-    """One completion per instruction from an LLM (evolver, rewriter), counting tokens and failures."""
+    """One completion per instruction from an LLM (evolver, rewriter), counting tokens and failures;
+    the instructions are shared across the processes."""
 
-    def __init__(self, llm: _Lazy, params: SamplingParams) -> None:
-        self.llm, self.params = llm, params
+    def __init__(self, llm: _Lazy, params: SamplingParams, shards: Shards) -> None:
+        self.llm, self.params, self.shards = llm, params, shards
         self.tokens = self.failed = 0
 
     def __call__(self, instructions: list[str]) -> tuple[list[str], list[bool]]:
         """Texts and whether each ended on its own (True where the backend cannot tell)."""
-        gens = self.llm.get().generate([user_turn(i) for i in instructions], 1, self.params)
+        backend = self.shards.together(self.llm.get)
+        gens = shared_generate(self.shards, backend, [user_turn(i) for i in instructions], 1, self.params)
         self.tokens += gens.num_tokens
         self.failed += gens.failed
         done = gens.finished or [[True]] * len(gens.texts)
@@ -113,6 +122,7 @@ class EvaLoop:
         self.store = StageStore(self.root, overwrite_stale=overwrite_stale)
         self.log = log
         self.state = PartialState()
+        self.shards = Shards(self.state)
         self.seed = self.eva.seed if self.eva.seed is not None else recipe.training.seed
         self.stop_after = stop_after
         self.reports: list[IterationReport] = []
@@ -137,24 +147,64 @@ class EvaLoop:
             return str(self.recipe.model.model_name_or_path)
         return (self.store.manifest(iteration - 1, "policy") or {}).get("fingerprint", "missing")
 
+    def device_options(self, options: dict) -> dict:
+        """Backend / reward-model options with this process's device (the recipe's own ``device`` wins)."""
+        return {"device": str(self.state.device), **options}
+
     def backend(self, model_path: str, gen) -> object:
         factory = plugins.get("backends", gen.backend)
         dtype = gen.dtype or self.recipe.model.dtype
         return factory(model_path, batch_size=gen.batch_size, dtype=dtype,
-                       trust_remote_code=self.recipe.training.trust_remote_code, **gen.options)
+                       trust_remote_code=self.recipe.training.trust_remote_code, **self.device_options(gen.options))
 
     def reward_model(self) -> object:
         factory = plugins.get("reward_models", self.eva.reward_type)
-        return factory(self.eva.reward_model, **self.eva.reward_options)
+        return factory(self.eva.reward_model, **self.device_options(self.eva.reward_options))
 
     def upstream(self, iteration: int, *stages: str) -> dict[str, str]:
         return {s: (self.store.manifest(iteration, s) or {}).get("fingerprint", "") for s in stages}
 
-    def stage(self, iteration: int, name: str, config: dict, fn: Callable[[Path], StageResult]):
-        data, manifest = self.store.run(iteration, name, config, fn, log=self.log)
+    def stage(self, iteration: int, name: str, config: dict, fn: Callable[[Path], StageResult], *,
+              collective: bool = False):
+        """Run one stage through the store and return its dataset on every process.
+
+        ``fn`` runs on the main process, or with ``collective`` on every process (it shares its
+        sampling or scoring through ``self.shards``); either way the main process writes the
+        artifact and the other processes read it back.
+        """
+        if self.state.num_processes == 1:
+            data, manifest = self.store.run(iteration, name, config, fn, log=self.log)
+        else:
+            data, manifest = self._stage_across_processes(iteration, name, config, fn, collective)
         self.reports[-1].manifests[name] = manifest
         self.maybe_stop(iteration, name)
         return data
+
+    def _stage_across_processes(self, iteration: int, name: str, config: dict, fn, collective: bool):
+        main = self.state.is_main_process
+        if collective:
+            fn = self._counting_shares(fn)
+        done = self.on_main(lambda: self.store.is_done(iteration, name, config), share=True)
+        held: list = [None]
+        error: BaseException | None = None
+        if main:
+            def run_and_keep() -> None:
+                held[0] = self.store.run(iteration, name, config, fn, log=self.log)
+        elif collective and not done:
+            try:  # this process's share; the main process writes the artifact
+                with tempfile.TemporaryDirectory() as scratch:
+                    fn(Path(scratch))
+            except Exception as err:  # still meet the main process below, then raise
+                error = err
+        # every process reaches this broadcast, whatever happened in its share of the work
+        self.on_main(run_and_keep if main else (lambda: None), own_error=error)
+        if main:
+            return held[0]
+        if done:
+            self.store.skipped.append(f"iter_{iteration}/{name}")
+        final = self.store.path(iteration, name)
+        data = self.store.load(iteration, name) if (final / "data").exists() else None
+        return data, self.store.manifest(iteration, name) or {}
 
     def maybe_stop(self, iteration: int, name: str) -> None:
         """Stop after ``name`` if asked (``STAGE`` = its first run in iteration >= 1, or ``iter_T/STAGE``);
@@ -164,13 +214,27 @@ class EvaLoop:
         if asked and where not in self.store.skipped:
             raise StopAfterStage(where)
 
-    def on_main(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the main process only; the others learn whether it finished, stopped or failed."""
-        outcome: list = [None]
-        error: BaseException | None = None
+    def _counting_shares(self, fn: Callable[[Path], StageResult]) -> Callable[[Path], StageResult]:
+        """``fn`` whose manifest also records how many items each process worked on."""
+
+        def counted(tmp: Path) -> StageResult:
+            self.shards.reset_counts()
+            result = fn(tmp)
+            result.stats["items_per_process"] = list(self.shards.items)
+            return result
+
+        return counted
+
+    def on_main(self, fn: Callable[[], object], *, share: bool = False, own_error: BaseException | None = None):
+        """Run ``fn`` on the main process only; the others learn whether it finished, stopped or
+        failed, and with ``share`` its (small, picklable) value. ``own_error``: a failure this
+        process had before meeting the others here; it is raised after the broadcast."""
+        outcome: list = [("ok", None)]
+        error: BaseException | None = own_error
         if self.state.is_main_process:
             try:
-                fn()
+                value = fn()
+                outcome = [("ok", value if share else None)]
             except StopAfterStage as stop:
                 outcome, error = [("stop", stop.args[0])], stop
             except BaseException as err:  # tell the other ranks before re-raising
@@ -181,17 +245,18 @@ class EvaLoop:
             outcome = broadcast_object_list(outcome)
         if error is not None:
             raise error
-        if outcome[0] is not None:
-            kind, detail = outcome[0]
-            if kind == "stop":
-                raise StopAfterStage(detail)
+        kind, detail = outcome[0]
+        if kind == "stop":
+            raise StopAfterStage(detail)
+        if kind == "error":
             raise RuntimeError(f"the main process failed: {detail}")
+        return detail
 
     # ---- the run ---------------------------------------------------------------------------
     def run(self) -> list[IterationReport]:
         self.root.mkdir(parents=True, exist_ok=True)
         self.reports.append(IterationReport(0))
-        self.on_main(self.seed_prompts)
+        self.seed_prompts()
         for t in range(1, self.eva.iterations + 1):
             self.reports.append(IterationReport(t))
             self.iteration(t)
@@ -222,18 +287,15 @@ class EvaLoop:
         evolver_llm = _Lazy(lambda: self.backend(self.eva.evolver_model or self.policy_path(t),
                                                   self.eva.evolver_generation)) if own_evolver else policy
 
-        def data_stages() -> None:
-            try:
-                if self.creator == "eva":
-                    self.creator_step(t, policy, rewarder, evolver_llm)
-                self.solver_data(t, policy, rewarder)
-                if self.eva.rewriter:
-                    self.rewrite(t, evolver_llm)
-            finally:
-                for held in {id(x): x for x in (policy, rewarder, evolver_llm)}.values():
-                    held.close()
-
-        self.on_main(data_stages)
+        try:
+            if self.creator == "eva":
+                self.creator_step(t, policy, rewarder, evolver_llm)
+            self.solver_data(t, policy, rewarder)
+            if self.eva.rewriter:
+                self.rewrite(t, evolver_llm)
+        finally:  # every process frees its generation and reward models before training
+            for held in {id(x): x for x in (policy, rewarder, evolver_llm)}.values():
+                held.close()
         self.train(t)
 
     # ---- creator ---------------------------------------------------------------------------
@@ -248,8 +310,12 @@ class EvaLoop:
         return f"{stage}:{self.eva.prompts_per_iteration}"
 
     def sample(self, iteration: int, llm: _Lazy, prompts: list[str], n: int, salt: int) -> tuple[list, int]:
-        gens = llm.get().generate([user_turn(p) for p in prompts], n, self.params(self.eva.generation, iteration,
-                                                                                  salt))
+        """``n`` responses per prompt, shared across the processes, and the tokens generated."""
+        if not prompts:  # everything reused: no model to load
+            return [], 0
+        backend = self.shards.together(llm.get)
+        params = self.params(self.eva.generation, iteration, salt)
+        gens = shared_generate(self.shards, backend, [user_turn(p) for p in prompts], n, params)
         return gens.texts, gens.num_tokens
 
     def creator_step(self, t: int, policy: _Lazy, rewarder: _Lazy, evolver_llm: _Lazy) -> None:
@@ -263,7 +329,7 @@ class EvaLoop:
                                {"tokens_generated": tokens, "generations": len(prev) * eva.num_samples})
 
         cfg = {"prompts": self.previous_prompts_id(t), "n": eva.num_samples, **sampling}
-        sampled = self.stage(t, "creator_samples", cfg, samples)
+        sampled = self.stage(t, "creator_samples", cfg, samples, collective=True)
 
         def rewards(_: Path) -> StageResult:
             conv = [user_turn(p) for p in sampled["prompt"]]
@@ -272,7 +338,7 @@ class EvaLoop:
             return StageResult(sampled.add_column("rewards", scores))
 
         rcfg = {**self.upstream(t, "creator_samples"), **self.reward_config()}
-        scored = self.stage(t, "creator_rewards", rcfg, rewards)
+        scored = self.stage(t, "creator_rewards", rcfg, rewards, collective=True)
 
         def scores(_: Path) -> StageResult:
             proxy = plugins.get("proxies", eva.proxy)
@@ -301,7 +367,7 @@ class EvaLoop:
         def evolve(_: Path) -> StageResult:
             evolver = plugins.get("evolvers", eva.evolver)(num_evolutions=eva.num_evolutions,
                                                            candidates=eva.evolver_candidates)
-            complete = _Completions(evolver_llm, self.params(evo_gen, t, salt=2))
+            complete = _Completions(evolver_llm, self.params(evo_gen, t, salt=2), self.shards)
 
             def generate(instructions: list[str]) -> list[str | None]:
                 texts, done = complete(instructions)
@@ -321,7 +387,7 @@ class EvaLoop:
                 "max_words": eva.evolved_max_words, "near_duplicate": eva.near_duplicate_threshold,
                 "llm": eva.evolver_model or sampling["policy"], "evolver_generation": dataclasses.asdict(evo_gen),
                 "policy_generation": dataclasses.asdict(gen) if eva.evolver_model is None else None}
-        self.stage(t, "evolved", ecfg, evolve)
+        self.stage(t, "evolved", ecfg, evolve, collective=True)
 
     def evolver_seeds(self, selected: Dataset, scored: Dataset) -> list[dict]:
         """Selected prompts for the evolver, with best/worst responses when feedback is on."""
@@ -339,8 +405,11 @@ class EvaLoop:
         return seeds
 
     def score(self, rewarder: _Lazy, conversations: list, responses: list[list[str]]) -> list[list[float]]:
-        """Rewards from the reward model, length-penalised (RLHF Workflow) when ``length_penalty`` > 0."""
-        return length_penalised(rewarder.get().score(conversations, responses), responses, self.eva.length_penalty)
+        """Rewards from the reward model (shared across the processes), length-penalised (RLHF
+        Workflow) when ``length_penalty`` > 0."""
+        model = self.shards.together(rewarder.get)
+        rewards = shared_score(self.shards, model, conversations, responses)
+        return length_penalised(rewards, responses, self.eva.length_penalty)
 
     def reward_config(self) -> dict:
         return {"reward_model": self.eva.reward_model, "reward_type": self.eva.reward_type,
@@ -406,7 +475,7 @@ class EvaLoop:
         scfg = {**self.upstream(t, "prompts"), "n": eva.solver_samples, "policy": self.policy_id(t),
                 "reuse": self.upstream(t, "creator_rewards") if reusable else None,
                 "generation": dataclasses.asdict(gen), "seed": self.seed}
-        sampled = self.stage(t, "solver_samples", scfg, samples)
+        sampled = self.stage(t, "solver_samples", scfg, samples, collective=True)
 
         def rewards(_: Path) -> StageResult:
             todo = [i for i, r in enumerate(sampled) if not r["reused"]]
@@ -418,7 +487,7 @@ class EvaLoop:
             return StageResult(ds, {"scored": len(todo) * eva.solver_samples})
 
         scored = self.stage(t, "solver_rewards", {**self.upstream(t, "solver_samples"), **self.reward_config()},
-                            rewards)
+                            rewards, collective=True)
 
         def pairs(_: Path) -> StageResult:
             rows, stats = build_pairs(scored)
@@ -443,13 +512,13 @@ class EvaLoop:
 
         def make(_: Path) -> StageResult:
             pairs = self.store.load(t, "pairs")
-            complete = _Completions(llm, self.params(gen, t, salt=4))
+            complete = _Completions(llm, self.params(gen, t, salt=4), self.shards)
             rows, counts = rewrite_pairs(pairs.to_list(), complete, eva.rewriter_max_length_ratio)
             return StageResult(Dataset.from_list(rows), {**complete.stats(), **counts})
 
         config = {**self.upstream(t, "pairs"), "ratio": eva.rewriter_max_length_ratio,
                   "llm": eva.evolver_model or self.policy_id(t), "generation": dataclasses.asdict(gen)}
-        self.stage(t, "rewritten", config, make)
+        self.stage(t, "rewritten", config, make, collective=True)
 
     def reusable_samples(self, t: int) -> dict[str, dict]:
         """Creator samples that can stand in for solver samples (same policy and sampling, enough of them)."""

@@ -174,6 +174,9 @@ def _accelerator_precision(cfg: dict[str, Any], notes: list[str]) -> None:
 
     if torch.cuda.is_available() or cfg.get("use_cpu"):
         return
+    # say so to accelerate: several launched processes then form a CPU (gloo) group instead of
+    # each believing it is alone
+    cfg["use_cpu"] = True
     for key in ("bf16", "fp16"):
         if cfg.get(key):
             notes.append(f"`{key}: true` turned off: no GPU on this machine")

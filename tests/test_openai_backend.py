@@ -12,6 +12,7 @@ import pytest
 
 from eva_plugin.generation import SamplingParams
 from eva_plugin.generation.openai_backend import OpenAICompatibleBackend
+from eva_plugin.generation.seeding import prompt_seeds
 
 TOPICS = ["photosynthesis", "plate tectonics", "compound interest", "binary search", "the water cycle",
           "supply and demand", "vaccination", "recursion", "ocean tides", "inflation", "lunar phases", "TCP"]
@@ -125,6 +126,7 @@ def test_failures_cost_one_prompt_not_the_batch(server, monkeypatch):
     first = next(r for r in server.requests if r["messages"][-1]["content"] == "ok one")
     assert (first["model"], first["n"], first["temperature"], first["top_p"], first["max_tokens"]) == (
         "served-model", 2, 0.5, 0.8, 7)
+    assert first["seed"] == prompt_seeds(11, [conv(p) for p in prompts])[0]  # seeded per prompt
     assert all(h.get("Authorization") == "Bearer sekrit" for h in server.headers)
     assert gens.num_tokens > 0
 
@@ -133,6 +135,9 @@ def test_servers_that_ignore_n_are_asked_again(server):
     backend = OpenAICompatibleBackend("m", base_url=server.base_url, backoff=0.01)
     gens = backend.generate([conv("ONE_AT_A_TIME")], 3, SamplingParams())
     assert len(gens.texts[0]) == 3 and len(set(gens.texts[0])) == 3
+    seeds = [r["seed"] for r in server.requests if r["messages"][-1]["content"] == "ONE_AT_A_TIME"]
+    first = prompt_seeds(SamplingParams().seed, [conv("ONE_AT_A_TIME")])[0]
+    assert seeds == [first, first + 1, first + 2]  # asked again with a moved-on seed, not the same one
     assert server.seen["ONE_AT_A_TIME"] == 3
 
 

@@ -2,7 +2,8 @@
 
 The stand-in mimics the slice of vLLM's offline API the backend uses — ``LLM(...)``,
 ``SamplingParams(n, temperature, top_p, max_tokens, seed)``, ``LLM.generate(prompts,
-params, use_tqdm)`` returning ``RequestOutput``s in input order whose ``outputs`` are
+params, use_tqdm)`` (one ``SamplingParams`` for all prompts or a list, one per prompt)
+returning ``RequestOutput``s in input order whose ``outputs`` are
 ``CompletionOutput``s with ``text``, ``token_ids`` and ``finish_reason`` — and records
 every call. What it cannot show: real vLLM sampling, tensor parallelism, memory release.
 """
@@ -17,6 +18,7 @@ import pytest
 
 from eva_plugin import plugins
 from eva_plugin.generation import SamplingParams
+from eva_plugin.generation.seeding import prompt_seeds
 
 
 @dataclass
@@ -47,9 +49,12 @@ def fake_vllm(monkeypatch):
 
         def generate(self, prompts, sampling_params, use_tqdm=True):
             calls["generate"].append((list(prompts), sampling_params))
+            per_prompt = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+            if len(per_prompt) != len(prompts):
+                raise ValueError("The lengths of prompts and sampling_params must be the same.")
             return [RequestOutput(p, [CompletionOutput(k, f" answer {k} ", [1] * (k + 2),
                                                        "length" if k == 1 else "stop")
-                                      for k in range(sampling_params.n)]) for p in prompts]
+                                      for k in range(sp.n)]) for p, sp in zip(prompts, per_prompt)]
 
     vllm = types.ModuleType("vllm")
     vllm.LLM, vllm.SamplingParams = LLM, VSamplingParams
@@ -69,15 +74,33 @@ def test_one_request_per_prompt_with_n_samples(fake_vllm, models):
                                   "gpu_memory_utilization": 0.7, "trust_remote_code": False,
                                   "enable_prefix_caching": True, "dtype": "bfloat16"}]
     convs = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "name a prime"}]]
-    gens = backend.generate(convs, 3, SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=32, seed=5))
-    (prompts, sp), = fake_vllm["generate"]
+    params = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=32, seed=5)
+    gens = backend.generate(convs, 3, params)
+    (prompts, sps), = fake_vllm["generate"]
     assert prompts == ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
                        "<|im_start|>user\nname a prime<|im_end|>\n<|im_start|>assistant\n"]  # the chat template
-    assert (sp.n, sp.temperature, sp.top_p, sp.max_tokens, sp.seed) == (3, 0.7, 0.9, 32, 5)
+    assert [(sp.n, sp.temperature, sp.top_p, sp.max_tokens) for sp in sps] == [(3, 0.7, 0.9, 32)] * 2
+    assert [sp.seed for sp in sps] == prompt_seeds(5, convs)  # seeded per prompt: the same on any rank
+    assert sps[0].seed != sps[1].seed
     assert gens.texts == [["answer 0", "answer 1", "answer 2"]] * 2
     assert gens.finished == [[True, False, True]] * 2 and gens.num_tokens == 2 * (2 + 3 + 4)
     backend.close()
     assert fake_vllm["destroyed"] == ["model_parallel", "distributed"]
+
+
+def test_under_several_processes_each_rank_group_is_one_external_launcher_engine(fake_vllm, models, monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 4)
+    backend = plugins.get("backends", "vllm")(str(models["policy"]), tensor_parallel_size=2)
+    init, = fake_vllm["init"]
+    assert init["distributed_executor_backend"] == "external_launcher" and init["tensor_parallel_size"] == 2
+    assert backend.ranks_per_engine == 2
+    backend.close()
+    assert fake_vllm["destroyed"] == ["model_parallel"]  # accelerate's process group is left alone
+    with pytest.raises(ValueError, match="does not divide the 4 processes"):
+        plugins.get("backends", "vllm")(str(models["policy"]), tensor_parallel_size=3)
 
 
 def test_missing_vllm_says_how_to_install(models, monkeypatch):

@@ -1,7 +1,9 @@
 """Generation backends: sample ``n`` responses per prompt from a causal LM.
 
 A backend is built by a factory registered under a name (``transformers`` built in)
-and offers ``generate(conversations, n, params) -> Generations`` and ``close()``.
+and offers ``generate(conversations, n, params, seeds=None) -> Generations`` and ``close()``;
+``seeds`` (one per conversation, from ``generation.seeding.prompt_seeds``) make a prompt's
+samples independent of the batch and the process it lands in.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ def last_user_turn(conversation: Conversation) -> str:
 
 
 class Backend(Protocol):
-    def generate(self, conversations: list[Conversation], n: int, params: SamplingParams) -> Generations: ...
+    def generate(self, conversations: list[Conversation], n: int, params: SamplingParams,
+                 seeds: list[int] | None = None) -> Generations: ...
 
     def close(self) -> None: ...
 

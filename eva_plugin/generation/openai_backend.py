@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import requests
 
 from eva_plugin.generation import Conversation, Generations, SamplingParams
+from eva_plugin.generation.seeding import prompt_seeds
 
 logger = logging.getLogger(__name__)
 
@@ -70,15 +71,18 @@ class OpenAICompatibleBackend:
                 time.sleep(self.backoff * 2**attempt)
         raise ServerError(f"{problem} after {self.max_retries + 1} attempts")
 
-    def _one(self, conversation: Conversation, n: int, params: SamplingParams, index: int):
-        """Up to ``n`` completions for one prompt: (texts, finished, tokens, failed choices)."""
+    def _one(self, conversation: Conversation, n: int, params: SamplingParams, index: int, seed: int):
+        """Up to ``n`` completions for one prompt: (texts, finished, tokens, failed choices).
+
+        A server that returns fewer than ``n`` choices is asked again for the rest, with the
+        seed moved on by the number already received (so a seeded server does not repeat itself)."""
         texts: list[str] = []
         finished: list[bool] = []
         tokens = failed = 0
         while len(texts) < n:
             payload = {"model": self.model, "messages": conversation, "n": n - len(texts),
                        "temperature": params.temperature, "top_p": params.top_p,
-                       "max_tokens": params.max_new_tokens, "seed": params.seed + index}
+                       "max_tokens": params.max_new_tokens, "seed": seed + len(texts)}
             try:
                 body = self._post(payload)
             except ServerError as err:
@@ -97,9 +101,14 @@ class OpenAICompatibleBackend:
                 finished.append(choice.get("finish_reason") != "length")
         return texts, finished, tokens, failed
 
-    def generate(self, conversations: list[Conversation], n: int, params: SamplingParams) -> Generations:
+    def generate(
+        self, conversations: list[Conversation], n: int, params: SamplingParams, seeds: list[int] | None = None
+    ) -> Generations:
+        """``n`` completions per conversation; ``seeds`` go out as each request's ``seed``."""
+        seeds = seeds if seeds is not None else prompt_seeds(params.seed, conversations)
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            results = list(pool.map(lambda a: self._one(a[1], n, params, a[0]), enumerate(conversations)))
+            results = list(pool.map(lambda i: self._one(conversations[i], n, params, i, seeds[i]),
+                                    range(len(conversations))))
         return Generations(
             texts=[r[0] for r in results],
             num_tokens=sum(r[2] for r in results),

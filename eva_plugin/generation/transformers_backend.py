@@ -1,4 +1,8 @@
-"""Sampling with ``transformers.generate``: batched, left-padded, prompts sorted by length."""
+"""Sampling with ``transformers.generate``: batched, left-padded, prompts sorted by length.
+
+Sampling draws from one random stream per (prompt, sample) (``generation.seeding``), so a
+prompt's responses do not depend on the batch it lands in or on the process that runs it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import logging
 import torch
 
 from eva_plugin.generation import Conversation, Generations, SamplingParams, render_prompt
+from eva_plugin.generation.seeding import SeededSampling, prompt_seeds, sample_seed
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, release
 
 logger = logging.getLogger(__name__)
@@ -38,7 +43,14 @@ class TransformersBackend:
         return render_prompt(self.tokenizer, conversation)
 
     @torch.no_grad()
-    def generate(self, conversations: list[Conversation], n: int, params: SamplingParams) -> Generations:
+    def generate(
+        self, conversations: list[Conversation], n: int, params: SamplingParams, seeds: list[int] | None = None
+    ) -> Generations:
+        """``n`` responses per conversation; ``seeds`` (one per conversation, default derived from
+        ``params.seed`` and the prompt) fix each prompt's random streams."""
+        from transformers import LogitsProcessorList
+
+        seeds = seeds if seeds is not None else prompt_seeds(params.seed, conversations)
         texts: list[list[str]] = [[] for _ in conversations]
         finished: list[list[bool]] = [[] for _ in conversations]
         rendered = [self.render(c) for c in conversations]
@@ -46,22 +58,25 @@ class TransformersBackend:
         order = sorted(range(len(rendered)), key=lambda i: -lengths[i])
         eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
-        sample = params.temperature > 0
-        torch.manual_seed(params.seed)
         total_tokens = 0
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             batch = self.tokenizer(
                 [rendered[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(self.device)
+            rows = {k: v.repeat_interleave(n, dim=0) for k, v in batch.items()}  # row b*n + j: prompt b, sample j
+            processors = LogitsProcessorList()
+            if params.temperature > 0:
+                row_seeds = [sample_seed(seeds[i], j) for i in idx for j in range(n)]
+                processors.append(SeededSampling(row_seeds, params.temperature, params.top_p))
             out = self.model.generate(
-                **batch,
-                do_sample=sample,
-                temperature=params.temperature if sample else None,
-                top_p=params.top_p if sample else None,
+                **rows,
+                do_sample=False,  # the sampling happens in SeededSampling (Gumbel-max on the argmax)
+                temperature=None,
+                top_p=None,
                 top_k=None,
+                logits_processor=processors,
                 max_new_tokens=params.max_new_tokens,
-                num_return_sequences=n,
                 eos_token_id=eos_ids,
                 pad_token_id=pad_id,
             )

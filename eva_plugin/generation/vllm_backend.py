@@ -4,6 +4,11 @@ All ``n`` samples of a prompt come from one request (``SamplingParams(n=…)``);
 rendered with the policy's own chat template; ``tensor_parallel_size`` and
 ``gpu_memory_utilization`` come from ``generation.options``. ``close()`` shuts the engine
 down and frees GPU memory before the trainer starts.
+
+Under ``accelerate launch`` with several processes every process builds an engine with
+vLLM's ``external_launcher`` executor: each group of ``tensor_parallel_size`` consecutive
+ranks is one engine and must be given the same prompts (``ranks_per_engine`` tells the
+loop how to split work); the process group stays accelerate's and is not torn down.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import gc
 import logging
 
 from eva_plugin.generation import Conversation, Generations, SamplingParams, render_prompt
+from eva_plugin.generation.seeding import prompt_seeds
 from eva_plugin.modeling import load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -42,16 +48,29 @@ class VLLMBackend:
             kwargs["dtype"] = dtype
         if max_model_len:
             kwargs["max_model_len"] = int(max_model_len)
+        world = _world_size()
+        self.external = world > 1
+        self.ranks_per_engine = int(tensor_parallel_size) if self.external else 1
+        if self.external:
+            if world % self.ranks_per_engine:
+                raise ValueError(f"tensor_parallel_size {tensor_parallel_size} does not divide the {world} "
+                                 "processes; launch a multiple of it or change generation.options")
+            # one engine per rank group, fed by this launch; the same seed on every rank of a group
+            kwargs.update(distributed_executor_backend="external_launcher", seed=0)
         self.llm = LLM(**kwargs)
 
     def render(self, conversation: Conversation) -> str:
         return render_prompt(self.tokenizer, conversation)
 
-    def generate(self, conversations: list[Conversation], n: int, params: SamplingParams) -> Generations:
+    def generate(
+        self, conversations: list[Conversation], n: int, params: SamplingParams, seeds: list[int] | None = None
+    ) -> Generations:
+        """``n`` samples per conversation, one request each, seeded per prompt (``seeds``)."""
         from vllm import SamplingParams as VLLMSamplingParams
 
-        sampling = VLLMSamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
-                                      max_tokens=params.max_new_tokens, seed=params.seed)
+        seeds = seeds if seeds is not None else prompt_seeds(params.seed, conversations)
+        sampling = [VLLMSamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
+                                       max_tokens=params.max_new_tokens, seed=seed) for seed in seeds]
         outputs = self.llm.generate([self.render(c) for c in conversations], sampling, use_tqdm=True)
         texts, finished, tokens = [], [], 0
         for request in outputs:  # vLLM returns results in input order
@@ -65,7 +84,8 @@ class VLLMBackend:
             from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
             destroy_model_parallel()
-            destroy_distributed_environment()
+            if not self.external:  # under accelerate the process group is the trainer's
+                destroy_distributed_environment()
         except ImportError:  # older / newer layouts: the engine teardown below still frees it
             pass
         del self.llm
@@ -74,3 +94,9 @@ class VLLMBackend:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

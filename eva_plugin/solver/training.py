@@ -111,6 +111,7 @@ def train_round(
     stats = {
         "train_loss": output.training_loss,
         "steps": output.global_step,
+        "processes": trainer.accelerator.num_processes,
         "last_loss": last.get("loss"),
         "reward_accuracy": last.get("rewards/accuracies"),
         "reward_margin": last.get("rewards/margins"),
@@ -121,8 +122,10 @@ def train_round(
         "reference_checksum": reference_checksum,
         "reference_logp_probe": probe,
     }
-    if hasattr(trainer, "end"):
-        trainer.end()
+    # close this round's trackers; not ``trainer.end()``: that also destroys the process group,
+    # which the next stages and rounds still use (dpo.run destroys it once, at the end)
+    for tracker in trainer.accelerator.trackers:
+        tracker.finish()
     del trainer, model, ref_model
     release()
     return stats

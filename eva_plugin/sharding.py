@@ -1,0 +1,139 @@
+"""Split generation and scoring across the processes of an ``accelerate launch``.
+
+Every process gets an interleaved share of the items, works on it, and the shares are
+gathered (``accelerate.utils.gather_object``) so that every process ends with the whole
+result in the original order; the main process then writes the artifact. A failure on
+one process is gathered too and raised on all of them, so no process waits forever.
+With one process everything runs in place.
+
+``group_size`` > 1 is for engines spanning several ranks (vLLM tensor parallel under
+``external_launcher``): the ranks of a group get the same share and only the first
+rank's result is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from eva_plugin.generation import Conversation, Generations, SamplingParams
+from eva_plugin.generation.seeding import prompt_seeds
+
+T = TypeVar("T")
+Work = Callable[[list[int]], tuple[list[Any], dict[str, int]]]
+
+
+def assignment(n: int, rank: int, world: int, group_size: int = 1) -> list[int]:
+    """The item indices of ``rank``: every ``world // group_size``-th item from its group's index."""
+    if group_size < 1 or world % group_size:
+        raise ValueError(f"{world} processes cannot be split into groups of {group_size}")
+    groups = world // group_size
+    return list(range(rank // group_size, n, groups))
+
+
+class ProcessFailed(RuntimeError):
+    """Another process failed during a shared step; this one stops too."""
+
+
+class Shards:
+    """The processes of this launch, as seen by the stages that share work."""
+
+    def __init__(self, state) -> None:
+        self.state = state
+        self.items: list[int] = []  # items each process worked on since ``reset_counts``
+
+    def reset_counts(self) -> None:
+        self.items = [0] * self.world
+
+    @property
+    def rank(self) -> int:
+        return self.state.process_index
+
+    @property
+    def world(self) -> int:
+        return self.state.num_processes
+
+    def _gather(self, payload: Any) -> list[Any]:
+        from accelerate.utils import gather_object
+
+        return gather_object([payload])
+
+    def together(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on every process (e.g. load a model); if it fails anywhere, raise everywhere."""
+        if self.world == 1:
+            return fn()
+        value, error, failure = None, None, None
+        try:
+            value = fn()
+        except Exception as err:  # reported to the other processes, then re-raised here
+            error, failure = err, f"{type(err).__name__}: {err}"
+        self._raise_failures(self._gather(failure), error)
+        return value
+
+    def run(self, n: int, work: Work, group_size: int = 1) -> tuple[list[Any], dict[str, int]]:
+        """``work(indices)`` returns one result per index and counters; the merged results (in
+        order, on every process) and the counters summed over the shares."""
+        if self.world == 1:
+            return work(list(range(n)))
+        mine = assignment(n, self.rank, self.world, group_size)
+        payload, error = None, None
+        try:
+            results, counts = work(mine)
+            if len(results) != len(mine):
+                raise RuntimeError(f"work on {len(mine)} items returned {len(results)} results")
+            payload = ("ok", mine, results, counts)
+        except Exception as err:
+            payload, error = ("error", f"{type(err).__name__}: {err}"), err
+        gathered = self._gather(payload)
+        self._raise_failures([p[1] if p[0] == "error" else None for p in gathered], error)
+        merged: list[Any] = [None] * n
+        totals: dict[str, int] = {}
+        if len(self.items) != self.world:
+            self.reset_counts()
+        for rank, (_, indices, results, counts) in enumerate(gathered):
+            self.items[rank] += len(indices)
+            if rank % group_size:
+                continue  # a second rank of the same engine: the same results again
+            for i, result in zip(indices, results):
+                merged[i] = result
+            for key, value in counts.items():
+                totals[key] = totals.get(key, 0) + value
+        return merged, totals
+
+    def _raise_failures(self, failures: list[str | None], own: BaseException | None) -> None:
+        if own is not None:
+            raise own
+        bad = [(rank, msg) for rank, msg in enumerate(failures) if msg is not None]
+        if bad:
+            rank, msg = bad[0]
+            raise ProcessFailed(f"process {rank} failed: {msg}")
+
+
+def generate(shards: Shards, backend, conversations: list[Conversation], n: int,
+             params: SamplingParams) -> Generations:
+    """``backend.generate`` over all processes; seeds are fixed per prompt before splitting, so the
+    result does not depend on the number of processes."""
+    seeds = prompt_seeds(params.seed, conversations)
+
+    def work(idx: list[int]) -> tuple[list, dict[str, int]]:
+        gens = backend.generate([conversations[i] for i in idx], n, params, seeds=[seeds[i] for i in idx])
+        finished = gens.finished or [None] * len(gens.texts)
+        return list(zip(gens.texts, finished)), {"num_tokens": gens.num_tokens, "failed": gens.failed}
+
+    results, counts = shards.run(len(conversations), work, getattr(backend, "ranks_per_engine", 1))
+    texts = [list(texts) for texts, _ in results]
+    finished = [] if any(f is None for _, f in results) else [list(f) for _, f in results]
+    return Generations(texts, counts.get("num_tokens", 0), finished, counts.get("failed", 0))
+
+
+def score(shards: Shards, reward_model, conversations: list[Conversation],
+          responses: list[list[str]]) -> list[list[float]]:
+    """``reward_model.score`` over all processes, prompt by prompt (a prompt's responses stay together,
+    which pair-wise models need)."""
+
+    def work(idx: list[int]) -> tuple[list, dict[str, int]]:
+        scores = reward_model.score([conversations[i] for i in idx], [responses[i] for i in idx]) if idx else []
+        return [list(s) for s in scores], {}
+
+    results, _ = shards.run(len(conversations), work)
+    return results

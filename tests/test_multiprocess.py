@@ -1,0 +1,148 @@
+"""Several processes under ``accelerate launch``: sampling and scoring are split across ranks.
+
+The runs are real: ``accelerate launch --multi_gpu --num_processes 2`` on a machine without
+a GPU starts two processes that form a gloo group (the recipe gets ``use_cpu`` because
+there is no GPU). ``--cpu`` cannot be used for this: accelerate's ``--cpu`` launcher always
+starts a single process, whatever ``--num_processes`` says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from datasets import load_from_disk
+
+from eva_plugin.loop import CREATOR_STAGES, SOLVER_STAGES
+from eva_plugin.sharding import assignment
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+FLOAT_COLUMNS = {"rewards", "reused_rewards", "info", "weight", "chosen_reward", "rejected_reward"}
+
+
+def launch_two(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--num_cpu_threads_per_process", "1", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    if check:
+        assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def test_assignment_gives_every_item_to_one_engine_and_a_group_the_same_share():
+    for n in (0, 1, 7, 16):
+        for world, group in ((1, 1), (2, 1), (3, 1), (4, 2), (8, 4)):
+            shares = [assignment(n, rank, world, group) for rank in range(world)]
+            firsts = [shares[r] for r in range(0, world, group)]
+            assert sorted(i for share in firsts for i in share) == list(range(n))
+            for r in range(world):
+                assert shares[r] == shares[r - r % group]  # the ranks of one engine see the same items
+    with pytest.raises(ValueError, match="cannot be split into groups of 3"):
+        assignment(4, 0, 4, 3)
+
+
+def _column_equal(name: str, a: list, b: list) -> bool:
+    if name in FLOAT_COLUMNS:  # scalars or (ragged) lists per row
+        rows = [(np.atleast_1d(np.asarray(x, dtype=float)), np.atleast_1d(np.asarray(y, dtype=float)))
+                for x, y in zip(a, b)]
+        return len(a) == len(b) and all(x.shape == y.shape and np.allclose(x, y, atol=1e-5) for x, y in rows)
+    return a == b
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_artifacts_of_one(write_recipe, tmp_path):
+    """Both runs: 2 EVA iterations on tiny models. Iteration 1's data artifacts must agree (texts
+    exactly, rewards within 1e-5); the 2-process run must have split the work and trained on 2 ranks."""
+    from eva_plugin.dpo import run
+    from eva_plugin.recipe import load_recipe
+
+    one = write_recipe("one.yaml", output_dir=str(tmp_path / "one"),
+                       eva={"prompts_per_iteration": 8, "generation": {"max_new_tokens": 12, "batch_size": 3}})
+    two_cfg = yaml.safe_load(one.read_text())
+    two_cfg["output_dir"] = str(tmp_path / "two")
+    two = tmp_path / "two.yaml"
+    two.write_text(yaml.safe_dump(two_cfg))
+
+    run(load_recipe(["--config", str(one)]), stop_after="iter_1/pairs")
+    proc = launch_two("-m", "eva_plugin.dpo", "--config", str(two))
+    assert "iter  scored" in proc.stdout  # the run finished and the main process printed the report
+
+    out_one, out_two = tmp_path / "one", tmp_path / "two"
+    for stage in (*CREATOR_STAGES, *SOLVER_STAGES[:-1]):
+        a = load_from_disk(str(out_one / "iter_1" / stage / "data"))
+        b = load_from_disk(str(out_two / "iter_1" / stage / "data"))
+        assert a.column_names == b.column_names and len(a) == len(b) > 0, stage
+        for name in a.column_names:
+            assert _column_equal(name, a[name], b[name]), f"iter_1/{stage}: column {name} differs"
+        m1 = json.loads((out_one / "iter_1" / stage / "manifest.json").read_text())
+        m2 = json.loads((out_two / "iter_1" / stage / "manifest.json").read_text())
+        assert m1["fingerprint"] == m2["fingerprint"], stage
+        assert m1.get("tokens_generated") == m2.get("tokens_generated"), stage
+        if stage in ("creator_samples", "creator_rewards", "evolved", "solver_samples", "solver_rewards"):
+            shares = m2["items_per_process"]
+            assert len(shares) == 2 and min(shares) > 0, f"{stage}: both processes worked ({shares})"
+    for t in (1, 2):
+        policy = json.loads((out_two / f"iter_{t}" / "policy" / "manifest.json").read_text())
+        assert policy["processes"] == 2 and policy["steps"] > 0
+        assert (out_two / f"iter_{t}" / "policy" / "model.safetensors").exists()
+    leftovers = [p.name for p in (out_two / "iter_1").iterdir() if p.name.startswith(".")]
+    assert leftovers == []  # no half-written stage folders
+
+
+FAILING = """
+import sys
+from accelerate import PartialState
+from eva_plugin.sharding import ProcessFailed, Shards
+
+state = PartialState(cpu=True)
+shards = Shards(state)
+assert state.num_processes == 2, state.num_processes
+
+def work(idx):
+    if state.process_index == 1 and sys.argv[1] == "run":
+        raise ValueError("boom on rank one")
+    return [i * 10 for i in idx], {"n": len(idx)}
+
+def load():
+    if state.process_index == 1:
+        raise MemoryError("no room for the model")
+    return "model"
+
+try:
+    if sys.argv[1] == "run":
+        shards.run(5, work)
+    elif sys.argv[1] == "ok":
+        results, counts = shards.run(5, work)
+        print(f"rank {state.process_index}: {results} {counts}", flush=True)
+    else:
+        shards.together(load)
+except Exception as err:  # both ranks get here; meet once more so neither is killed before it prints
+    kind = "ProcessFailed" if isinstance(err, ProcessFailed) else "own"
+    print(f"rank {state.process_index} stopped ({kind}): {err}", flush=True)
+    state.wait_for_everyone()
+    state.destroy_process_group()
+    sys.exit(3)
+state.destroy_process_group()  # as eva_plugin.dpo does: exiting with a live gloo group can abort
+"""
+
+
+def test_a_failing_process_stops_the_others_instead_of_hanging(tmp_path):
+    script = tmp_path / "shards.py"
+    script.write_text(FAILING)
+    ok = launch_two(str(script), "ok")
+    assert "rank 0: [0, 10, 20, 30, 40] {'n': 5}" in ok.stdout
+    assert "rank 1: [0, 10, 20, 30, 40] {'n': 5}" in ok.stdout
+    for mode, message in (("run", "ValueError: boom on rank one"), ("together", "MemoryError: no room")):
+        proc = launch_two(str(script), mode, check=False)
+        assert proc.returncode != 0
+        assert f"rank 0 stopped (ProcessFailed): process 1 failed: {message}" in proc.stdout, proc.stderr[-3000:]
+        assert f"rank 1 stopped (own): {message.split(': ', 1)[1]}" in proc.stdout
