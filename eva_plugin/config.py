@@ -192,6 +192,9 @@ def validate(args: EvaArguments) -> None:
         (args.reference in REFERENCES, f"eva.reference must be one of: {', '.join(REFERENCES)}"),
         (args.generation.temperature > 0,
          "eva.generation.temperature must be > 0: several responses per prompt need sampling"),
+        *[(0 < gen.top_p <= 1, f"eva.{key}.top_p must be in (0, 1]")
+          for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation))],
+        (args.evolver_generation.temperature >= 0, "eva.evolver_generation.temperature must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:

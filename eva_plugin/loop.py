@@ -38,8 +38,9 @@ from eva_plugin.creator.mixing import plan_mix
 from eva_plugin.creator.proxies import weights as proxy_weights
 from eva_plugin.data import load_prompts, prompt_id, user_turn
 from eva_plugin.generation import SamplingParams
+from eva_plugin.generation.seeding import derive_seed
 from eva_plugin.recipe import Recipe
-from eva_plugin.sharding import Shards
+from eva_plugin.sharding import Shards, accepts, announced
 from eva_plugin.sharding import generate as shared_generate
 from eva_plugin.sharding import score as shared_score
 from eva_plugin.solver.pairs import build_pairs
@@ -93,12 +94,16 @@ class _Completions:
 
     def __init__(self, llm: _Lazy, params: SamplingParams, shards: Shards) -> None:
         self.llm, self.params, self.shards = llm, params, shards
-        self.tokens = self.failed = 0
+        self.tokens = self.failed = self.calls = 0
 
     def __call__(self, instructions: list[str]) -> tuple[list[str], list[bool]]:
-        """Texts and whether each ended on its own (True where the backend cannot tell)."""
+        """Texts and whether each ended on its own (True where the backend cannot tell). Each call
+        samples afresh: an instruction sent again in a later call (a failed rewrite retried with
+        the same mutation) gets a new seed."""
         backend = self.shards.together(self.llm.get)
-        gens = shared_generate(self.shards, backend, [user_turn(i) for i in instructions], 1, self.params)
+        params = dataclasses.replace(self.params, seed=derive_seed(self.params.seed, "call", self.calls))
+        self.calls += 1
+        gens = shared_generate(self.shards, backend, [user_turn(i) for i in instructions], 1, params)
         self.tokens += gens.num_tokens
         self.failed += gens.failed
         done = gens.finished or [[True]] * len(gens.texts)
@@ -147,19 +152,21 @@ class EvaLoop:
             return str(self.recipe.model.model_name_or_path)
         return (self.store.manifest(iteration - 1, "policy") or {}).get("fingerprint", "missing")
 
-    def device_options(self, options: dict) -> dict:
-        """Backend / reward-model options with this process's device (the recipe's own ``device`` wins)."""
-        return {"device": str(self.state.device), **options}
+    def device_options(self, factory: Callable, options: dict) -> dict:
+        """Backend / reward-model options with this process's device, for factories that take one
+        (the recipe's own ``device`` wins)."""
+        return {"device": str(self.state.device), **options} if accepts(factory, "device") else dict(options)
 
     def backend(self, model_path: str, gen) -> object:
         factory = plugins.get("backends", gen.backend)
         dtype = gen.dtype or self.recipe.model.dtype
         return factory(model_path, batch_size=gen.batch_size, dtype=dtype,
-                       trust_remote_code=self.recipe.training.trust_remote_code, **self.device_options(gen.options))
+                       trust_remote_code=self.recipe.training.trust_remote_code,
+                       **self.device_options(factory, gen.options))
 
     def reward_model(self) -> object:
         factory = plugins.get("reward_models", self.eva.reward_type)
-        return factory(self.eva.reward_model, **self.device_options(self.eva.reward_options))
+        return factory(self.eva.reward_model, **self.device_options(factory, self.eva.reward_options))
 
     def upstream(self, iteration: int, *stages: str) -> dict[str, str]:
         return {s: (self.store.manifest(iteration, s) or {}).get("fingerprint", "") for s in stages}
@@ -181,25 +188,54 @@ class EvaLoop:
         return data
 
     def _stage_across_processes(self, iteration: int, name: str, config: dict, fn, collective: bool):
+        """One stage on several processes.
+
+        A main-only stage: the main process runs it and broadcasts the outcome. A collective
+        stage: every process runs ``fn``; a failure that every process already knows about
+        (raised after a shared gather, or after ``fn`` finished, when no gather is left) meets
+        the others at the outcome broadcast; any other failure leaves at once — the others may
+        still be waiting in a gather, and the launcher (torchrun) stops them when this process
+        exits, rather than every process waiting for the collective timeout.
+        """
         main = self.state.is_main_process
-        if collective:
-            fn = self._counting_shares(fn)
         done = self.on_main(lambda: self.store.is_done(iteration, name, config), share=True)
-        held: list = [None]
-        error: BaseException | None = None
-        if main:
+        if not collective:
+            held: list = [None]
+
             def run_and_keep() -> None:
                 held[0] = self.store.run(iteration, name, config, fn, log=self.log)
-        elif collective and not done:
-            try:  # this process's share; the main process writes the artifact
-                with tempfile.TemporaryDirectory() as scratch:
-                    fn(Path(scratch))
-            except Exception as err:  # still meet the main process below, then raise
-                error = err
-        # every process reaches this broadcast, whatever happened in its share of the work
-        self.on_main(run_and_keep if main else (lambda: None), own_error=error)
-        if main:
-            return held[0]
+
+            self.on_main(run_and_keep if main else (lambda: None))
+            return held[0] if main else self._read_back(iteration, name, done)
+        finished = [False]
+        counted = self._counting_shares(fn)
+
+        def tracked(tmp: Path) -> StageResult:
+            result = counted(tmp)
+            finished[0] = True
+            return result
+
+        outcome, error = None, None
+        try:
+            if main:
+                outcome = self.store.run(iteration, name, config, tracked, log=self.log)
+            elif not done:
+                with tempfile.TemporaryDirectory() as scratch:  # the main process publishes
+                    tracked(Path(scratch))
+        except Exception as err:
+            if not (announced(err) or finished[0]):
+                raise
+            error = err
+        status = ("ok", None) if error is None else ("error", f"{type(error).__name__}: {error}")
+        status = self.shards.broadcast(status)
+        if error is not None:
+            raise error
+        if status[0] == "error":
+            raise RuntimeError(f"the main process failed: {status[1]}")
+        return outcome if main else self._read_back(iteration, name, done)
+
+    def _read_back(self, iteration: int, name: str, done: bool) -> tuple[Dataset | None, dict]:
+        """On a non-main process: the artifact the main process wrote (or had written before)."""
         if done:
             self.store.skipped.append(f"iter_{iteration}/{name}")
         final = self.store.path(iteration, name)
@@ -225,12 +261,11 @@ class EvaLoop:
 
         return counted
 
-    def on_main(self, fn: Callable[[], object], *, share: bool = False, own_error: BaseException | None = None):
+    def on_main(self, fn: Callable[[], object], *, share: bool = False):
         """Run ``fn`` on the main process only; the others learn whether it finished, stopped or
-        failed, and with ``share`` its (small, picklable) value. ``own_error``: a failure this
-        process had before meeting the others here; it is raised after the broadcast."""
+        failed, and with ``share`` its (small, picklable) value."""
         outcome: list = [("ok", None)]
-        error: BaseException | None = own_error
+        error: BaseException | None = None
         if self.state.is_main_process:
             try:
                 value = fn()
@@ -240,9 +275,7 @@ class EvaLoop:
             except BaseException as err:  # tell the other ranks before re-raising
                 outcome, error = [("error", f"{type(err).__name__}: {err}")], err
         if self.state.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            outcome = broadcast_object_list(outcome)
+            outcome = [self.shards.broadcast(outcome[0])]
         if error is not None:
             raise error
         kind, detail = outcome[0]

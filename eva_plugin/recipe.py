@@ -174,13 +174,21 @@ def _accelerator_precision(cfg: dict[str, Any], notes: list[str]) -> None:
 
     if torch.cuda.is_available() or cfg.get("use_cpu"):
         return
-    # say so to accelerate: several launched processes then form a CPU (gloo) group instead of
-    # each believing it is alone
-    cfg["use_cpu"] = True
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _other_accelerator():
+        # tell accelerate, so that launched processes form a CPU (gloo) group instead of each
+        # believing it is alone
+        cfg["use_cpu"] = True
     for key in ("bf16", "fp16"):
         if cfg.get(key):
             notes.append(f"`{key}: true` turned off: no GPU on this machine")
     cfg["bf16"], cfg["fp16"] = False, False
+
+
+def _other_accelerator() -> bool:
+    """An accelerator other than CUDA that accelerate would use (Apple MPS, Intel XPU, Ascend NPU)."""
+    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
+
+    return is_mps_available() or is_xpu_available() or is_npu_available()
 
 
 def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None = None) -> Recipe:

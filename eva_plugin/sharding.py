@@ -1,10 +1,11 @@
 """Split generation and scoring across the processes of an ``accelerate launch``.
 
 Every process gets an interleaved share of the items, works on it, and the shares are
-gathered (``accelerate.utils.gather_object``) so that every process ends with the whole
-result in the original order; the main process then writes the artifact. A failure on
-one process is gathered too and raised on all of them, so no process waits forever.
-With one process everything runs in place.
+gathered (``torch.distributed.all_gather_object`` on a CPU/gloo group of the launch, so
+no GPU memory is taken while an inference engine holds it) so that every process ends
+with the whole result in the original order; the main process then writes the artifact.
+A failure inside the shared work is gathered too and raised on every process
+("announced", see ``announced``). With one process everything runs in place.
 
 ``group_size`` > 1 is for engines spanning several ranks (vLLM tensor parallel under
 ``external_launcher``): the ranks of a group get the same share and only the first
@@ -13,11 +14,17 @@ rank's result is kept.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from eva_plugin.generation import Conversation, Generations, SamplingParams
 from eva_plugin.generation.seeding import prompt_seeds
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Work = Callable[[list[int]], tuple[list[Any], dict[str, int]]]
@@ -35,12 +42,42 @@ class ProcessFailed(RuntimeError):
     """Another process failed during a shared step; this one stops too."""
 
 
+def announced(err: BaseException) -> bool:
+    """Whether every process already knows about ``err`` (it was raised after a shared gather)."""
+    return isinstance(err, ProcessFailed) or getattr(err, "_eva_announced", False)
+
+
+def _announce(err: BaseException) -> BaseException:
+    try:
+        err._eva_announced = True  # type: ignore[attr-defined]
+    except AttributeError:  # exceptions with __slots__: wrap so the mark survives
+        wrapped = ProcessFailed(f"this process failed: {type(err).__name__}: {err}")
+        wrapped.__cause__ = err
+        return wrapped
+    return err
+
+
+def accepts(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` takes a keyword ``name`` (directly or through ``**kwargs``)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def digest(*parts: Any) -> str:
+    """A short hash of what the processes are about to share (they must agree on it)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 class Shards:
     """The processes of this launch, as seen by the stages that share work."""
 
     def __init__(self, state) -> None:
         self.state = state
         self.items: list[int] = []  # items each process worked on since ``reset_counts``
+        self._group = None
 
     def reset_counts(self) -> None:
         self.items = [0] * self.world
@@ -53,10 +90,32 @@ class Shards:
     def world(self) -> int:
         return self.state.num_processes
 
-    def _gather(self, payload: Any) -> list[Any]:
-        from accelerate.utils import gather_object
+    @property
+    def group(self):
+        """A gloo group over all processes for object collectives (made on first use, which
+        every process reaches at the same point)."""
+        if self._group is None:
+            import torch.distributed as dist
 
-        return gather_object([payload])
+            self._group = dist.new_group(backend="gloo")
+        return self._group
+
+    def _gather(self, payload: Any) -> list[Any]:
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, payload, group=self.group)
+        return out
+
+    def broadcast(self, value: Any) -> Any:
+        """The main process's ``value`` on every process."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+
+        box = [value]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
 
     def together(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on every process (e.g. load a model); if it fails anywhere, raise everywhere."""
@@ -70,9 +129,10 @@ class Shards:
         self._raise_failures(self._gather(failure), error)
         return value
 
-    def run(self, n: int, work: Work, group_size: int = 1) -> tuple[list[Any], dict[str, int]]:
+    def run(self, n: int, work: Work, group_size: int = 1, key: str = "") -> tuple[list[Any], dict[str, int]]:
         """``work(indices)`` returns one result per index and counters; the merged results (in
-        order, on every process) and the counters summed over the shares."""
+        order, on every process) and the counters summed over the shares. ``key`` identifies
+        the item list (``digest``); processes holding different lists stop with an error."""
         if self.world == 1:
             return work(list(range(n)))
         mine = assignment(n, self.rank, self.world, group_size)
@@ -81,16 +141,19 @@ class Shards:
             results, counts = work(mine)
             if len(results) != len(mine):
                 raise RuntimeError(f"work on {len(mine)} items returned {len(results)} results")
-            payload = ("ok", mine, results, counts)
+            payload = ("ok", key, mine, results, counts)
         except Exception as err:
             payload, error = ("error", f"{type(err).__name__}: {err}"), err
         gathered = self._gather(payload)
         self._raise_failures([p[1] if p[0] == "error" else None for p in gathered], error)
+        if len({p[1] for p in gathered}) > 1:
+            raise ProcessFailed("the processes were asked to share different item lists (a plugin that draws "
+                                "unseeded random numbers?); every process must build the same list")
         merged: list[Any] = [None] * n
         totals: dict[str, int] = {}
         if len(self.items) != self.world:
             self.reset_counts()
-        for rank, (_, indices, results, counts) in enumerate(gathered):
+        for rank, (_, _, indices, results, counts) in enumerate(gathered):
             self.items[rank] += len(indices)
             if rank % group_size:
                 continue  # a second rank of the same engine: the same results again
@@ -102,7 +165,7 @@ class Shards:
 
     def _raise_failures(self, failures: list[str | None], own: BaseException | None) -> None:
         if own is not None:
-            raise own
+            raise _announce(own)
         bad = [(rank, msg) for rank, msg in enumerate(failures) if msg is not None]
         if bad:
             rank, msg = bad[0]
@@ -114,13 +177,20 @@ def generate(shards: Shards, backend, conversations: list[Conversation], n: int,
     """``backend.generate`` over all processes; seeds are fixed per prompt before splitting, so the
     result does not depend on the number of processes."""
     seeds = prompt_seeds(params.seed, conversations)
+    seeded = accepts(backend.generate, "seeds")
+    if not seeded and shards.world > 1:
+        logger.warning("%s.generate takes no seeds: its samples depend on how prompts are split",
+                       type(backend).__name__)
 
     def work(idx: list[int]) -> tuple[list, dict[str, int]]:
-        gens = backend.generate([conversations[i] for i in idx], n, params, seeds=[seeds[i] for i in idx])
+        convs = [conversations[i] for i in idx]
+        extra = {"seeds": [seeds[i] for i in idx]} if seeded else {}
+        gens = backend.generate(convs, n, params, **extra)
         finished = gens.finished or [None] * len(gens.texts)
         return list(zip(gens.texts, finished)), {"num_tokens": gens.num_tokens, "failed": gens.failed}
 
-    results, counts = shards.run(len(conversations), work, getattr(backend, "ranks_per_engine", 1))
+    results, counts = shards.run(len(conversations), work, getattr(backend, "ranks_per_engine", 1),
+                                 key=digest(conversations, n, params.as_dict()))
     texts = [list(texts) for texts, _ in results]
     finished = [] if any(f is None for _, f in results) else [list(f) for _, f in results]
     return Generations(texts, counts.get("num_tokens", 0), finished, counts.get("failed", 0))
@@ -135,5 +205,5 @@ def score(shards: Shards, reward_model, conversations: list[Conversation],
         scores = reward_model.score([conversations[i] for i in idx], [responses[i] for i in idx]) if idx else []
         return [list(s) for s in scores], {}
 
-    results, _ = shards.run(len(conversations), work)
+    results, _ = shards.run(len(conversations), work, key=digest(conversations, responses))
     return results

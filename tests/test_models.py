@@ -192,3 +192,34 @@ def test_reward_and_backend_plugins_registered():
     assert plugins.get("reward_models", "sequence_classification") is SequenceClassificationReward
     assert plugins.get("reward_models", "embedding") is EmbeddingSimilarityReward
     assert plugins.get("backends", "transformers") is TransformersBackend
+
+
+def test_sampling_and_reward_models_load_whole_under_a_zero3_training_config(models):
+    """With ZeRO-3, transformers partitions every later ``from_pretrained`` (``zero.Init``); our
+    inference models must not be. DeepSpeed is not installed here: the stand-in below is the
+    config object transformers consults (``is_zero3()``), and loading without our guard would
+    try to import deepspeed."""
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    from eva_plugin.modeling import load_causal_lm
+
+    class ZeRO3Config:
+        def is_zero3(self) -> bool:
+            return True
+
+        def is_offload(self) -> bool:
+            return False
+
+    config = ZeRO3Config()
+    hf_deepspeed.set_hf_deepspeed_config(config)
+    try:
+        assert hf_deepspeed.is_deepspeed_zero3_enabled()
+        with pytest.raises(ImportError):  # what an unguarded load does here
+            load_causal_lm(str(models["policy"]))
+        backend = TransformersBackend(str(models["policy"]))
+        reward = SequenceClassificationReward(str(models["reward"]))
+        assert sum(p.numel() for p in backend.model.parameters()) > 0
+        assert math.isfinite(reward.score([CONVS[0]], [["a poem"]])[0][0])
+        assert hf_deepspeed.is_deepspeed_zero3_enabled()  # the trainer's config is back
+    finally:
+        hf_deepspeed.unset_hf_deepspeed_config()

@@ -27,12 +27,12 @@ BIN = Path(sys.executable).parent
 FLOAT_COLUMNS = {"rewards", "reused_rewards", "info", "weight", "chosen_reward", "rejected_reward"}
 
 
-def launch_two(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def launch_two(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
     cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--num_cpu_threads_per_process", "1", *args]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
     if check:
         assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
@@ -73,7 +73,10 @@ def test_two_processes_write_the_artifacts_of_one(write_recipe, tmp_path):
     two.write_text(yaml.safe_dump(two_cfg))
 
     run(load_recipe(["--config", str(one)]), stop_after="iter_1/pairs")
-    proc = launch_two("-m", "eva_plugin.dpo", "--config", str(two))
+    first = launch_two("-m", "eva_plugin.dpo", "--config", str(two), "--stop_after", "iter_1/creator_rewards")
+    assert "stopped after iter_1/creator_rewards as asked" in first.stdout
+    proc = launch_two("-m", "eva_plugin.dpo", "--config", str(two))  # resumes on two processes
+    assert "[iter 1] creator_rewards: done before, skipped" in proc.stdout
     assert "iter  scored" in proc.stdout  # the run finished and the main process printed the report
 
     out_one, out_two = tmp_path / "one", tmp_path / "two"
@@ -90,6 +93,10 @@ def test_two_processes_write_the_artifacts_of_one(write_recipe, tmp_path):
         if stage in ("creator_samples", "creator_rewards", "evolved", "solver_samples", "solver_rewards"):
             shares = m2["items_per_process"]
             assert len(shares) == 2 and min(shares) > 0, f"{stage}: both processes worked ({shares})"
+            whole = {"creator_samples": m2["rows"], "creator_rewards": m2["rows"],
+                     "solver_samples": m2.get("generations", 0) // 4, "solver_rewards": m2.get("scored", 0) // 4}
+            if stage in whole:  # each prompt was worked on once, not once per process
+                assert sum(shares) == whole[stage], (stage, shares)
     for t in (1, 2):
         policy = json.loads((out_two / f"iter_{t}" / "policy" / "manifest.json").read_text())
         assert policy["processes"] == 2 and policy["steps"] > 0
@@ -117,12 +124,20 @@ def load():
         raise MemoryError("no room for the model")
     return "model"
 
+def per_rank(idx):
+    return [i * 10 + state.process_index for i in idx], {"n": len(idx)}
+
 try:
     if sys.argv[1] == "run":
         shards.run(5, work)
     elif sys.argv[1] == "ok":
         results, counts = shards.run(5, work)
         print(f"rank {state.process_index}: {results} {counts}", flush=True)
+    elif sys.argv[1] == "group":  # both ranks are one engine: the same share, rank 0's results count once
+        results, counts = shards.run(5, per_rank, group_size=2)
+        print(f"rank {state.process_index}: {results} {counts} {shards.items}", flush=True)
+    elif sys.argv[1] == "disagree":
+        shards.run(5, work, key=f"list-of-rank-{state.process_index}")
     else:
         shards.together(load)
 except Exception as err:  # both ranks get here; meet once more so neither is killed before it prints
@@ -141,8 +156,77 @@ def test_a_failing_process_stops_the_others_instead_of_hanging(tmp_path):
     ok = launch_two(str(script), "ok")
     assert "rank 0: [0, 10, 20, 30, 40] {'n': 5}" in ok.stdout
     assert "rank 1: [0, 10, 20, 30, 40] {'n': 5}" in ok.stdout
+    group = launch_two(str(script), "group")
+    for rank in (0, 1):
+        assert f"rank {rank}: [0, 10, 20, 30, 40] {{'n': 5}} [5, 5]" in group.stdout, group.stdout
+    disagree = launch_two(str(script), "disagree", check=False)
+    assert disagree.returncode != 0
+    for rank in (0, 1):
+        assert f"rank {rank} stopped (ProcessFailed): the processes were asked to share different" in disagree.stdout
     for mode, message in (("run", "ValueError: boom on rank one"), ("together", "MemoryError: no room")):
         proc = launch_two(str(script), mode, check=False)
         assert proc.returncode != 0
         assert f"rank 0 stopped (ProcessFailed): process 1 failed: {message}" in proc.stdout, proc.stderr[-3000:]
         assert f"rank 1 stopped (own): {message.split(': ', 1)[1]}" in proc.stdout
+
+
+LOOP_FAILURES = """
+import os
+import sys
+import tempfile
+
+from eva_plugin import hookimpl, plugins
+from eva_plugin.rewards.sequence_classification import SequenceClassificationReward
+
+rank = int(os.environ["RANK"])
+
+
+class FlakyReward:
+    @hookimpl
+    def register_reward_models(self, register):
+        def build(path, **options):
+            if rank == 1:
+                raise MemoryError("no room for the reward model")
+            return SequenceClassificationReward(path, **options)
+
+        register("flaky", build)
+
+
+if sys.argv[1] == "flaky_reward":
+    plugins.plugin_manager().register(FlakyReward(), name="flaky-reward")
+    plugins.registry.cache_clear()
+else:  # the main process cannot create the stage's temporary folder
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*args, **kwargs):
+        if rank == 0 and kwargs.get("prefix", "").startswith(".creator_samples"):
+            raise OSError("disk full")
+        return real(*args, **kwargs)
+
+    tempfile.mkdtemp = mkdtemp
+
+from eva_plugin.dpo import main
+
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_a_process_failing_inside_the_loop_stops_the_run_and_keeps_finished_stages(write_recipe, tmp_path):
+    script = tmp_path / "loop_failures.py"
+    script.write_text(LOOP_FAILURES)
+    flaky = write_recipe("flaky.yaml", output_dir=str(tmp_path / "flaky"), eva={"reward_type": "flaky"})
+    proc = launch_two(str(script), "flaky_reward", "--config", str(flaky), check=False, timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "process 1 failed: MemoryError: no room for the reward model" in out
+    assert (tmp_path / "flaky" / "iter_1" / "creator_samples" / "manifest.json").exists()  # finished work kept
+    assert not (tmp_path / "flaky" / "iter_1" / "creator_rewards").exists()
+
+    # a failure only one process sees, before any shared step: it leaves at once and the launcher
+    # stops the other process, which would otherwise wait in a gather for the collective timeout
+    disk = write_recipe("disk.yaml", output_dir=str(tmp_path / "disk"))
+    proc = launch_two(str(script), "disk_full", "--config", str(disk), check=False, timeout=300)
+    assert proc.returncode != 0 and "disk full" in proc.stdout + proc.stderr
+    assert (tmp_path / "disk" / "iter_0" / "prompts" / "manifest.json").exists()
+    assert not (tmp_path / "disk" / "iter_1" / "creator_samples").exists()

@@ -63,3 +63,73 @@ def test_transformers_samples_do_not_depend_on_batch_order_or_company(models):
     other = TransformersBackend(str(models["policy"]), batch_size=4).generate(
         convs, 3, SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=10, seed=4))
     assert other.texts != batched.texts
+
+
+def test_top_p_at_or_below_zero_still_keeps_the_top_token():
+    logits = torch.tensor([[-1.0, 5.0, 0.5]])
+    assert torch.isfinite(top_p_mask(logits, 0.0)).tolist() == [[False, True, False]]
+    picks = SeededSampling([1, 2, 3], 1.0, 0.0)(None, logits.repeat(3, 1)).argmax(-1)
+    assert picks.tolist() == [1, 1, 1]
+
+
+def test_each_step_draws_new_noise_from_the_same_stream():
+    logits = torch.zeros(200, 30)  # uniform: the pick is decided by the noise alone
+    sampler = SeededSampling(list(range(200)), 1.0, 1.0)
+    first, second = sampler(None, logits).argmax(-1), sampler(None, logits).argmax(-1)
+    assert (first != second).float().mean() > 0.8  # a new draw per step, not the same noise again
+    replay = SeededSampling(list(range(200)), 1.0, 1.0)
+    assert torch.equal(replay(None, logits).argmax(-1), first)
+    assert torch.equal(replay(None, logits).argmax(-1), second)
+
+
+def test_an_instruction_sent_again_in_a_later_call_is_sampled_afresh(models):
+    """A failed rewrite retried with the same mutation must not come back word for word."""
+    from accelerate import PartialState
+
+    from eva_plugin.loop import _Completions, _Lazy
+    from eva_plugin.sharding import Shards
+
+    llm = _Lazy(lambda: TransformersBackend(str(models["policy"])))
+    complete = _Completions(llm, SamplingParams(temperature=0.9, top_p=1.0, max_new_tokens=12, seed=5),
+                            Shards(PartialState()))
+    (first,), _ = complete(["rewrite: the sky is blue"])
+    (again,), _ = complete(["rewrite: the sky is blue"])
+    assert first != again and complete.calls == 2
+
+
+def test_top_p_out_of_range_is_refused_at_parse_time(write_recipe):
+    import pytest
+
+    from eva_plugin.config import RecipeError
+    from eva_plugin.recipe import load_recipe
+
+    path = write_recipe(eva={"evolver_generation": {"top_p": 0}})
+    with pytest.raises(RecipeError, match=r"eva.evolver_generation.top_p must be in \(0, 1\]"):
+        load_recipe(["--config", str(path)])
+
+
+def test_plugins_written_before_seeds_and_device_still_work(models, write_recipe):
+    """A third-party backend whose ``generate`` takes no ``seeds`` and whose factory takes no
+    ``device`` keeps working (one process: nothing to split)."""
+    from accelerate import PartialState
+
+    from eva_plugin.loop import EvaLoop
+    from eva_plugin.recipe import load_recipe
+    from eva_plugin.sharding import Shards, accepts
+    from eva_plugin.sharding import generate as shared_generate
+
+    class OldBackend:
+        def __init__(self, model_path: str, batch_size: int = 8, dtype=None, trust_remote_code=False):
+            self.inner = TransformersBackend(model_path, batch_size=batch_size)
+
+        def generate(self, conversations, n, params):
+            return self.inner.generate(conversations, n, params)
+
+    assert not accepts(OldBackend, "device") and not accepts(OldBackend(str(models["policy"])).generate, "seeds")
+    gens = shared_generate(Shards(PartialState()), OldBackend(str(models["policy"])), [conv("hi")], 2,
+                           SamplingParams(max_new_tokens=4))
+    assert len(gens.texts[0]) == 2
+    loop = EvaLoop(load_recipe(["--config", str(write_recipe())]))
+    assert "device" not in loop.device_options(OldBackend, {"batch_size": 2})
+    assert loop.device_options(TransformersBackend, {})["device"] == str(loop.state.device)
+    assert loop.device_options(TransformersBackend, {"device": "cpu:0"})["device"] == "cpu:0"  # the recipe wins

@@ -12,7 +12,7 @@ import torch
 
 from eva_plugin.generation import Conversation, Generations, SamplingParams, render_prompt
 from eva_plugin.generation.seeding import SeededSampling, prompt_seeds, sample_seed
-from eva_plugin.modeling import load_causal_lm, load_tokenizer, release
+from eva_plugin.modeling import load_causal_lm, load_tokenizer, release, whole_weights
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ class TransformersBackend:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.tokenizer = load_tokenizer(self.model_path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
-        self.model = load_causal_lm(self.model_path, dtype=dtype, trust_remote_code=trust_remote_code)
+        with whole_weights():
+            self.model = load_causal_lm(self.model_path, dtype=dtype, trust_remote_code=trust_remote_code)
         self.model.to(self.device).eval()
 
     def render(self, conversation: Conversation) -> str:
@@ -79,6 +80,7 @@ class TransformersBackend:
                 max_new_tokens=params.max_new_tokens,
                 eos_token_id=eos_ids,
                 pad_token_id=pad_id,
+                synced_gpus=False,  # each process samples its own prompts, never in lockstep
             )
             new = out[:, batch["input_ids"].shape[1] :]
             for row, tokens in enumerate(new):

@@ -11,7 +11,7 @@ import re
 import torch
 
 from eva_plugin.generation import Conversation, last_user_turn
-from eva_plugin.modeling import load_tokenizer, release
+from eva_plugin.modeling import load_tokenizer, release, whole_weights
 
 
 def _trigrams(words: list[str]) -> set[tuple[str, ...]]:
@@ -64,7 +64,8 @@ class EmbeddingSimilarityReward:
         self.max_length = max_length
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "right"
-        self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with whole_weights():
+            self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
         self.model.to(self.device).eval()
 
     @torch.no_grad()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from eva_plugin.generation import Conversation, last_user_turn
-from eva_plugin.modeling import load_causal_lm, load_tokenizer, release
+from eva_plugin.modeling import load_causal_lm, load_tokenizer, release, whole_weights
 from eva_plugin.rewards.batching import length_batches
 
 TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {a} [RESPONSE B] {b} \n"
@@ -46,7 +46,9 @@ class PairwisePreferenceReward:
         self.rng = np.random.default_rng(seed)
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
-        self.model = load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code).to(self.device).eval()
+        with whole_weights():
+            self.model = load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.model.to(self.device).eval()
         ids = [self.tokenizer.encode(label, add_special_tokens=False) for label in labels]
         if any(len(i) != 1 for i in ids):
             raise ValueError(f"labels {labels} must be single tokens for this tokenizer")

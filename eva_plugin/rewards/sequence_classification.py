@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from eva_plugin.generation import Conversation
-from eva_plugin.modeling import load_tokenizer, release, torch_dtype
+from eva_plugin.modeling import load_tokenizer, release, torch_dtype, whole_weights
 from eva_plugin.rewards.batching import length_batches
 
 
@@ -36,9 +36,10 @@ class SequenceClassificationReward:
         self.max_length = max_length
         self.max_batch_tokens = max_batch_tokens
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
-        )
+        with whole_weights():
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
+            )
         # The head reads the last token that is not the model's pad id. A checkpoint without a
         # pad id would read padding (or, with pad = eos, skip a closing eos), so such a model
         # gets, per batch, a pad id that occurs in none of the batch's sequences.
