@@ -208,10 +208,12 @@ class EvaLoop:
             self.on_main(run_and_keep if main else (lambda: None))
             return held[0] if main else self._read_back(iteration, name, done)
         finished = [False]
-        counted = self._counting_shares(fn)
 
         def tracked(tmp: Path) -> StageResult:
-            result = counted(tmp)
+            """``fn``, noting that it finished and how many items each process worked on."""
+            self.shards.reset_counts()
+            result = fn(tmp)
+            result.stats["items_per_process"] = list(self.shards.items)
             finished[0] = True
             return result
 
@@ -249,17 +251,6 @@ class EvaLoop:
         asked = self.stop_after == where or (self.stop_after == name and iteration >= 1)
         if asked and where not in self.store.skipped:
             raise StopAfterStage(where)
-
-    def _counting_shares(self, fn: Callable[[Path], StageResult]) -> Callable[[Path], StageResult]:
-        """``fn`` whose manifest also records how many items each process worked on."""
-
-        def counted(tmp: Path) -> StageResult:
-            self.shards.reset_counts()
-            result = fn(tmp)
-            result.stats["items_per_process"] = list(self.shards.items)
-            return result
-
-        return counted
 
     def on_main(self, fn: Callable[[], object], *, share: bool = False):
         """Run ``fn`` on the main process only; the others learn whether it finished, stopped or

@@ -14,13 +14,12 @@ rank's result is kept.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from eva_plugin.artifacts import fingerprint
 from eva_plugin.generation import Conversation, Generations, SamplingParams
 from eva_plugin.generation.seeding import prompt_seeds
 
@@ -64,11 +63,6 @@ def accepts(fn: Callable, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def digest(*parts: Any) -> str:
-    """A short hash of what the processes are about to share (they must agree on it)."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class Shards:
@@ -132,7 +126,7 @@ class Shards:
     def run(self, n: int, work: Work, group_size: int = 1, key: str = "") -> tuple[list[Any], dict[str, int]]:
         """``work(indices)`` returns one result per index and counters; the merged results (in
         order, on every process) and the counters summed over the shares. ``key`` identifies
-        the item list (``digest``); processes holding different lists stop with an error."""
+        the item list (a ``fingerprint``); processes holding different lists stop with an error."""
         if self.world == 1:
             return work(list(range(n)))
         mine = assignment(n, self.rank, self.world, group_size)
@@ -190,7 +184,7 @@ def generate(shards: Shards, backend, conversations: list[Conversation], n: int,
         return list(zip(gens.texts, finished)), {"num_tokens": gens.num_tokens, "failed": gens.failed}
 
     results, counts = shards.run(len(conversations), work, getattr(backend, "ranks_per_engine", 1),
-                                 key=digest(conversations, n, params.as_dict()))
+                                 key=fingerprint([conversations, n, params.as_dict()]))
     texts = [list(texts) for texts, _ in results]
     finished = [] if any(f is None for _, f in results) else [list(f) for _, f in results]
     return Generations(texts, counts.get("num_tokens", 0), finished, counts.get("failed", 0))
@@ -205,5 +199,5 @@ def score(shards: Shards, reward_model, conversations: list[Conversation],
         scores = reward_model.score([conversations[i] for i in idx], [responses[i] for i in idx]) if idx else []
         return [list(s) for s in scores], {}
 
-    results, _ = shards.run(len(conversations), work, key=digest(conversations, responses))
+    results, _ = shards.run(len(conversations), work, key=fingerprint([conversations, responses]))
     return results

@@ -20,7 +20,8 @@ from transformers import LogitsProcessor
 SEED_BITS = 31  # what every backend accepts (vLLM, OpenAI-compatible servers, torch)
 
 
-def _hash(*parts: object) -> int:
+def derive_seed(*parts: object) -> int:
+    """A seed from any parts (a base seed, a prompt, a call counter...)."""
     digest = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
     return int.from_bytes(digest[:8], "little") % (1 << SEED_BITS)
 
@@ -32,19 +33,14 @@ def prompt_seeds(base: int, conversations: list) -> list[int]:
     seeds = []
     for conversation in conversations:
         key = json.dumps(conversation, sort_keys=True, ensure_ascii=False)
-        seeds.append(_hash(base, seen[key], key))
+        seeds.append(derive_seed(base, seen[key], key))
         seen[key] += 1
     return seeds
 
 
-def derive_seed(*parts: object) -> int:
-    """A seed from any parts (a base seed and a call counter, say)."""
-    return _hash(*parts)
-
-
 def sample_seed(prompt_seed: int, index: int) -> int:
     """The seed of sample ``index`` of a prompt (its own random stream in the sampler below)."""
-    return _hash(prompt_seed, index)
+    return derive_seed(prompt_seed, index)
 
 
 def top_p_mask(scores: torch.Tensor, top_p: float) -> torch.Tensor:
