@@ -18,6 +18,11 @@ def torch_dtype(name: str | None):
     return dtype
 
 
+def pick_device(device: str | None) -> str:
+    """``device`` if given, else CUDA when available, else CPU."""
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 

@@ -12,7 +12,7 @@ import torch
 
 from eva_plugin.generation import Conversation, Generations, SamplingParams, render_prompt
 from eva_plugin.generation.seeding import SeededSampling, prompt_seeds, sample_seed
-from eva_plugin.modeling import load_causal_lm, load_tokenizer, release, whole_weights
+from eva_plugin.modeling import load_causal_lm, load_tokenizer, pick_device, release, whole_weights
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class TransformersBackend:
     ) -> None:
         self.model_path = str(model_path)
         self.batch_size = max(1, int(batch_size))
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device(device)
         self.tokenizer = load_tokenizer(self.model_path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"
         with whole_weights():

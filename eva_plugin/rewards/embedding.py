@@ -11,7 +11,7 @@ import re
 import torch
 
 from eva_plugin.generation import Conversation, last_user_turn
-from eva_plugin.modeling import load_tokenizer, release, whole_weights
+from eva_plugin.modeling import load_tokenizer, pick_device, release, whole_weights
 
 
 def _trigrams(words: list[str]) -> set[tuple[str, ...]]:
@@ -59,7 +59,7 @@ class EmbeddingSimilarityReward:
         from transformers import AutoModel
 
         self.guard, self.min_words, self.max_echo, self.floor = guard, min_words, max_echo, floor
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device(device)
         self.batch_size = max(1, int(batch_size))
         self.max_length = max_length
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from eva_plugin.generation import Conversation, last_user_turn
-from eva_plugin.modeling import load_causal_lm, load_tokenizer, release, whole_weights
+from eva_plugin.modeling import load_causal_lm, load_tokenizer, pick_device, release, whole_weights
 from eva_plugin.rewards.batching import length_batches
 
 TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {a} [RESPONSE B] {b} \n"
@@ -40,7 +40,7 @@ class PairwisePreferenceReward:
     ) -> None:
         if order not in ("random", "both"):
             raise ValueError(f"unknown pairwise order {order!r}; known: random, both")
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device(device)
         self.batch_size, self.order, self.template = max(1, int(batch_size)), order, template
         self.max_batch_tokens = max_batch_tokens
         self.rng = np.random.default_rng(seed)

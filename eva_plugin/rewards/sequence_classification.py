@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from eva_plugin.generation import Conversation
-from eva_plugin.modeling import load_tokenizer, release, torch_dtype, whole_weights
+from eva_plugin.modeling import load_tokenizer, pick_device, release, torch_dtype, whole_weights
 from eva_plugin.rewards.batching import length_batches
 
 
@@ -31,7 +31,7 @@ class SequenceClassificationReward:
     ) -> None:
         from transformers import AutoModelForSequenceClassification
 
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = pick_device(device)
         self.batch_size = max(1, int(batch_size))
         self.max_length = max_length
         self.max_batch_tokens = max_batch_tokens
