@@ -20,11 +20,9 @@ from typing import Any
 
 from datasets import Dataset, load_from_disk
 
+from eva_plugin.errors import StaleArtifactError
+
 MANIFEST = "manifest.json"
-
-
-class StaleArtifactError(RuntimeError):
-    """A finished stage was made with a different configuration than the current recipe."""
 
 
 def fingerprint(payload: Any) -> str:

@@ -10,12 +10,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from eva_plugin.errors import RecipeError
+
 CREATORS = ("eva", "none")
 REFERENCES = ("previous", "initial")
-
-
-class RecipeError(ValueError):
-    """A recipe value that cannot work; the message says what to change."""
 
 
 @dataclass
@@ -71,6 +69,11 @@ class EvaArguments:
     subset_fraction: float = field(default=0.25, metadata={"help": "Share of X_{t-1} selected for evolving."})
     evolver: str = field(default="evol_instruct", metadata={"help": "Prompt evolver plugin."})
     num_evolutions: int = field(default=4, metadata={"help": "Evolutions per selected prompt (all kept)."})
+    evolver_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Keyword arguments for the evolver factory (e.g. evol_instruct: `mutations`); "
+                  "`eva plugins` and the README list each built-in's options."},
+    )
     evolver_model: str | None = field(
         default=None, metadata={"help": "Local model path for evolving; null = the current policy."}
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
-from eva_plugin.config import RecipeError
+from eva_plugin.errors import RecipeError
 from eva_plugin.recipe import DatasetSpec
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}

@@ -11,7 +11,7 @@ import logging
 import sys
 import warnings
 
-from eva_plugin.config import RecipeError
+from eva_plugin.errors import EvaError
 from eva_plugin.recipe import Recipe, load_recipe
 
 logger = logging.getLogger("eva_plugin")
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(argv)
         run(recipe, stop_after=stop_after, overwrite_stale=overwrite_stale)
-    except RecipeError as err:
+    except EvaError as err:
         print(f"eva: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from eva_plugin.config import RecipeError
+from eva_plugin.errors import RecipeError
 
 logger = logging.getLogger(__name__)
 

@@ -390,7 +390,8 @@ class EvaLoop:
 
         def evolve(_: Path) -> StageResult:
             evolver = plugins.get("evolvers", eva.evolver)(num_evolutions=eva.num_evolutions,
-                                                           candidates=eva.evolver_candidates)
+                                                           candidates=eva.evolver_candidates,
+                                                           **eva.evolver_options)
             complete = _Completions(evolver_llm, self.params(evo_gen, t, salt=2), self.shards)
 
             def generate(instructions: list[str]) -> list[str | None]:
@@ -407,6 +408,7 @@ class EvaLoop:
 
         ecfg = {**self.upstream(t, "selected"), "evolver": eva.evolver, "n": eva.num_evolutions,
                 "drop_truncated": eva.evolver_drop_truncated, "candidates": eva.evolver_candidates,
+                "evolver_options": eva.evolver_options,
                 "feedback": eva.evolver_feedback, "min_words": eva.evolved_min_words,
                 "max_words": eva.evolved_max_words, "near_duplicate": eva.near_duplicate_threshold,
                 "llm": eva.evolver_model or sampling["policy"], "evolver_generation": dataclasses.asdict(evo_gen),

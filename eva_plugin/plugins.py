@@ -10,6 +10,7 @@ from typing import Any
 import pluggy
 
 from eva_plugin import hookspecs
+from eva_plugin.errors import UnknownPluginError
 
 ENTRY_POINT_GROUP = "eva_plugin"
 
@@ -25,10 +26,6 @@ BUILTIN_MODULES = (
     "eva_plugin.rewards",
     "eva_plugin.generation",
 )
-
-
-class UnknownPluginError(ValueError):
-    """A recipe named a plugin that no installed package registers."""
 
 
 @dataclass(frozen=True)

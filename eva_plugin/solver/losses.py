@@ -19,7 +19,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 
-from eva_plugin.config import RecipeError
+from eva_plugin.errors import RecipeError
 
 
 @dataclass(frozen=True)

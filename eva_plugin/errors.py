@@ -1,0 +1,28 @@
+"""The errors a user sees: each one reaches the terminal as one line that names the fix.
+
+``eva`` and ``python -m eva_plugin.dpo`` catch ``EvaError`` and print ``eva: error: <message>``
+(exit 2), never a traceback. Raise one of these for anything the user can change (a recipe
+value, a file, a stale artifact); let programming errors raise as they are.
+"""
+
+from __future__ import annotations
+
+
+class EvaError(Exception):
+    """Base of every user-facing error; the message is one line and says what to change."""
+
+
+class RecipeError(EvaError, ValueError):
+    """A recipe value (or command-line override) that cannot work."""
+
+
+class UnknownPluginError(RecipeError):
+    """A recipe named a proxy, selector, evolver, reward model or backend that nothing registers."""
+
+
+class StaleArtifactError(EvaError, RuntimeError):
+    """A finished stage was made with a different configuration than the current recipe."""
+
+
+class StopAfterStage(Exception):
+    """Not an error: ``--stop_after`` ends a run right after the named stage finished."""
