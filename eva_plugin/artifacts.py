@@ -50,6 +50,7 @@ class StageResult:
 
     data: Dataset | None = None
     stats: dict[str, Any] = field(default_factory=dict)
+    note: str = ""  # what the progress line says instead of "N rows"
 
 
 def publish_dir(tmp: Path, final: Path) -> None:
@@ -138,8 +139,8 @@ class StageStore:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        log(f"[iter {iteration}] {stage}: {manifest['rows'] if manifest['rows'] is not None else '-'} rows "
-            f"in {manifest['seconds']:.1f}s")
+        rows = manifest["rows"] if manifest["rows"] is not None else "-"
+        log(f"[iter {iteration}] {stage}: {result.note or f'{rows} rows'} in {manifest['seconds']:.1f}s")
         data = self.load(iteration, stage) if result.data is not None else None
         return data, manifest
 

@@ -9,9 +9,9 @@ import torch
 from datasets import load_from_disk
 from transformers import AutoModelForCausalLM
 
-from eva_plugin.artifacts import StaleArtifactError
 from eva_plugin.creator.evolvers import STATUSES
 from eva_plugin.dpo import run
+from eva_plugin.errors import StaleArtifactError
 from eva_plugin.loop import stages_for
 from eva_plugin.recipe import load_recipe
 from eva_plugin.solver.training import parameter_checksum

@@ -86,11 +86,12 @@ def test_an_instruction_sent_again_in_a_later_call_is_sampled_afresh(models):
     """A failed rewrite retried with the same mutation must not come back word for word."""
     from accelerate import PartialState
 
-    from eva_plugin.loop import _Completions, _Lazy
+    from eva_plugin.generation.completions import Completions
+    from eva_plugin.runtime import Lazy
     from eva_plugin.sharding import Shards
 
-    llm = _Lazy(lambda: TransformersBackend(str(models["policy"])))
-    complete = _Completions(llm, SamplingParams(temperature=0.9, top_p=1.0, max_new_tokens=12, seed=5),
+    llm = Lazy(lambda: TransformersBackend(str(models["policy"])))
+    complete = Completions(llm, SamplingParams(temperature=0.9, top_p=1.0, max_new_tokens=12, seed=5),
                             Shards(PartialState()))
     (first,), _ = complete(["rewrite: the sky is blue"])
     (again,), _ = complete(["rewrite: the sky is blue"])
@@ -130,6 +131,7 @@ def test_plugins_written_before_seeds_and_device_still_work(models, write_recipe
                            SamplingParams(max_new_tokens=4))
     assert len(gens.texts[0]) == 2
     loop = EvaLoop(load_recipe(["--config", str(write_recipe())]))
-    assert "device" not in loop.device_options(OldBackend, {"batch_size": 2})
-    assert loop.device_options(TransformersBackend, {})["device"] == str(loop.state.device)
-    assert loop.device_options(TransformersBackend, {"device": "cpu:0"})["device"] == "cpu:0"  # the recipe wins
+    facts = loop.run_facts
+    assert "device" not in facts.device_options(OldBackend, {"batch_size": 2})
+    assert facts.device_options(TransformersBackend, {})["device"] == str(loop.state.device)
+    assert facts.device_options(TransformersBackend, {"device": "cpu:0"})["device"] == "cpu:0"  # the recipe wins

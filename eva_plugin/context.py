@@ -1,0 +1,185 @@
+"""What a stage may know: the run (``Run``) and the iteration it works in (``Iteration``).
+
+The loop builds one ``Run`` and one ``Iteration`` per round and hands it to every stage;
+stages never import the loop. A stage is a small class (``Stage``): its ``name``, how it
+runs across processes (``mode``), the inputs that fingerprint it (``config``) and its
+work (``work``), which reads upstream artifacts from the store and returns a
+``StageResult``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from eva_plugin import plugins
+from eva_plugin.artifacts import StageResult, StageStore
+from eva_plugin.data import user_turn
+from eva_plugin.generation import SamplingParams
+from eva_plugin.generation.seeding import derive_seed
+from eva_plugin.runtime import MAIN, Lazy, StageRuntime
+from eva_plugin.sharding import accepts
+from eva_plugin.sharding import generate as shared_generate
+from eva_plugin.sharding import score as shared_score
+
+
+@dataclass
+class Run:
+    """Facts of one run that every stage reads: the recipe, the artifact store, the processes."""
+
+    recipe: Any  # eva_plugin.recipe.Recipe
+    runtime: StageRuntime
+
+    @property
+    def eva(self):
+        return self.recipe.eva
+
+    @property
+    def creator(self) -> str:
+        return self.recipe.creator or "none"
+
+    @property
+    def store(self) -> StageStore:
+        return self.runtime.store
+
+    @property
+    def seed(self) -> int:
+        return self.eva.seed if self.eva.seed is not None else self.recipe.training.seed
+
+    def rng(self, iteration: int, purpose: str) -> np.random.Generator:
+        """A local RNG per (iteration, purpose): reproducible and independent of stage order."""
+        return np.random.default_rng(derive_seed(self.seed, iteration, purpose))
+
+    def params(self, gen, iteration: int, purpose: str) -> SamplingParams:
+        """Sampling parameters of ``gen`` with a seed of their own per (iteration, purpose)."""
+        return SamplingParams(temperature=gen.temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens,
+                              seed=derive_seed(self.seed, iteration, purpose))
+
+    def policy_path(self, iteration: int) -> str:
+        """The checkpoint that samples in ``iteration`` (its predecessor's trained policy)."""
+        if iteration <= 1:
+            return str(self.recipe.model.model_name_or_path)
+        return str(self.store.path(iteration - 1, "policy"))
+
+    def policy_id(self, iteration: int) -> str:
+        """What identifies that checkpoint in fingerprints."""
+        if iteration <= 1:
+            return str(self.recipe.model.model_name_or_path)
+        return (self.store.manifest(iteration - 1, "policy") or {}).get("fingerprint", "missing")
+
+    def reference_path(self, iteration: int) -> str:
+        if self.eva.reference == "previous":
+            return self.policy_path(iteration)
+        return str(self.recipe.model.model_name_or_path)
+
+    def upstream(self, iteration: int, *stages: str) -> dict[str, str]:
+        """The fingerprints of finished stages (a stage's config includes its inputs')."""
+        return {s: (self.store.manifest(iteration, s) or {}).get("fingerprint", "") for s in stages}
+
+    def device_options(self, factory: Callable, options: dict) -> dict:
+        """Backend / reward-model options with this process's device, for factories that take one
+        (the recipe's own ``device`` wins)."""
+        device = str(self.runtime.state.device)
+        return {"device": device, **options} if accepts(factory, "device") else dict(options)
+
+    def backend(self, model_path: str, gen) -> Any:
+        factory = plugins.get("backends", gen.backend)
+        return factory(model_path, batch_size=gen.batch_size, dtype=gen.dtype or self.recipe.model.dtype,
+                       trust_remote_code=self.recipe.training.trust_remote_code,
+                       **self.device_options(factory, gen.options))
+
+    def reward_model(self) -> Any:
+        factory = plugins.get("reward_models", self.eva.reward_type)
+        return factory(self.eva.reward_model, **self.device_options(factory, self.eva.reward_options))
+
+    def reward_config(self) -> dict:
+        return {"reward_model": self.eva.reward_model, "reward_type": self.eva.reward_type,
+                "reward_options": self.eva.reward_options, "length_penalty": self.eva.length_penalty}
+
+
+class Iteration:
+    """One round ``t``: the run, and the models it samples and scores with (built on first use,
+    freed by ``close`` before training)."""
+
+    def __init__(self, run: Run, t: int) -> None:
+        self.run, self.t = run, t
+        eva = run.eva
+        self.policy = Lazy(lambda: run.backend(run.policy_path(t), eva.generation))
+        self.rewarder = Lazy(run.reward_model)
+        own = eva.evolver_model is not None or eva.evolver_generation.backend != eva.generation.backend
+        self.evolver_llm = Lazy(lambda: run.backend(eva.evolver_model or run.policy_path(t),
+                                                    eva.evolver_generation)) if own else self.policy
+
+    @property
+    def eva(self):
+        return self.run.eva
+
+    def do(self, stage: Stage) -> Any:
+        """Run ``stage`` for this iteration (skipped when done) and return its dataset."""
+        return self.run.runtime.run(self.t, stage.name, stage.config(self), lambda tmp: stage.work(self, tmp),
+                                    stage.mode)
+
+    def load(self, stage: str, **kwargs: Any):
+        return self.run.store.load(self.t, stage, **kwargs)
+
+    def upstream(self, *stages: str) -> dict[str, str]:
+        return self.run.upstream(self.t, *stages)
+
+    def rng(self, purpose: str) -> np.random.Generator:
+        return self.run.rng(self.t, purpose)
+
+    def params(self, gen, purpose: str) -> SamplingParams:
+        return self.run.params(gen, self.t, purpose)
+
+    def sample(self, prompts: list[str], n: int, purpose: str) -> tuple[list[list[str]], int]:
+        """``n`` responses of the policy per prompt (shared across the processes) and the tokens generated."""
+        if not prompts:  # everything reused: no model to load
+            return [], 0
+        backend = self.run.runtime.shards.together(self.policy.get)
+        gens = shared_generate(self.run.runtime.shards, backend, [user_turn(p) for p in prompts], n,
+                               self.params(self.eva.generation, purpose))
+        return gens.texts, gens.num_tokens
+
+    def score(self, prompts: list[str], responses: list[list[str]]) -> list[list[float]]:
+        """Rewards of the reward model (shared across the processes), length-penalised (RLHF
+        Workflow) when ``length_penalty`` > 0."""
+        model = self.run.runtime.shards.together(self.rewarder.get)
+        rewards = shared_score(self.run.runtime.shards, model, [user_turn(p) for p in prompts], responses)
+        return length_penalised(rewards, responses, self.eva.length_penalty)
+
+    def close(self) -> None:
+        """Free every generation and reward model of this iteration (each process, before training)."""
+        for held in {id(x): x for x in (self.policy, self.rewarder, self.evolver_llm)}.values():
+            held.close()
+
+
+class Stage:
+    """One step of Algorithm 1 that writes ``iter_<t>/<name>/``."""
+
+    name: ClassVar[str]
+    mode: ClassVar[str] = MAIN  # runtime.MAIN | SHARED | EVERY
+
+    def config(self, it: Iteration) -> dict:
+        """Everything that decides the artifact (upstream fingerprints included)."""
+        raise NotImplementedError
+
+    def work(self, it: Iteration, tmp: Path) -> StageResult:
+        """Make the artifact (files may go into ``tmp``; a returned dataset is saved there)."""
+        raise NotImplementedError
+
+
+def length_penalised(rewards: list[list[float]], responses: list[list[str]], penalty: float) -> list[list[float]]:
+    """r − λ·|y| with |y| in characters (RLHF Workflow); λ = 0 returns the rewards unchanged."""
+    if not penalty:
+        return rewards
+    return [[r - penalty * len(y) for r, y in zip(rs, ys)] for rs, ys in zip(rewards, responses)]
+
+
+def as_dict(gen) -> dict:
+    """A generation config as a plain dict (for fingerprints)."""
+    return dataclasses.asdict(gen)

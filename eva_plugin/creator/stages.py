@@ -1,0 +1,147 @@
+"""The creator's stages (EVA Algorithm 1, steps 1–3) on X_{t-1} and the policy π_{t-1}.
+
+``creator_samples`` → ``creator_rewards`` → ``scores`` (informativeness) → ``selected``
+(the informative subset) → ``evolved`` (new prompts). Mixing them into X_t is the
+solver's ``prompts`` stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+
+from eva_plugin import plugins
+from eva_plugin.artifacts import StageResult
+from eva_plugin.context import Iteration, Stage, as_dict
+from eva_plugin.creator import hygiene
+from eva_plugin.creator.evolvers import STATUSES, Truncated
+from eva_plugin.creator.proxies import weights as proxy_weights
+from eva_plugin.generation.completions import Completions
+from eva_plugin.prompt_sets import previous_prompts, previous_prompts_id
+from eva_plugin.runtime import SHARED
+
+
+def _sampling(it: Iteration) -> dict:
+    return {"policy": it.run.policy_id(it.t), "generation": as_dict(it.eva.generation), "seed": it.run.seed}
+
+
+class CreatorSamples(Stage):
+    """``num_samples`` responses of π_{t-1} to every prompt of X_{t-1}."""
+
+    name, mode = "creator_samples", SHARED
+
+    def config(self, it: Iteration) -> dict:
+        return {"prompts": previous_prompts_id(it), "n": it.eva.num_samples, **_sampling(it)}
+
+    def work(self, it: Iteration, tmp: Path) -> StageResult:
+        prev = previous_prompts(it)
+        texts, tokens = it.sample(list(prev["prompt"]), it.eva.num_samples, self.name)
+        return StageResult(prev.add_column("responses", texts),
+                           {"tokens_generated": tokens, "generations": len(prev) * it.eva.num_samples})
+
+
+class CreatorRewards(Stage):
+    """The reward of every creator sample."""
+
+    name, mode = "creator_rewards", SHARED
+
+    def config(self, it: Iteration) -> dict:
+        return {**it.upstream("creator_samples"), **it.run.reward_config()}
+
+    def work(self, it: Iteration, tmp: Path) -> StageResult:
+        sampled = it.load("creator_samples")
+        scores = it.score(list(sampled["prompt"]), list(sampled["responses"]))
+        return StageResult(sampled.add_column("rewards", scores))
+
+
+class Scores(Stage):
+    """info(x) of every prompt under the proxy, and the sampling weight it turns into."""
+
+    name = "scores"
+
+    def config(self, it: Iteration) -> dict:
+        return {**it.upstream("creator_rewards"), "proxy": it.eva.proxy, "weighting": it.eva.weighting}
+
+    def work(self, it: Iteration, tmp: Path) -> StageResult:
+        scored = it.load("creator_rewards")
+        proxy = plugins.get("proxies", it.eva.proxy)
+        rewards = list(scored["rewards"])
+        info = [proxy.info(r) for r in rewards]
+        w = proxy_weights(proxy, rewards, it.eva.weighting)
+        ds = Dataset.from_dict({"prompt_id": list(scored["prompt_id"]), "prompt": list(scored["prompt"]),
+                                "info": info, "weight": w.tolist()})
+        finite = [v for v in info if np.isfinite(v)]
+        return StageResult(ds, {"mean_info": float(np.mean(finite)) if finite else None})
+
+
+class Selected(Stage):
+    """The informative subset: ``subset_fraction`` of X_{t-1}, drawn by the selector from the weights."""
+
+    name = "selected"
+
+    def config(self, it: Iteration) -> dict:
+        return {**it.upstream("scores"), "selector": it.eva.selector, "fraction": it.eva.subset_fraction,
+                "seed": it.run.seed}
+
+    def work(self, it: Iteration, tmp: Path) -> StageResult:
+        scores = it.load("scores")
+        k = max(1, round(len(scores) * it.eva.subset_fraction))
+        choose = plugins.get("selectors", it.eva.selector)
+        idx = [int(i) for i in choose(np.asarray(scores["weight"]), k, it.rng(self.name))]
+        return StageResult(scores.select(idx), {"selected": len(idx)})
+
+
+class Evolved(Stage):
+    """New prompts from the selected ones by the evolver, each with its status (kept or why dropped)."""
+
+    name, mode = "evolved", SHARED
+
+    def config(self, it: Iteration) -> dict:
+        eva = it.eva
+        config = {**it.upstream("selected"), "evolver": eva.evolver, "n": eva.num_evolutions,
+                  "drop_truncated": eva.evolver_drop_truncated, "candidates": eva.evolver_candidates,
+                  "feedback": eva.evolver_feedback, "min_words": eva.evolved_min_words,
+                  "max_words": eva.evolved_max_words, "near_duplicate": eva.near_duplicate_threshold,
+                  "llm": eva.evolver_model or it.run.policy_id(it.t),
+                  "evolver_generation": as_dict(eva.evolver_generation),
+                  "policy_generation": as_dict(eva.generation) if eva.evolver_model is None else None}
+        if eva.evolver_options:
+            config["evolver_options"] = eva.evolver_options
+        return config
+
+    def work(self, it: Iteration, tmp: Path) -> StageResult:
+        eva = it.eva
+        factory = plugins.get("evolvers", eva.evolver)
+        evolver = factory(num_evolutions=eva.num_evolutions, candidates=eva.evolver_candidates,
+                          **eva.evolver_options)
+        complete = Completions(it.evolver_llm, it.params(eva.evolver_generation, self.name),
+                               it.run.runtime.shards)
+
+        def generate(instructions: list[str]) -> list[str | None]:
+            texts, done = complete(instructions)
+            return [None if not text else (text if ok or not eva.evolver_drop_truncated else Truncated(text))
+                    for text, ok in zip(texts, done)]
+
+        evolved = evolver.evolve(evolver_seeds(it), generate, it.rng(self.name))
+        rules = hygiene.Hygiene(eva.evolved_min_words, eva.evolved_max_words, eva.near_duplicate_threshold)
+        evolved = hygiene.apply(evolved, list(previous_prompts(it)["prompt"]), rules)
+        status = {s: sum(e.status == s for e in evolved) for s in STATUSES}
+        return StageResult(Dataset.from_list([e.as_row() for e in evolved]), {**complete.stats(), **status})
+
+
+def evolver_seeds(it: Iteration) -> list[dict]:
+    """The selected prompts for the evolver, with their best/worst responses when feedback is on."""
+    seeds = [{"prompt_id": r["prompt_id"], "prompt": r["prompt"]} for r in it.load("selected")]
+    if not it.eva.evolver_feedback:
+        return seeds
+    by_id = {r["prompt_id"]: r for r in it.load("creator_rewards")}
+    for seed in seeds:
+        row = by_id[seed["prompt_id"]]
+        rewards = row["rewards"]
+        hi = max(range(len(rewards)), key=rewards.__getitem__)
+        lo = min(range(len(rewards)), key=rewards.__getitem__)
+        seed["feedback"] = {"best": row["responses"][hi], "best_reward": rewards[hi],
+                            "worst": row["responses"][lo], "worst_reward": rewards[lo]}
+    return seeds

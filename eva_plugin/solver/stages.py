@@ -1,0 +1,194 @@
+"""The solver's stages (EVA Algorithm 1, steps 4–8): X_t, its samples and rewards, pairs, training.
+
+``prompts`` (X_t: evolved + buffer, or the next seed slice with ``creator: none``) →
+``solver_samples`` → ``solver_rewards`` → ``pairs`` (best/worst) → [``rewritten``] → ``policy``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+
+from eva_plugin.artifacts import StageResult
+from eva_plugin.context import Iteration, Stage, as_dict
+from eva_plugin.creator.mixing import plan_mix
+from eva_plugin.data import prompt_id
+from eva_plugin.generation.completions import Completions
+from eva_plugin.prompt_sets import previous_prompts, seed_slice
+from eva_plugin.runtime import EVERY, SHARED
+from eva_plugin.solver.pairs import build_pairs
+from eva_plugin.solver.rewriter import rewrite_pairs
+
+
+class Prompts(Stage):
+    """X_t: ``evolved_fraction`` evolved prompts + the rest from the buffer (EVA), or the next slice
+    of the seed pool (``creator: none``)."""
+
+    name = "prompts"
+
+    def config(self, it: Iteration) -> dict:
+        if it.run.creator != "eva":
+            return {"pool": it.run.upstream(0, "prompts"), "size": it.eva.prompts_per_iteration}
+        return {**it.upstream("evolved"), "fraction": it.eva.evolved_fraction, "seed": it.run.seed}
+
+    def work(self, it: Iteration, tmp: Path) -> StageResult:
+        ds, shortfall = (seed_slice(it), 0) if it.run.creator != "eva" else mix_evolved(it)
+        origin = list(ds["origin"])
+        origins = {o: origin.count(o) for o in sorted(set(origin))}
+        return StageResult(ds, {"origins": origins, "evolved_shortfall": shortfall})
+
+
+def mix_evolved(it: Iteration) -> tuple[Dataset, int]:
+    """Kept evolved prompts mixed with a buffer of X_{t-1}; how many evolved prompts were missing."""
+    prev = previous_prompts(it)
+    evolved = it.load("evolved")
+    evolved = evolved.select([i for i, s in enumerate(evolved["status"]) if s == "kept"])
+    plan = plan_mix(len(evolved), len(prev), len(prev), it.eva.evolved_fraction, it.rng("prompts"))
+    rows = [{"prompt_id": prompt_id(e["prompt"]), "prompt": e["prompt"], "origin": "evolved",
+             "parent_id": e["parent_id"]} for e in evolved.select(plan.evolved)]
+    rows += [{"prompt_id": b["prompt_id"], "prompt": b["prompt"], "origin": "buffer", "parent_id": ""}
+             for b in prev.select(plan.buffer)]
+    return Dataset.from_list(rows), plan.shortfall
+
+
+class SolverSamples(Stage):
+    """``solver_samples`` responses of π_{t-1} per prompt of X_t; the creator's scored samples stand in
+    for buffer prompts when they were drawn the same way."""
+
+    name, mode = "solver_samples", SHARED
+
+    def config(self, it: Iteration) -> dict:
+        return {**it.upstream("prompts"), "n": it.eva.solver_samples, "policy": it.run.policy_id(it.t),
+                "reuse": it.upstream("creator_rewards") if reusable_samples(it) else None,
+                "generation": as_dict(it.eva.generation), "seed": it.run.seed}
+
+    def work(self, it: Iteration, tmp: Path) -> StageResult:
+        n = it.eva.solver_samples
+        xt, reusable = it.load("prompts"), reusable_samples(it)
+        todo = [i for i, r in enumerate(xt) if r["prompt_id"] not in reusable]
+        texts, tokens = it.sample([xt[i]["prompt"] for i in todo], n, self.name)
+        fresh = dict(zip(todo, texts))
+        responses, rewards, reused = [], [], []
+        for i, row in enumerate(xt):
+            old = reusable.get(row["prompt_id"]) if i not in fresh else None
+            responses.append(fresh[i] if old is None else old["responses"][:n])
+            rewards.append([] if old is None else old["rewards"][:n])
+            reused.append(old is not None)
+        ds = xt.add_column("responses", responses).add_column("reused_rewards", rewards)
+        ds = ds.add_column("reused", reused)
+        return StageResult(ds, {"tokens_generated": tokens, "generations": len(todo) * n,
+                                "generations_saved": sum(reused) * n})
+
+
+def reusable_samples(it: Iteration) -> dict[str, dict]:
+    """Creator samples that can stand in for solver samples (same policy and sampling, enough of them)."""
+    eva = it.eva
+    if it.run.creator != "eva" or not eva.reuse_creator_samples or eva.num_samples < eva.solver_samples:
+        return {}
+    if not (it.run.store.path(it.t, "creator_rewards") / "data").exists():
+        return {}
+    return {r["prompt_id"]: {"responses": r["responses"], "rewards": r["rewards"]}
+            for r in it.load("creator_rewards")}
+
+
+class SolverRewards(Stage):
+    """Rewards of the fresh solver samples (reused ones keep the creator's)."""
+
+    name, mode = "solver_rewards", SHARED
+
+    def config(self, it: Iteration) -> dict:
+        return {**it.upstream("solver_samples"), **it.run.reward_config()}
+
+    def work(self, it: Iteration, tmp: Path) -> StageResult:
+        sampled = it.load("solver_samples")
+        todo = [i for i, r in enumerate(sampled) if not r["reused"]]
+        scores = it.score([sampled[i]["prompt"] for i in todo], [sampled[i]["responses"] for i in todo]) \
+            if todo else []
+        fresh = dict(zip(todo, scores))
+        rewards = [fresh.get(i, r["reused_rewards"]) for i, r in enumerate(sampled)]
+        ds = sampled.remove_columns("reused_rewards").add_column("rewards", rewards)
+        return StageResult(ds, {"scored": len(todo) * it.eva.solver_samples})
+
+
+class Pairs(Stage):
+    """Best/worst response of every prompt as a TRL preference pair; ties and identical pairs dropped."""
+
+    name = "pairs"
+
+    def config(self, it: Iteration) -> dict:
+        return it.upstream("solver_rewards")
+
+    def work(self, it: Iteration, tmp: Path) -> StageResult:
+        rows, stats = build_pairs(it.load("solver_rewards"))
+        if not rows:
+            raise RuntimeError(f"iteration {it.t}: every prompt gave a tie or identical responses; no pairs "
+                               "to train on (raise eva.solver_samples or the sampling temperature)")
+        ds = Dataset.from_list(rows)
+        stats.update(mean_chosen_reward=float(np.mean(ds["chosen_reward"])),
+                     mean_rejected_reward=float(np.mean(ds["rejected_reward"])))
+        return StageResult(ds, stats)
+
+
+class Rewritten(Stage):
+    """The pairs with their chosen responses rewritten by the evolver LLM (where the rewrite is kept)."""
+
+    name, mode = "rewritten", SHARED
+
+    def generation(self, it: Iteration):
+        ratio = it.eva.rewriter_max_length_ratio
+        return dataclasses.replace(it.eva.evolver_generation,
+                                   max_new_tokens=math.ceil(it.eva.generation.max_new_tokens * ratio))
+
+    def config(self, it: Iteration) -> dict:
+        return {**it.upstream("pairs"), "ratio": it.eva.rewriter_max_length_ratio,
+                "llm": it.eva.evolver_model or it.run.policy_id(it.t), "generation": as_dict(self.generation(it))}
+
+    def work(self, it: Iteration, tmp: Path) -> StageResult:
+        complete = Completions(it.evolver_llm, it.params(self.generation(it), self.name), it.run.runtime.shards)
+        rows, counts = rewrite_pairs(it.load("pairs").to_list(), complete, it.eva.rewriter_max_length_ratio)
+        return StageResult(Dataset.from_list(rows), {**complete.stats(), **counts})
+
+
+class Policy(Stage):
+    """π_t: one preference-optimisation round from π_{t-1} on the pairs (every process trains)."""
+
+    name, mode = "policy", EVERY
+
+    def source(self, it: Iteration) -> str:
+        return "rewritten" if it.eva.rewriter else "pairs"
+
+    def config(self, it: Iteration) -> dict:
+        recipe = it.run.recipe
+        return {**it.upstream(self.source(it)), "policy": it.run.policy_id(it.t), "reference": it.eva.reference,
+                "loss": it.eva.loss, "knobs": recipe.loss_knobs(), "training": training_config(recipe.training),
+                "model": dataclasses.asdict(recipe.model)}
+
+    def work(self, it: Iteration, tmp: Path) -> StageResult:
+        from eva_plugin.solver.training import train_round
+
+        # in memory: the trainer's tokenising map must not write cache files into the artifact
+        pairs = it.load(self.source(it), keep_in_memory=True)
+        recipe = it.run.recipe
+        stats = train_round(pairs, policy_path=it.run.policy_path(it.t), reference_path=it.run.reference_path(it.t),
+                            training=recipe.training, model_args=recipe.model, save_dir=tmp, loss=it.eva.loss,
+                            knobs=recipe.loss_knobs())
+        shutil.rmtree(tmp / "trainer_state", ignore_errors=True)
+        return StageResult(None, {"rows": len(pairs), **stats},
+                           note=f"trained on {len(pairs)} pairs (loss {stats['train_loss']:.4f})")
+
+
+#: DPOConfig keys that do not change the trained weights (where and how a run reports).
+_NOT_TRAINING = ("output_dir", "logging", "log_", "report_to", "run_name", "hub_", "push_to_hub", "save_",
+                 "eval_", "per_device_eval", "do_eval", "do_predict", "disable_tqdm", "local_rank",
+                 "resume_from_checkpoint", "dataloader_num_workers", "include_", "skip_memory_metrics",
+                 "trackio", "project", "print_")
+
+
+def training_config(training) -> dict:
+    """The trainer settings that decide the weights (for the policy's fingerprint)."""
+    return {k: v for k, v in training.to_dict().items() if not k.startswith(_NOT_TRAINING)}
