@@ -56,7 +56,8 @@ def run(recipe: Recipe, *, stop_after: str | None = None, overwrite_stale: bool 
     if recipe.creator is None:
         plain_dpo(recipe)
         return
-    from eva_plugin.loop import EvaLoop, StopAfterStage
+    from eva_plugin.errors import StopAfterStage
+    from eva_plugin.loop import EvaLoop
     from eva_plugin.report import print_summary
 
     loop = EvaLoop(recipe, stop_after=stop_after, overwrite_stale=overwrite_stale)
