@@ -9,10 +9,20 @@ from eva_plugin import plugins
 
 
 def list_plugins() -> None:
+    """Every registered name of every kind with its source, then the plugins left out."""
+    from eva_plugin.errors import EvaError
+
     for kind in plugins.KINDS:
         print(f"{kind}:")
-        for name, entry in sorted(plugins.registry(kind).items()):
+        try:
+            table = plugins.registry(kind)
+        except EvaError as err:  # e.g. two plugins registered one name: the other kinds still list
+            print(f"  error: {err}")
+            continue
+        for name, entry in sorted(table.items()):
             print(f"  {name:<24} {entry.source}")
+    for entry in plugins.skipped():
+        print(entry.line())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eva_plugin.creator.evolvers import STATUSES
+from eva_plugin.creator.evolved import STATUSES
 
 COLUMNS = [
     ("iter", lambda m: m["_iteration"]),

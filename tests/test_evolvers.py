@@ -218,3 +218,46 @@ def test_feedback_context_precedes_the_template():
     assert sent[0].endswith(template)
     preamble = sent[0][: -len(template)]
     assert "(reward 0.900)" in preamble and "\n5\n" in preamble and "(reward -0.400)" in preamble
+
+
+def test_evol_mutations_option_draws_from_the_named_templates_only():
+    from eva_plugin.creator.evolvers import mutation_templates
+
+    sent, llm = _record()
+    seeds = [{"prompt_id": str(i), "prompt": f"seed {i}"} for i in range(8)]
+    out = EvolInstruct(2, mutations=["CONSTRAINTS", "DEEPENING"]).evolve(seeds, llm, np.random.default_rng(0))
+    assert {e.mutation for e in out} == {"CONSTRAINTS", "DEEPENING"}
+    templates = mutation_templates()
+    assert sent[0] == templates[out[0].mutation].replace("<PROMPT>", "seed 0")
+
+
+@pytest.mark.parametrize("mutations", [["BREADTH"], "CONSTRAINTS", []])
+def test_evol_mutations_option_rejects_unknown_names_listing_the_known_ones(mutations):
+    from eva_plugin.creator.evolvers import EvolComplexity
+    from eva_plugin.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="evol_complexity.*CONCRETIZING, CONSTRAINTS, DEEPENING"):
+        EvolComplexity(1, mutations=mutations)
+
+
+def test_builtin_evolvers_refuse_unknown_options():
+    from eva_plugin.creator.self_instruct import SelfInstruct
+
+    with pytest.raises(TypeError):
+        EvolInstruct(1, temperature=0.3)
+    with pytest.raises(TypeError):
+        SelfInstruct(1, mutations=["CONSTRAINTS"])
+
+
+@pytest.mark.parametrize(("criteria", "expected"), [("Ask about one fact only.", "Ask about one fact only."), ("", "")])
+def test_self_instruct_criteria_option_replaces_the_length_criterion(criteria, expected):
+    from distilabel.steps.tasks.self_instruct import SelfInstruct as Distilabel
+
+    from eva_plugin.creator.self_instruct import LENGTH_CRITERION, SelfInstruct
+
+    default = Distilabel.model_fields["criteria_for_query_generation"].default
+    evolver = SelfInstruct(2, criteria=criteria)
+    assert evolver.criteria == (f"{default}\n{expected}" if expected else default)
+    sent, llm = _record("one\ntwo")
+    evolver.evolve([{"prompt_id": "a", "prompt": "Explain tides."}], llm, np.random.default_rng(0))
+    assert LENGTH_CRITERION not in sent[0] and expected in sent[0]

@@ -14,9 +14,12 @@ Every template comes from distilabel at run time (never copied here):
 - ``evol_quality``: the same chain; each step asks the prompt rewriter to apply one of
   ``EvolQuality``'s five quality methods (helpfulness, relevance, depth, creativity,
   detail) to the *prompt*, as the EVA authors adapted it;
-- ``self_instruct``: distilabel's ``SelfInstruct`` query-generation template, asking in
-  one call for ``num_evolutions`` independent variants of the seed, plus one criterion
+- ``self_instruct`` (``self_instruct.py``): distilabel's ``SelfInstruct`` query-generation
+  template, asking in one call for ``num_evolutions`` independent variants of the seed, plus one criterion
   (ours) to keep each about as long as the seed.
+
+Options (``eva.evolver_options``): the Evol* evolvers take ``mutations``, a list of template
+names to draw from (e.g. ``[CONSTRAINTS, DEEPENING]``); ``self_instruct`` takes ``criteria``.
 
 With feedback on, each instruction is preceded by the seed's best and worst sampled
 responses and their rewards (``feedback_context``), so the evolver sees where the
@@ -26,22 +29,23 @@ policy is weak (EVA §7).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
-from eva_plugin import hookimpl
+from eva_plugin.creator.evolved import (
+    STATUSES,
+    EvolvedPrompt,
+    Generate,
+    Truncated,
+    evolved_status,
+    feedback_context,
+)
+from eva_plugin.errors import RecipeError
 
-Generate = Callable[[list[str]], list["str | None"]]
-
-
-STATUSES = ("kept", "empty", "truncated", "unusable", "too_short", "too_long", "refusal", "duplicate",
-            "near_duplicate")
-
-
-class Truncated(str):
-    """An evolver LLM output that hit the token limit before it ended: never kept."""
+# the shared pieces stay importable from here (the loop and the report import them)
+__all__ = ["STATUSES", "EvolComplexity", "EvolInstruct", "EvolQuality", "EvolvedPrompt", "Generate", "Truncated",
+           "evolved_status", "feedback_context", "parse_evolved"]
 
 #: Headers an evolver LLM may echo before the new prompt (text after the last one is kept):
 #: distilabel's ``#Rewritten Prompt#:`` / ``#Created Prompt#:`` anywhere, or a line that
@@ -61,23 +65,6 @@ _TRAILER = re.compile(
     r"|(?<=[.!?\"'])[ \t]+(?:" + _SELF_TALK + r")",
     re.IGNORECASE,
 )
-#: Template words that must not survive into an evolved prompt.
-_TEMPLATE_WORDS = re.compile(r"(?:given|rewritten|created)\s+prompt", re.IGNORECASE)
-
-
-@dataclass
-class EvolvedPrompt:
-    prompt: str
-    parent_id: str
-    mutation: str
-    step: int
-    status: str = "kept"  # one of STATUSES
-    raw: str = ""
-
-    def as_row(self) -> dict:
-        return asdict(self)
-
-
 def parse_evolved(output: str | None) -> str | None:
     """The new prompt in an evolver output: the text after the last header (else the whole text),
     without a trailing explanation of the rewrite."""
@@ -92,13 +79,6 @@ def parse_evolved(output: str | None) -> str | None:
         text = text[: trailer.start()]
     text = text.strip().strip('"').strip()
     return text or None
-
-
-def evolved_status(parsed: str | None) -> str:
-    """``kept``, ``empty`` (nothing after the header) or ``unusable`` (template text leaked in)."""
-    if not parsed:
-        return "empty"
-    return "unusable" if _TEMPLATE_WORDS.search(parsed) else "kept"
 
 
 def mutation_templates() -> dict[str, str]:
@@ -143,16 +123,18 @@ def quality_templates() -> dict[str, str]:
             for name, m in quality_methods().items()}
 
 
-def feedback_context(feedback: dict | None) -> str:
-    """Our preamble that shows the evolver how the current policy answered the seed."""
-    if not feedback:
-        return ""
-    return (
-        "Context: an AI assistant was asked the prompt below. Its best answer "
-        f"(reward {feedback['best_reward']:.3f}) was:\n{feedback['best']}\n"
-        f"Its worst answer (reward {feedback['worst_reward']:.3f}) was:\n{feedback['worst']}\n"
-        "Use what the answers got wrong to make the new prompt test exactly that weakness.\n\n"
-    )
+def pick_templates(templates: dict[str, str], names: list[str] | None, evolver: str) -> dict[str, str]:
+    """The named subset of ``templates`` (all of them for ``None``); an unknown name lists the known ones."""
+    if names is None:
+        return templates
+    if isinstance(names, str) or not names:
+        raise RecipeError(f"eva.evolver_options.mutations must be a non-empty list of names; "
+                          f"{evolver} knows: {', '.join(sorted(templates))}")
+    unknown = [n for n in names if n not in templates]
+    if unknown:
+        raise RecipeError(f"eva.evolver_options.mutations: {evolver} has no mutation "
+                          f"{', '.join(map(repr, unknown))}; known: {', '.join(sorted(templates))}")
+    return {n: templates[n] for n in names}
 
 
 class EvolInstruct:
@@ -162,14 +144,14 @@ class EvolInstruct:
     (multi-shot evolving, for evolver LLMs that often miss the format); 1 is the paper.
     """
 
+    name = "evol_instruct"
     placeholder = "<PROMPT>"
 
-    def __init__(
-        self, num_evolutions: int = 4, candidates: int = 1, templates: dict[str, str] | None = None, **_: object
-    ) -> None:
+    def __init__(self, num_evolutions: int = 4, candidates: int = 1, mutations: list[str] | None = None) -> None:
+        """``mutations``: the template names to draw from (default: all of them)."""
         self.num_evolutions = int(num_evolutions)
         self.candidates = max(1, int(candidates))
-        self.templates = templates if templates is not None else self.default_templates()
+        self.templates = pick_templates(self.default_templates(), mutations, self.name)
         self.mutations = sorted(self.templates)
 
     @staticmethod
@@ -210,6 +192,8 @@ def _judge(raw: str | None) -> tuple[str | None, str]:
 class EvolComplexity(EvolInstruct):
     """EvolInstruct's chain with the in-depth mutations only (best in the EVA paper: 60.6)."""
 
+    name = "evol_complexity"
+
     @staticmethod
     def default_templates() -> dict[str, str]:
         return complexity_templates()
@@ -218,16 +202,8 @@ class EvolComplexity(EvolInstruct):
 class EvolQuality(EvolInstruct):
     """EvolInstruct's chain with EvolQuality's quality methods applied to the prompt."""
 
+    name = "evol_quality"
+
     @staticmethod
     def default_templates() -> dict[str, str]:
         return quality_templates()
-
-
-@hookimpl
-def register_evolvers(register):
-    from eva_plugin.creator.self_instruct import SelfInstruct
-
-    register("evol_instruct", EvolInstruct)
-    register("evol_complexity", EvolComplexity)
-    register("evol_quality", EvolQuality)
-    register("self_instruct", SelfInstruct)

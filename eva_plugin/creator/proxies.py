@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from eva_plugin import hookimpl
-
 WEIGHTINGS = ("minmax", "proportional")
 
 
@@ -50,12 +48,6 @@ BUILTIN_PROXIES: dict[str, Proxy] = {
     "inv_a_min": Proxy(_advantage_min, inverse=True, description="1 / (max - min)"),
     "uniform": Proxy(lambda r: 1.0, description="every prompt equally informative"),
 }
-
-
-@hookimpl
-def register_proxies(register):
-    for name, proxy in BUILTIN_PROXIES.items():
-        register(name, proxy)
 
 
 def proxy_bases(proxy: Proxy, rewards: Sequence[Sequence[float]]) -> np.ndarray:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from eva_plugin import hookimpl
-
 
 def sample_without_replacement(weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     """Draw ``k`` distinct indices with probability proportional to ``weights``.
@@ -30,9 +28,3 @@ def greedy(weights: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     order = rng.permutation(len(weights))
     ranked = order[np.argsort(-weights[order], kind="stable")]
     return ranked[: min(k, len(weights))]
-
-
-@hookimpl
-def register_selectors(register):
-    register("sample", sample_without_replacement)
-    register("greedy", greedy)

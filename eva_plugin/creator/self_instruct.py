@@ -3,7 +3,8 @@
 Unlike the Evol* chains, one call asks for all ``num_evolutions`` variants at once; the
 reply is read one query per line. The template and its default criteria come from
 distilabel at run time; we add one criterion (the EVA authors' change) so the variants
-stay about as long as the seed.
+stay about as long as the seed; ``eva.evolver_options: {criteria: "..."}`` puts other text
+in its place (``""``: distilabel's criteria only).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from importlib import resources
 
 import numpy as np
 
-from eva_plugin.creator.evolvers import EvolvedPrompt, Generate, Truncated, evolved_status, feedback_context
+from eva_plugin.creator.evolved import EvolvedPrompt, Generate, Truncated, evolved_status, feedback_context
+from eva_plugin.errors import RecipeError
 
 LENGTH_CRITERION = "Keep every query about as long as the context: similar length, similar amount of detail."
 _LIST_MARK = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s*")
@@ -39,14 +41,18 @@ def split_queries(output: str | None) -> list[str]:
 class SelfInstruct:
     """``num_evolutions`` independent variants per seed from one LLM call each (x ``candidates``)."""
 
-    def __init__(self, num_evolutions: int = 4, candidates: int = 1, **_: object) -> None:
+    def __init__(self, num_evolutions: int = 4, candidates: int = 1, criteria: str | None = None) -> None:
+        """``criteria``: our criterion added to distilabel's (default ``LENGTH_CRITERION``); ``""`` adds none."""
         from jinja2 import Template
 
+        if criteria is not None and not isinstance(criteria, str):
+            raise RecipeError(f"eva.evolver_options.criteria must be text, not {type(criteria).__name__}")
         self.num_evolutions = int(num_evolutions)
         self.candidates = max(1, int(candidates))
-        text, criteria, application = self_instruct_template()
+        text, default, application = self_instruct_template()
         self.template = Template(text)
-        self.criteria = f"{criteria}\n{LENGTH_CRITERION}"
+        extra = LENGTH_CRITERION if criteria is None else criteria.strip()
+        self.criteria = f"{default}\n{extra}" if extra else default
         self.application = application
 
     def instruction(self, prompt: str, feedback: dict | None = None) -> str:

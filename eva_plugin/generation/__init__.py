@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
-from eva_plugin import hookimpl
-
 Conversation = list[dict[str, str]]
 
 
@@ -59,14 +57,3 @@ class Backend(Protocol):
                  seeds: list[int] | None = None) -> Generations: ...
 
     def close(self) -> None: ...
-
-
-@hookimpl
-def register_backends(register):
-    from eva_plugin.generation.openai_backend import OpenAICompatibleBackend
-    from eva_plugin.generation.transformers_backend import TransformersBackend
-    from eva_plugin.generation.vllm_backend import VLLMBackend
-
-    register("transformers", TransformersBackend)
-    register("openai", OpenAICompatibleBackend)
-    register("vllm", VLLMBackend)

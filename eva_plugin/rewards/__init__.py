@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from eva_plugin import hookimpl
 from eva_plugin.generation import Conversation
 
 
@@ -19,14 +18,3 @@ class RewardModel(Protocol):
     def score(self, conversations: list[Conversation], responses: list[list[str]]) -> list[list[float]]: ...
 
     def close(self) -> None: ...
-
-
-@hookimpl
-def register_reward_models(register):
-    from eva_plugin.rewards.embedding import EmbeddingSimilarityReward
-    from eva_plugin.rewards.pairwise import PairwisePreferenceReward
-    from eva_plugin.rewards.sequence_classification import SequenceClassificationReward
-
-    register("sequence_classification", SequenceClassificationReward)
-    register("embedding", EmbeddingSimilarityReward)
-    register("pairwise", PairwisePreferenceReward)

@@ -1,0 +1,59 @@
+"""What every evolver shares: the evolved-prompt record, its statuses and the feedback preamble.
+
+Both ``evolvers`` (the Evol* chains) and ``self_instruct`` import from here, so neither
+imports the other.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+#: Maps a list of instructions for the evolver LLM to its completions: ``None`` for a failed
+#: call, a ``Truncated`` string for one cut at the token limit.
+Generate = Callable[[list[str]], list["str | None"]]
+
+STATUSES = ("kept", "empty", "truncated", "unusable", "too_short", "too_long", "refusal", "duplicate",
+            "near_duplicate")
+
+#: Template words that must not survive into an evolved prompt.
+_TEMPLATE_WORDS = re.compile(r"(?:given|rewritten|created)\s+prompt", re.IGNORECASE)
+
+
+class Truncated(str):
+    """An evolver LLM output that hit the token limit before it ended: never kept."""
+
+
+@dataclass
+class EvolvedPrompt:
+    """One evolved prompt, its seed (``parent_id``), how it was made and whether it is kept."""
+
+    prompt: str
+    parent_id: str
+    mutation: str
+    step: int
+    status: str = "kept"  # one of STATUSES
+    raw: str = ""
+
+    def as_row(self) -> dict:
+        return asdict(self)
+
+
+def evolved_status(parsed: str | None) -> str:
+    """``kept``, ``empty`` (nothing after the header) or ``unusable`` (template text leaked in)."""
+    if not parsed:
+        return "empty"
+    return "unusable" if _TEMPLATE_WORDS.search(parsed) else "kept"
+
+
+def feedback_context(feedback: dict | None) -> str:
+    """Our preamble that shows the evolver how the current policy answered the seed."""
+    if not feedback:
+        return ""
+    return (
+        "Context: an AI assistant was asked the prompt below. Its best answer "
+        f"(reward {feedback['best_reward']:.3f}) was:\n{feedback['best']}\n"
+        f"Its worst answer (reward {feedback['worst_reward']:.3f}) was:\n{feedback['worst']}\n"
+        "Use what the answers got wrong to make the new prompt test exactly that weakness.\n\n"
+    )

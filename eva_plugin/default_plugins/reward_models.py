@@ -1,0 +1,16 @@
+"""Built-in reward models, imported (with torch and transformers) only when one is built."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from eva_plugin import hookimpl
+from eva_plugin.default_plugins import Lazy
+
+
+@hookimpl
+def register_reward_models(register: Callable) -> None:
+    register("sequence_classification",
+             Lazy("eva_plugin.rewards.sequence_classification:SequenceClassificationReward"))
+    register("embedding", Lazy("eva_plugin.rewards.embedding:EmbeddingSimilarityReward"))
+    register("pairwise", Lazy("eva_plugin.rewards.pairwise:PairwisePreferenceReward"))
