@@ -118,6 +118,8 @@ class StageStore:
             return (self.load(iteration, stage) if (final / "data").exists() else None), manifest
         log(f"[iter {iteration}] {stage}: running")
         final.parent.mkdir(parents=True, exist_ok=True)
+        for leftover in final.parent.glob(f".{stage}.tmp-*"):  # from a run that was killed mid-stage
+            shutil.rmtree(leftover, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{stage}.tmp-"))
         started = time.perf_counter()
         try:

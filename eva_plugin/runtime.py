@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from eva_plugin.artifacts import MANIFEST, StageResult, StageStore, write_json_atomic
-from eva_plugin.errors import StopAfterStage
+from eva_plugin.errors import EvaError, StopAfterStage
 from eva_plugin.sharding import Shards, announced
 
 MAIN, SHARED, EVERY = "main", "shared", "every"
@@ -131,12 +131,10 @@ class StageRuntime:
             if not (announced(err) or finished[0]):
                 raise
             error = err
-        status = ("ok", None) if error is None else ("error", f"{type(error).__name__}: {error}")
-        status = self.shards.broadcast(status)
+        status = self.shards.broadcast(("ok", None) if error is None else _failure(error))
         if error is not None:
             raise error
-        if status[0] == "error":
-            raise RuntimeError(f"the main process failed: {status[1]}")
+        _raise_main_failure(*status)
         return outcome if self.is_main else self._read_back(iteration, name, done)
 
     def _read_back(self, iteration: int, name: str, done: bool) -> tuple[Any, dict]:
@@ -166,7 +164,7 @@ class StageRuntime:
             except StopAfterStage as stop:
                 outcome, error = ("stop", stop.args[0]), stop
             except BaseException as err:  # tell the other ranks before re-raising
-                outcome, error = ("error", f"{type(err).__name__}: {err}"), err
+                outcome, error = _failure(err), err
         if self.state.num_processes > 1:
             outcome = self.shards.broadcast(outcome)
         if error is not None:
@@ -174,8 +172,7 @@ class StageRuntime:
         kind, detail = outcome
         if kind == "stop":
             raise StopAfterStage(detail)
-        if kind == "error":
-            raise RuntimeError(f"the main process failed: {detail}")
+        _raise_main_failure(kind, detail)
         return detail
 
     def write_iteration_manifests(self, creator: str) -> None:
@@ -190,3 +187,18 @@ class StageRuntime:
                 "stages": {name: {k: v for k, v in m.items() if k != "config"}
                            for name, m in report.manifests.items() if m},
             })
+
+
+def _failure(err: BaseException) -> tuple[str, str]:
+    """How the main process tells the others about ``err``: a user-facing error keeps its one line."""
+    if isinstance(err, EvaError):
+        return "user_error", str(err)
+    return "error", f"{type(err).__name__}: {err}"
+
+
+def _raise_main_failure(kind: str, detail: Any) -> None:
+    """On a non-main process: fail the way the main process failed."""
+    if kind == "user_error":
+        raise EvaError(detail)
+    if kind == "error":
+        raise RuntimeError(f"the main process failed: {detail}")

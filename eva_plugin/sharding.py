@@ -127,7 +127,10 @@ class Shards:
         """``work(indices)`` returns one result per index and counters; the merged results (in
         order, on every process) and the counters summed over the shares. ``key`` identifies
         the item list (a ``fingerprint``); processes holding different lists stop with an error."""
+        if len(self.items) != self.world:
+            self.reset_counts()
         if self.world == 1:
+            self.items[0] += n
             return work(list(range(n)))
         mine = assignment(n, self.rank, self.world, group_size)
         payload, error = None, None
@@ -145,8 +148,6 @@ class Shards:
                                 "unseeded random numbers?); every process must build the same list")
         merged: list[Any] = [None] * n
         totals: dict[str, int] = {}
-        if len(self.items) != self.world:
-            self.reset_counts()
         for rank, (_, _, indices, results, counts) in enumerate(gathered):
             self.items[rank] += len(indices)
             if rank % group_size:

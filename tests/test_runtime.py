@@ -1,0 +1,116 @@
+"""The stage runtime on one process: run once, skip when done, refuse stale, stop after, clean leftovers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from accelerate import PartialState
+from datasets import Dataset
+
+from eva_plugin.artifacts import StageResult, StageStore
+from eva_plugin.errors import EvaError, StaleArtifactError, StopAfterStage
+from eva_plugin.runtime import EVERY, SHARED, StageRuntime
+
+
+def runtime(tmp_path, **kwargs) -> tuple[StageRuntime, list[str]]:
+    lines: list[str] = []
+    rt = StageRuntime(StageStore(tmp_path / "out", overwrite_stale=kwargs.pop("overwrite_stale", False)),
+                      PartialState(), log=lines.append, **kwargs)
+    rt.begin(1)
+    return rt, lines
+
+
+def rows(n: int):
+    calls: list[int] = []
+
+    def work(tmp):
+        calls.append(n)
+        return StageResult(Dataset.from_dict({"x": list(range(n))}), {"made": n})
+
+    return work, calls
+
+
+def test_a_stage_runs_once_and_its_manifest_is_recorded(tmp_path):
+    rt, lines = runtime(tmp_path)
+    work, calls = rows(3)
+    first = rt.run(1, "scores", {"a": 1}, work)
+    again = rt.run(1, "scores", {"a": 1}, work)
+    assert calls == [3] and first["x"] == again["x"] == [0, 1, 2]
+    manifest = json.loads((tmp_path / "out" / "iter_1" / "scores" / "manifest.json").read_text())
+    assert manifest["rows"] == 3 and manifest["made"] == 3 and manifest["config"] == {"a": 1}
+    assert rt.reports[-1].manifests["scores"]["fingerprint"] == manifest["fingerprint"]
+    assert lines[-1] == "[iter 1] scores: done before, skipped"
+
+
+def test_a_changed_config_is_refused_in_one_line_naming_the_fix(tmp_path):
+    rt, _ = runtime(tmp_path)
+    rt.run(1, "scores", {"proxy": "a_min"}, rows(2)[0])
+    with pytest.raises(StaleArtifactError) as err:
+        rt.run(1, "scores", {"proxy": "variance"}, rows(2)[0])
+    message = str(err.value)
+    assert isinstance(err.value, EvaError) and "\n" not in message
+    assert "iter_1/scores was made with a different config (changed: proxy)" in message
+    assert "--overwrite_stale" in message
+
+
+def test_overwrite_stale_rebuilds_and_keeps_the_old_artifact_aside(tmp_path):
+    rt, _ = runtime(tmp_path)
+    rt.run(1, "scores", {"proxy": "a_min"}, rows(2)[0])
+    rt, _ = runtime(tmp_path, overwrite_stale=True)
+    assert len(rt.run(1, "scores", {"proxy": "variance"}, rows(5)[0])) == 5
+    assert len(list((tmp_path / "out" / "iter_1").glob(".scores.stale-*"))) == 1
+
+
+def test_leftovers_of_a_killed_stage_are_removed_when_it_runs_again(tmp_path):
+    leftover = tmp_path / "out" / "iter_1" / ".policy.tmp-dead"
+    leftover.mkdir(parents=True)
+    (leftover / "model.safetensors").write_bytes(b"half")
+
+    def train(tmp):
+        (tmp / "model.safetensors").write_bytes(b"weights")
+        return StageResult(None, {"rows": 4}, note="trained on 4 pairs")
+
+    rt, lines = runtime(tmp_path)
+    assert rt.run(1, "policy", {"lr": 1}, train, EVERY) is None
+    assert not leftover.exists()
+    final = tmp_path / "out" / "iter_1" / "policy"
+    assert (final / "model.safetensors").read_bytes() == b"weights"
+    assert json.loads((final / "manifest.json").read_text())["rows"] == 4
+    assert lines[-1].startswith("[iter 1] policy: trained on 4 pairs in ")
+
+
+def test_shared_stages_record_the_items_each_process_took(tmp_path):
+    rt, _ = runtime(tmp_path)
+
+    def work(tmp):
+        results, _ = rt.shards.run(5, lambda idx: ([i * 2 for i in idx], {}))
+        return StageResult(Dataset.from_dict({"y": results}))
+
+    assert rt.run(1, "creator_samples", {}, work, SHARED)["y"] == [0, 2, 4, 6, 8]
+    assert rt.reports[-1].manifests["creator_samples"]["items_per_process"] == [5]
+
+
+def test_stop_after_ends_the_run_after_the_stage_but_not_when_it_was_skipped(tmp_path):
+    rt, _ = runtime(tmp_path, stop_after="scores")
+    with pytest.raises(StopAfterStage, match="iter_1/scores"):
+        rt.run(1, "scores", {}, rows(1)[0])
+    rt, _ = runtime(tmp_path, stop_after="scores")
+    rt.run(1, "scores", {}, rows(1)[0])  # done before: the rerun moves on
+    rt, _ = runtime(tmp_path, stop_after="iter_1/pairs")
+    rt.run(1, "scores", {}, rows(1)[0])
+    with pytest.raises(StopAfterStage, match="iter_1/pairs"):
+        rt.run(1, "pairs", {}, rows(1)[0])
+
+
+def test_a_failing_stage_leaves_no_artifact(tmp_path):
+    rt, _ = runtime(tmp_path)
+
+    def broken(tmp):
+        (tmp / "partial.bin").write_bytes(b"x")
+        raise MemoryError("out of memory")
+
+    with pytest.raises(MemoryError):
+        rt.run(1, "evolved", {}, broken, SHARED)
+    folder = tmp_path / "out" / "iter_1"
+    assert not (folder / "evolved").exists() and not list(folder.glob(".evolved.tmp-*"))
