@@ -29,8 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="eva", description="EVA iterative preference optimisation for TRL recipes")
     sub = parser.add_subparsers(dest="command", required=True)
-    run_p = sub.add_parser("run", help="run a recipe (same as accelerate launch -m eva_plugin.dpo --config RECIPE)")
-    run_p.add_argument("recipe", help="recipe YAML")
+    # `eva run RECIPE --help` is answered by eva_plugin.dpo (every eva: key), so `run` has no argparse help
+    run_p = sub.add_parser("run", add_help=False,
+                           help="run a recipe (same as accelerate launch -m eva_plugin.dpo --config RECIPE); "
+                                "`eva run --help` lists every option")
+    run_p.add_argument("recipe", nargs="?", help="recipe YAML")
     sub.add_parser("plugins", help="list every registered proxy, selector, evolver, reward model and backend")
     args, rest = parser.parse_known_args(argv)
     if args.command == "plugins":
@@ -38,7 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from eva_plugin import dpo
 
-    return dpo.main(["--config", args.recipe, *rest])
+    if args.recipe is None or args.recipe.startswith("-"):
+        if args.recipe is not None:
+            rest.insert(0, args.recipe)
+        if not {"-h", "--help", "--help-trl"} & set(rest):
+            parser.error("run needs a RECIPE (a YAML file); `eva run --help` lists every option")
+        return dpo.main(rest, prog="eva run RECIPE")
+    return dpo.main(["--config", args.recipe, *rest], prog="eva run RECIPE")
 
 
 if __name__ == "__main__":

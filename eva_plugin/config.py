@@ -1,7 +1,8 @@
 """``EvaArguments``: the ``creator:`` flag and ``eva:`` block of a recipe, paper defaults.
 
-Every field carries a ``help``; ``eva_plugin.recipe`` reads them from YAML, validates
-plugin names against the registry and fails with a one-line error naming the fix.
+Only the dataclasses and their value-range checks live here (no plugin, proxy or loss
+imports): every field's ``help`` and default feed ``--help`` and the README table
+(``eva_plugin.docs``); ``eva_plugin.checks`` checks names against the plugin registry.
 """
 
 from __future__ import annotations
@@ -20,18 +21,27 @@ REFERENCES = ("previous", "initial")
 class GenerationArguments:
     """How responses (or evolved prompts) are sampled."""
 
-    backend: str = field(default="transformers", metadata={"help": "Generation backend plugin name."})
+    backend: str = field(
+        default="transformers",
+        metadata={"help": "Generation backend: transformers, vllm, openai (an OpenAI-compatible server) or "
+                  "a plugin."},
+    )
     temperature: float = field(
-        default=0.7, metadata={"help": "Sampling temperature; 0 = greedy (evolver only: responses need > 0)."}
+        default=0.7,
+        metadata={"help": "Sampling temperature; 0 = greedy (evolver only: responses need > 0)."},
     )
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling probability mass."})
     max_new_tokens: int = field(default=2048, metadata={"help": "Maximum new tokens per response."})
     batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (transformers backend)."})
     dtype: str | None = field(
-        default=None, metadata={"help": "Model dtype for generation; default: the recipe's `dtype`."}
+        default=None,
+        metadata={"help": "Model dtype for generation; default: the recipe's `dtype`."},
     )
     options: dict[str, Any] = field(
-        default_factory=dict, metadata={"help": "Extra keyword arguments passed to the backend factory."}
+        default_factory=dict,
+        metadata={"help": "Extra keyword arguments for the backend (vllm: tensor_parallel_size, "
+                  "gpu_memory_utilization, max_model_len; openai: base_url, api_key_env, "
+                  "concurrency, timeout, max_retries, backoff)."},
     )
 
 
@@ -44,16 +54,15 @@ def _evolver_generation() -> GenerationArguments:
 class EvaArguments:
     """The EVA loop. Defaults are the paper's (EVA §4, SPEC §2)."""
 
-    iterations: int = field(default=3, metadata={"help": "Number of creator→solver iterations."})
+    iterations: int = field(default=3, metadata={"help": "Number of creator → solver rounds."})
     prompts_per_iteration: int | None = field(
-        default=None, metadata={"help": "Size of every prompt set X_t; null = all seed prompts."}
+        default=None,
+        metadata={"help": "Size of every prompt set X_t; null = all seed prompts."},
     )
     prompts: str | None = field(
         default=None,
-        metadata={
-            "help": "Seed prompts from a local JSONL/JSON/parquet/CSV file or a `save_to_disk` folder; "
-            "overrides `dataset_mixture` / `dataset_name`."
-        },
+        metadata={"help": "Seed prompts from a local JSONL/JSON/parquet/CSV file or a `save_to_disk` "
+                  "folder; overrides `dataset_mixture` / `dataset_name`."},
     )
     prompt_column: str | None = field(
         default=None,
@@ -61,21 +70,41 @@ class EvaArguments:
                   "`messages`/`chosen`/`conversations`."},
     )
     num_samples: int = field(default=6, metadata={"help": "Creator: responses sampled per prompt for scoring."})
-    proxy: str = field(default="a_min", metadata={"help": "Informativeness proxy plugin (see `eva plugins`)."})
-    weighting: str = field(
-        default="minmax", metadata={"help": "How proxy values become weights: minmax | proportional."}
+    proxy: str = field(
+        default="a_min",
+        metadata={"help": "Informativeness proxy: a_min, a_avg, variance, mean, inv_mean, inv_a_min, "
+                  "uniform or a plugin (`eva plugins` lists them)."},
     )
-    selector: str = field(default="sample", metadata={"help": "Subset selector plugin: sample | greedy | ..."})
+    weighting: str = field(
+        default="minmax",
+        metadata={"help": "How proxy values become weights: minmax (the authors' code: least informative "
+                  "gets 0) or proportional."},
+    )
+    selector: str = field(
+        default="sample",
+        metadata={"help": "Subset selector: sample (weighted, without replacement), greedy (top-k) or a "
+                  "plugin."},
+    )
     subset_fraction: float = field(default=0.25, metadata={"help": "Share of X_{t-1} selected for evolving."})
-    evolver: str = field(default="evol_instruct", metadata={"help": "Prompt evolver plugin."})
-    num_evolutions: int = field(default=4, metadata={"help": "Evolutions per selected prompt (all kept)."})
+    evolver: str = field(
+        default="evol_instruct",
+        metadata={"help": "Prompt evolver: evol_instruct, evol_complexity, evol_quality, self_instruct or a"
+                  " plugin."},
+    )
+    num_evolutions: int = field(
+        default=4,
+        metadata={"help": "Evolutions per selected prompt, all kept (chained; self_instruct: independent "
+                  "variants)."},
+    )
     evolver_options: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Keyword arguments for the evolver factory (e.g. evol_instruct: `mutations`); "
                   "`eva plugins` and the README list each built-in's options."},
     )
     evolver_model: str | None = field(
-        default=None, metadata={"help": "Local model path for evolving; null = the current policy."}
+        default=None,
+        metadata={"help": "Model for evolving: null = the current policy; a local path, or the model name "
+                  "on a server (evolver_generation.backend: openai)."},
     )
     evolver_candidates: int = field(
         default=1,
@@ -83,7 +112,8 @@ class EvaArguments:
     )
     evolver_drop_truncated: bool = field(
         default=True,
-        metadata={"help": "Drop evolved prompts the evolver LLM did not finish within its token limit."},
+        metadata={"help": "Drop evolved prompts the evolver LLM did not finish within "
+                  "evolver_generation.max_new_tokens."},
     )
     evolver_feedback: bool = field(
         default=False,
@@ -93,23 +123,33 @@ class EvaArguments:
     evolved_max_words: int = field(default=400, metadata={"help": "Drop evolved prompts with more words."})
     near_duplicate_threshold: float = field(
         default=0.7,
-        metadata={"help": "Drop evolved prompts this similar (character 5-gram Jaccard) to the pool or the "
-                  "buffer; 1.0 keeps near duplicates."},
+        metadata={"help": "Drop evolved prompts this similar (character 5-gram Jaccard, MinHash) to the "
+                  "pool or the buffer; 1.0 keeps near duplicates."},
     )
-    evolved_fraction: float = field(default=0.8, metadata={"help": "Share of evolved prompts in X_t."})
+    evolved_fraction: float = field(
+        default=0.8,
+        metadata={"help": "Evolved share of X_t; the rest is drawn from X_{t-1} (the buffer)."},
+    )
     solver_samples: int = field(default=6, metadata={"help": "Solver: responses sampled per prompt."})
     reuse_creator_samples: bool = field(
         default=True,
         metadata={"help": "Reuse the creator's scored samples for buffer prompts when sampling matches."},
     )
-    reward_model: str | None = field(default=None, metadata={"help": "Local path of the reward model."})
+    reward_model: str | None = field(
+        default=None,
+        metadata={"help": "Local path of the reward model (required with `creator:`)."},
+    )
     reward_type: str = field(
         default="sequence_classification",
-        metadata={"help": "Reward model plugin: sequence_classification | embedding | ..."},
+        metadata={"help": "Reward model: sequence_classification, embedding (prompt↔response cosine, mean "
+                  "pooling), pairwise (a preference LM judging \"[CONTEXT] x [RESPONSE A] a "
+                  "[RESPONSE B] b\"; reward = mean win probability against the other samples) or a "
+                  "plugin."},
     )
     reward_options: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"help": "Keyword arguments for the reward model (batch_size, dtype, trust_remote_code, ...)."},
+        metadata={"help": "Keyword arguments for the reward model: batch_size, dtype, trust_remote_code, "
+                  "max_length; pairwise: order (random seeded, or both averaged), template, labels."},
     )
     rewriter: bool = field(
         default=False,
@@ -117,16 +157,20 @@ class EvaArguments:
     )
     rewriter_max_length_ratio: float = field(
         default=1.5,
-        metadata={"help": "Keep a rewrite only within this ratio of the original's length (either way); "
-                  "the rewriter may generate up to generation.max_new_tokens times this ratio."},
+        metadata={"help": "Keep a rewrite only within this ratio of the original's length (either way); the"
+                  " rewriter may generate up to generation.max_new_tokens times this ratio."},
     )
     loss: str = field(
-        default="dpo", metadata={"help": "Preference loss: dpo | ipo | sppo | simpo | orpo."}
+        default="dpo",
+        metadata={"help": "Preference loss: dpo, ipo, sppo (TRL DPOTrainer), simpo (experimental "
+                  "CPOTrainer), orpo (experimental ORPOTrainer)."},
     )
     loss_args: dict[str, float] = field(
         default_factory=dict,
-        metadata={"help": "The loss's own knobs (dpo/ipo/sppo: beta; simpo: beta, gamma; orpo: lambda); "
-                  "default: the EVA paper's values, or the recipe's `beta` for the DPO family."},
+        metadata={"help": "The loss's own knobs: dpo/ipo/sppo beta (0.05 / 0.05 / 0.001; a recipe's own "
+                  "`beta` wins), label_smoothing (dpo); simpo beta 10, gamma 5; nll_alpha (α · "
+                  "length-normalised NLL of the chosen response, 0 = off; not orpo); orpo lambda "
+                  "0.5."},
     )
     length_penalty: float = field(
         default=0.0,
@@ -135,25 +179,60 @@ class EvaArguments:
     )
     reference: str = field(
         default="previous",
-        metadata={"help": "DPO reference model each round: previous (last round's policy) | initial."},
+        metadata={"help": "DPO reference model each round: previous (last round's policy) or initial (the "
+                  "starting policy)."},
     )
-    seed: int | None = field(default=None, metadata={"help": "Seed for every sampling step; null = recipe `seed`."})
+    seed: int | None = field(
+        default=None,
+        metadata={"help": "Seed for every sampling step (null = the recipe's `seed`); each prompt gets its "
+                  "own random streams, so samples do not depend on batch size, prompt order or the "
+                  "number of processes."},
+    )
     generation: GenerationArguments = field(
-        default_factory=GenerationArguments, metadata={"help": "Response sampling (creator and solver)."}
+        default_factory=GenerationArguments,
+        metadata={"help": "Response sampling (creator and solver)."},
     )
     evolver_generation: GenerationArguments = field(
-        default_factory=_evolver_generation, metadata={"help": "Sampling for the evolver LLM."}
+        default_factory=_evolver_generation,
+        metadata={"help": "Sampling for the evolver LLM."},
     )
 
 
 NESTED = {"generation": GenerationArguments, "evolver_generation": GenerationArguments}
 
 
+#: The YAML types each annotation accepts (an int is a valid float; a bool is not an int).
+_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _type_error(annotation: str, value: Any) -> str | None:
+    """Why ``value`` does not fit a simple field annotation (``int``, ``str | None``, ``dict[...]``), or None."""
+    options = [a.strip() for a in annotation.split("|")]
+    if value is None:
+        return None if "None" in options else "must not be null"
+    for option in options:
+        if option.startswith("dict"):
+            if isinstance(value, dict):
+                return None
+        elif option in _TYPES and isinstance(value, _TYPES[option]) and not (
+                option != "bool" and isinstance(value, bool)):
+            return None
+        elif option not in _TYPES and option != "None":
+            return None  # a nested dataclass: checked on its own
+    names = {"int": "an int", "float": "a number", "bool": "true or false", "str": "a string", "None": "null"}
+    wanted = " or ".join("a mapping" if o.startswith("dict") else names.get(o, o) for o in options)
+    return f"must be {wanted}, got {value!r}"
+
+
 def _build(cls, values: dict[str, Any], where: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise RecipeError(f"unknown key(s) {', '.join(unknown)} in `{where}`; known: {', '.join(sorted(known))}")
+        raise RecipeError(f"unknown key(s) {', '.join(unknown)} in `{where}`; known: {', '.join(sorted(fields))}")
+    for name, value in values.items():
+        problem = _type_error(str(fields[name].type), value)
+        if problem:
+            raise RecipeError(f"`{where}.{name}` {problem}")
     return cls(**values)
 
 
@@ -174,9 +253,7 @@ def eva_arguments(block: dict[str, Any] | None) -> EvaArguments:
 
 
 def validate(args: EvaArguments) -> None:
-    """Check ranges and plugin names before any model loads."""
-    from eva_plugin import plugins
-
+    """Check value ranges (plugin names, weightings and loss knobs: ``eva_plugin.checks``)."""
     checks = [
         (args.iterations >= 1, "eva.iterations must be >= 1"),
         (args.num_samples >= 2, "eva.num_samples must be >= 2 (the proxies compare responses)"),
@@ -202,25 +279,7 @@ def validate(args: EvaArguments) -> None:
     for ok, message in checks:
         if not ok:
             raise RecipeError(message)
-    from eva_plugin.creator.proxies import WEIGHTINGS
-    from eva_plugin.solver.losses import loss_knobs
-
-    loss_knobs(args.loss, args.loss_args)
-
-    if args.weighting not in WEIGHTINGS:
-        raise RecipeError(f"unknown eva.weighting {args.weighting!r}; known: {', '.join(WEIGHTINGS)}")
     for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation)):
         if gen.backend == "openai" and not gen.options.get("base_url"):
             raise RecipeError(f"eva.{key}.backend openai needs eva.{key}.options.base_url "
                               "(the server's /v1 address)")
-    for kind, key, name in [
-        ("proxies", "proxy", args.proxy),
-        ("selectors", "selector", args.selector),
-        ("evolvers", "evolver", args.evolver),
-        ("reward_models", "reward_type", args.reward_type),
-        ("backends", "generation.backend", args.generation.backend),
-        ("backends", "evolver_generation.backend", args.evolver_generation.backend),
-    ]:
-        if name not in plugins.registry(kind):
-            known = ", ".join(plugins.names(kind))
-            raise RecipeError(f"unknown eva.{key} {name!r}; known: {known} (`eva plugins` lists them)")

@@ -1,4 +1,9 @@
-"""Prompt sets and preference datasets (Hugging Face ``datasets``, chat format)."""
+"""Prompt sets and preference datasets (Hugging Face ``datasets``, chat format).
+
+Mixtures follow the recipe's dialect (see ``eva_plugin.mixture``): TRL's ``get_dataset``
+loads and mixes a TRL ``datasets:`` list whenever it can read every entry; local files and
+``save_to_disk`` folders, which it cannot read, are loaded here and mixed with the same rule.
+"""
 
 from __future__ import annotations
 
@@ -9,39 +14,121 @@ from typing import Any
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
 from eva_plugin.errors import RecipeError
-from eva_plugin.recipe import DatasetSpec
+from eva_plugin.mixture import HANDBOOK, TRL, DatasetSpec, dialect, handbook_row_count, trl_row_counts
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 CHAT_COLUMNS = ("messages", "chosen", "conversations", "conversation")
 TEXT_COLUMNS = ("prompt", "instruction", "question", "query")
 
+__all__ = ["DatasetSpec", "load_spec", "mixture_parts", "load_mixture", "load_prompts", "load_preferences",
+           "prompt_text", "prompt_id", "user_turn"]
 
-def load_spec(spec: DatasetSpec) -> Dataset:
-    """One dataset of a mixture: a ``save_to_disk`` folder, a local data file, or a hub/cached id."""
+
+def local_kind(spec: DatasetSpec) -> str | None:
+    """``disk`` (a ``save_to_disk`` folder), ``file`` (one local data file), or None (``load_dataset`` reads it)."""
     path = Path(spec.path)
     if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
-        ds = load_from_disk(str(path))
+        return "disk"
+    return "file" if path.is_file() else None
+
+
+def load_spec(spec: DatasetSpec) -> Dataset:
+    """One dataset of a mixture: a ``save_to_disk`` folder, a local data file, or what ``load_dataset`` reads."""
+    kind = local_kind(spec)
+    if kind == "disk":
+        ds = load_from_disk(spec.path)
         if isinstance(ds, DatasetDict):
             ds = ds[spec.split] if spec.split in ds else ds[next(iter(ds))]
-    elif path.is_file():
-        builder = FILE_BUILDERS.get(path.suffix.lower())
+    elif kind == "file":
+        builder = FILE_BUILDERS.get(Path(spec.path).suffix.lower())
         if builder is None:
-            raise RecipeError(f"cannot read {path}: use one of {', '.join(FILE_BUILDERS)} or a save_to_disk folder")
-        ds = load_dataset(builder, data_files=str(path), split="train")
+            raise RecipeError(f"cannot read {spec.path}: use one of {', '.join(FILE_BUILDERS)} or a save_to_disk "
+                              "folder")
+        ds = load_dataset(builder, data_files=spec.path, split="train")
     else:
         try:
-            ds = load_dataset(spec.path, spec.config, split=spec.split, data_files=spec.data_files)
+            ds = load_dataset(spec.path, spec.config, data_dir=spec.data_dir, data_files=spec.data_files,
+                              split=spec.split)
         except Exception as err:  # datasets raises many types for "not found / offline"
-            raise RecipeError(
-                f"cannot load dataset {spec.path!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-                "point the recipe at a local file or save_to_disk folder"
-            ) from None
-    if spec.columns:
-        missing = [c for c in spec.columns if c not in ds.column_names]
-        if missing:
-            raise RecipeError(f"dataset {spec.path!r} has no column(s) {missing}; it has {ds.column_names}")
-        ds = ds.select_columns(spec.columns)
-    return ds
+            raise RecipeError(_unreadable(spec, err)) from None
+    return _select_columns(ds, spec)
+
+
+def _unreadable(spec: DatasetSpec, err: Exception) -> str:
+    return (f"cannot load dataset {spec.path!r} ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "point the recipe at a local file or save_to_disk folder")
+
+
+def _select_columns(ds: Dataset, spec: DatasetSpec) -> Dataset:
+    if not spec.columns:
+        return ds
+    missing = [c for c in spec.columns if c not in ds.column_names]
+    if missing:
+        raise RecipeError(f"dataset {spec.path!r} has no column(s) {missing}; it has {ds.column_names}")
+    return ds.select_columns(spec.columns)
+
+
+def _trl_get_dataset(specs: list[DatasetSpec]) -> Dataset:
+    """TRL's own loading and mixing (``trl.get_dataset``), for specs that ``load_dataset`` reads."""
+    from trl import DatasetMixtureConfig, get_dataset
+    from trl.scripts.utils import DatasetConfig
+
+    configs = [DatasetConfig(path=s.path, name=s.config, data_dir=s.data_dir, data_files=s.data_files,
+                             split=s.split, columns=s.columns, fraction=s.fraction) for s in specs]
+    try:
+        return get_dataset(DatasetMixtureConfig(datasets=configs))["train"]
+    except ValueError as err:
+        if "column" in str(err).lower():
+            raise RecipeError(f"datasets: {str(err).splitlines()[0]}") from None
+        raise
+    except Exception as err:  # not found / offline
+        raise RecipeError(_unreadable(specs[0], err)) from None
+
+
+def mixture_parts(specs: list[DatasetSpec], seed: int = 0, *, mixture_dialect: str | None = None) -> list[Dataset]:
+    """The rows each dataset contributes to the mixture, in the recipe's order (before any final shuffle).
+
+    Handbook: ``int(weight · len)`` rows after a shuffle seeded with ``seed``. TRL: the first
+    rows by ``fraction`` share of the final mixture (every row without fractions), through
+    TRL's ``get_dataset`` where it can read every dataset.
+    """
+    mixture_dialect = mixture_dialect or dialect(specs)
+    if mixture_dialect == HANDBOOK:
+        parts = []
+        for spec in specs:
+            ds = load_spec(spec)
+            if spec.weight != 1.0:  # the Handbook shuffles whenever a weight is given; 1.0 keeps the same rows
+                ds = ds.shuffle(seed=seed).select(range(handbook_row_count(len(ds), spec.weight)))
+            parts.append(ds)
+        return parts
+    if mixture_dialect != TRL:
+        raise ValueError(f"unknown mixture dialect {mixture_dialect!r}")
+    if not specs:
+        return []
+    parts = [load_spec(s) for s in specs]
+    counts = [len(p) for p in parts]
+    if any(s.fraction is not None for s in specs):
+        counts = trl_row_counts(counts, [float(s.fraction or 0.0) for s in specs])
+    if all(local_kind(s) is None for s in specs):
+        mixed = _trl_get_dataset(specs)
+        if len(mixed) != sum(counts):
+            raise RuntimeError(f"TRL's mixture has {len(mixed)} rows; expected {sum(counts)}")
+        starts = [sum(counts[:i]) for i in range(len(counts))]
+        return [mixed.select(range(start, start + n)) for start, n in zip(starts, counts)]
+    return [p.select(range(n)) for p, n in zip(parts, counts)]
+
+
+def load_mixture(specs: list[DatasetSpec], seed: int = 0, *, mixture_dialect: str | None = None) -> Dataset:
+    """The recipe's datasets mixed as its dialect says: Handbook = parts shuffled with ``seed``; TRL = concatenated."""
+    mixture_dialect = mixture_dialect or dialect(specs)
+    mixed = _concatenate(mixture_parts(specs, seed, mixture_dialect=mixture_dialect))
+    return mixed.shuffle(seed=seed) if mixture_dialect == HANDBOOK else mixed
+
+
+def _concatenate(parts: list[Dataset]) -> Dataset:
+    if not parts:
+        raise RecipeError("recipe names no data: set `dataset_mixture`, `datasets`, `dataset_name` or `eva.prompts`")
+    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
 
 
 def prompt_text(row: dict[str, Any], column: str | None = None) -> str | None:
@@ -63,39 +150,38 @@ def prompt_id(text: str) -> str:
 
 
 def load_prompts(specs: list[DatasetSpec], column: str | None = None, seed: int = 0) -> Dataset:
-    """Seed prompts from every dataset of the mixture: ``prompt_id``, ``prompt``, ``source`` (+ ``category``).
+    """Seed prompts from the mixture: ``prompt_id``, ``prompt``, ``source`` (+ ``category``).
 
-    Each dataset keeps ``round(weight * len)`` rows after a seeded shuffle (the
-    Handbook's meaning of ``weight``); duplicate prompts are dropped.
+    The rows are the mixture's (``mixture_parts``), in the sources' order; duplicate
+    prompts are dropped.
     """
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for spec in specs:
-        ds = load_spec(spec)
-        if spec.weight < 1.0:
-            ds = ds.shuffle(seed=seed).select(range(round(spec.weight * len(ds))))
-        for row in ds:
-            text = prompt_text(row, column)
-            if text is None or text in seen:
-                continue
-            seen.add(text)
-            rows.append({"prompt_id": prompt_id(text), "prompt": text, "source": spec.path,
-                         "category": str(row.get("category") or "")})
+    for spec, part in zip(specs, mixture_parts(specs, seed)):
+        _add_prompts(rows, seen, part, spec.path, column)
+    return _prompt_set(rows, column)
+
+
+def _add_prompts(rows: list[dict[str, Any]], seen: set[str], ds: Dataset, source: str, column: str | None) -> None:
+    for row in ds:
+        text = prompt_text(row, column)
+        if text is None or text in seen:
+            continue
+        seen.add(text)
+        rows.append({"prompt_id": prompt_id(text), "prompt": text, "source": source,
+                     "category": str(row.get("category") or "")})
+
+
+def _prompt_set(rows: list[dict[str, Any]], column: str | None) -> Dataset:
     if not rows:
         where = column or f"one of {', '.join(TEXT_COLUMNS + CHAT_COLUMNS)}"
         raise RecipeError(f"no prompts found in the recipe's datasets; set `eva.prompt_column` (looked at {where})")
     return Dataset.from_list(rows)
 
 
-def load_preferences(specs: list[DatasetSpec], seed: int = 0) -> Dataset:
-    """The recipe's preference datasets concatenated (plain DPO round, like the Handbook)."""
-    parts = []
-    for spec in specs:
-        ds = load_spec(spec)
-        if spec.weight < 1.0:
-            ds = ds.shuffle(seed=seed).select(range(round(spec.weight * len(ds))))
-        parts.append(ds)
-    return concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+def load_preferences(specs: list[DatasetSpec], seed: int = 0, *, mixture_dialect: str | None = None) -> Dataset:
+    """The recipe's preference datasets mixed like the Handbook's / TRL's ``get_dataset`` (plain DPO round)."""
+    return load_mixture(specs, seed, mixture_dialect=mixture_dialect)
 
 
 def user_turn(text: str) -> list[dict[str, str]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import warnings
 
 from eva_plugin.errors import EvaError
 from eva_plugin.recipe import Recipe, load_recipe
@@ -31,7 +30,7 @@ def plain_dpo(recipe: Recipe) -> None:
         "attn_implementation": model_args.attn_implementation,
         "trust_remote_code": training.trust_remote_code,
     }
-    dataset = load_preferences(recipe.datasets, seed=recipe.mixture_seed)
+    dataset = load_preferences(recipe.datasets, seed=recipe.mixture_seed, mixture_dialect=recipe.mixture_dialect)
     eval_dataset = None
     if recipe.test_split_size:
         split = dataset.train_test_split(test_size=recipe.test_split_size, seed=recipe.mixture_seed)
@@ -73,16 +72,51 @@ def run(recipe: Recipe, *, stop_after: str | None = None, overwrite_stale: bool 
         print_summary(reports, recipe.output_dir)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    # library deprecation notices say nothing a recipe author can act on
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
+def setup_logging(recipe: Recipe | None = None) -> None:
+    """Log the Handbook way: a stdout handler; once the recipe is read, one level per process.
+
+    The main process logs at the recipe's ``log_level`` (``passive``: INFO for ``eva_plugin``,
+    the libraries' own default for transformers / datasets), the others at ``log_level_replica``
+    (WARNING by default), for ``eva_plugin``, transformers and datasets alike. Library
+    deprecation warnings are left as they are.
+    """
+    if recipe is None:
+        logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+                            datefmt="%Y-%m-%d %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
+        logger.setLevel(logging.INFO)  # the recipe's notes, before its own level is known
+        return
+    import datasets
+    import transformers
+
+    training = recipe.training
+    level = training.get_process_log_level()
+    passive_main = training.log_level == "passive" and training.should_log
+    logger.setLevel(logging.INFO if passive_main else level)
+    datasets.utils.logging.set_verbosity(level)
+    transformers.utils.logging.set_verbosity(level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+
+
+def main(argv: list[str] | None = None, *, prog: str = "python -m eva_plugin.dpo --config RECIPE") -> int:
+    """Run a recipe; ``--help`` lists every option and ``eva:`` key; user errors are one line, exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        from eva_plugin.docs import help_text
+
+        print(help_text(prog), end="")
+        return 0
+    if "--help-trl" in argv:
+        from eva_plugin.docs import trl_help
+
+        print(trl_help(), end="")
+        return 0
+    setup_logging()
     stop_after = _pop_option(argv, "--stop_after")
     overwrite_stale = _pop_flag(argv, "--overwrite_stale")
     try:
         recipe = load_recipe(argv)
+        setup_logging(recipe)
         run(recipe, stop_after=stop_after, overwrite_stale=overwrite_stale)
     except EvaError as err:
         print(f"eva: error: {err}", file=sys.stderr)

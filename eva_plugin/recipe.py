@@ -17,7 +17,10 @@ from typing import Any
 
 import yaml
 
-from eva_plugin.config import CREATORS, EvaArguments, RecipeError, eva_arguments
+from eva_plugin.checks import check_plugins
+from eva_plugin.config import CREATORS, EvaArguments, eva_arguments
+from eva_plugin.errors import RecipeError
+from eva_plugin.mixture import HANDBOOK, TRL, DatasetSpec, read_mixture
 
 logger = logging.getLogger(__name__)
 
@@ -46,22 +49,6 @@ DROPPED = {
     "dataset_num_proc_eval": "not used",
 }
 
-MIXTURE_KEYS = ("dataset_mixture", "dataset_mixer", "dataset_splits", "dataset_configs", "datasets",
-                "streaming", "test_split_size")
-
-
-@dataclass
-class DatasetSpec:
-    """One dataset of a mixture: a hub id / local path, its config, split, columns and weight."""
-
-    path: str
-    config: str | None = None
-    split: str = "train"
-    columns: list[str] | None = None
-    weight: float = 1.0
-    data_files: Any = None
-
-
 @dataclass
 class Recipe:
     """Everything one run needs, parsed and validated before any model loads."""
@@ -74,6 +61,7 @@ class Recipe:
     datasets: list[DatasetSpec] = field(default_factory=list)
     mixture_seed: int = 0
     test_split_size: float | None = None
+    mixture_dialect: str = HANDBOOK  # handbook | trl: what dataset weights mean (eva_plugin.mixture)
     source: str | None = None
     notes: list[str] = field(default_factory=list)
     explicit: set[str] = field(default_factory=set)  # TRL keys the recipe or command line set
@@ -105,7 +93,10 @@ def _split_cli(argv: list[str]) -> tuple[str | None, dict[str, Any], str | None,
             elif key == "--creator":
                 creator = value
             else:
-                eva_overrides[key[len("--eva."):]] = yaml.safe_load(value)
+                try:
+                    eva_overrides[key[len("--eva."):]] = yaml.safe_load(value)
+                except yaml.YAMLError as err:
+                    raise RecipeError(f"{key}: {value!r} is not a YAML value ({_first_line(err)})") from None
         else:
             rest.append(arg)
     return config_path, eva_overrides, creator, rest
@@ -136,39 +127,6 @@ def _set_nested(block: dict, dotted: str, value: Any) -> None:
     block[last] = value
 
 
-def _dataset_specs(cfg: dict[str, Any], notes: list[str]) -> tuple[list[DatasetSpec], int, float | None]:
-    specs: list[DatasetSpec] = []
-    seed, test_size = 0, cfg.pop("test_split_size", None)
-    mixture = cfg.pop("dataset_mixture", None)
-    mixer = cfg.pop("dataset_mixer", None)
-    splits = cfg.pop("dataset_splits", None)
-    configs = cfg.pop("dataset_configs", None)
-    trl_list = cfg.pop("datasets", None)
-    if cfg.pop("streaming", False):
-        notes.append("`streaming` ignored: prompt sets are materialised")
-    if mixture:
-        for d in mixture.get("datasets", []):
-            specs.append(DatasetSpec(
-                path=d.get("id") or d["path"], config=d.get("config"), split=d.get("split", "train"),
-                columns=d.get("columns"), weight=float(d.get("weight", 1.0)), data_files=d.get("data_files"),
-            ))
-        seed = int(mixture.get("seed", 0))
-        test_size = mixture.get("test_split_size", test_size)
-    if mixer:
-        train_splits = [s for s in (splits or ["train"]) if "test" not in s] or ["train"]
-        configs = configs or [None] * len(mixer)
-        for (name, weight), conf in zip(mixer.items(), configs):
-            for split in train_splits:
-                specs.append(DatasetSpec(path=name, config=conf, split=split, weight=float(weight)))
-        notes.append("`dataset_mixer`/`dataset_splits` (old Handbook format) read as a mixture of train splits")
-    for d in trl_list or []:
-        specs.append(DatasetSpec(
-            path=d["path"], config=d.get("name"), split=d.get("split", "train"), columns=d.get("columns"),
-            weight=float(d.get("fraction") or 1.0), data_files=d.get("data_files"),
-        ))
-    return specs, seed, test_size
-
-
 def _accelerator_precision(cfg: dict[str, Any], notes: list[str]) -> None:
     import torch
 
@@ -191,34 +149,68 @@ def _other_accelerator() -> bool:
     return is_mps_available() or is_xpu_available() or is_npu_available()
 
 
-def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None = None) -> Recipe:
-    """Parse a recipe (``--config file`` in ``argv`` or ``path``) plus command-line overrides."""
-    from trl import DPOConfig, ModelConfig, ScriptArguments, TrlParser
+def read_yaml(config_path: str | None) -> dict[str, Any]:
+    """The recipe file as a mapping; a missing file or bad YAML is one line."""
+    if not config_path:
+        return {}
+    try:
+        with open(config_path) as fh:
+            cfg = yaml.safe_load(fh) or {}
+    except FileNotFoundError:
+        raise RecipeError(f"recipe {config_path} not found; pass --config PATH to an existing YAML") from None
+    except IsADirectoryError:
+        raise RecipeError(f"recipe {config_path} is a folder; pass --config PATH to a YAML file") from None
+    except yaml.YAMLError as err:
+        raise RecipeError(f"recipe {config_path} is not valid YAML: {_first_line(err)}") from None
+    if not isinstance(cfg, dict):
+        raise RecipeError(f"recipe {config_path} must be a YAML mapping")
+    return cfg
 
-    config_path, eva_overrides, cli_creator, rest = _split_cli(list(argv or []))
-    config_path = str(path) if path is not None else config_path
-    cfg: dict[str, Any] = {}
-    if config_path:
-        try:
-            with open(config_path) as fh:
-                cfg = yaml.safe_load(fh) or {}
-        except FileNotFoundError:
-            raise RecipeError(f"recipe {config_path} not found; pass --config PATH to an existing YAML") from None
-        if not isinstance(cfg, dict):
-            raise RecipeError(f"recipe {config_path} must be a YAML mapping")
-    for key, value in (cfg.pop("env", None) or {}).items():
-        os.environ[key] = str(value)
 
-    notes: list[str] = []
+def _first_line(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem}{where}"
+
+
+def read_eva_side(cfg: dict[str, Any], eva_overrides: dict[str, Any], cli_creator: str | None,
+                  cli_keys: set[str]) -> tuple[str | None, EvaArguments]:
+    """``creator:`` and the ``eva:`` block, fully checked (plugins included) without importing TRL."""
     creator = cfg.pop("creator", None)
     creator = cli_creator if cli_creator is not None else creator
     creator = None if creator is None else str(creator).lower()
     if creator is not None and creator not in CREATORS:
         raise RecipeError(f"unknown creator {creator!r}; known: {', '.join(CREATORS)} (or leave it out)")
-    eva_block = dict(cfg.pop("eva", None) or {})
+    eva_block = cfg.pop("eva", None) or {}
+    if not isinstance(eva_block, dict):
+        raise RecipeError(f"`eva` must be a mapping of eva keys, got {eva_block!r}")
+    eva_block = dict(eva_block)
     for key, value in eva_overrides.items():
         _set_nested(eva_block, key, value)
     eva = eva_arguments(eva_block)
+    check_plugins(eva)
+    if creator is not None and (set(cfg) | cli_keys) & {"loss_type", "loss_weights"}:
+        raise RecipeError("with `creator:` the loss comes from `eva.loss` (dpo, ipo, sppo, simpo, orpo) and "
+                          "`eva.loss_args`; remove `loss_type`/`loss_weights`")
+    if creator is not None and eva.reward_model is None:
+        raise RecipeError(f"`creator: {creator}` needs `eva.reward_model` (a local reward model path)")
+    return creator, eva
+
+
+def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None = None) -> Recipe:
+    """Parse a recipe (``--config file`` in ``argv`` or ``path``) plus command-line overrides.
+
+    Everything on the EVA side (file, YAML, ``creator``, ``eva:`` values and plugin names,
+    dataset keys) is checked before TRL, transformers or torch is imported.
+    """
+    config_path, eva_overrides, cli_creator, rest = _split_cli(list(argv or []))
+    config_path = str(path) if path is not None else config_path
+    cfg = read_yaml(config_path)
+    notes: list[str] = []
+    rest = _legacy_cli(rest, notes)
+    cli_keys = {a[2:].split("=", 1)[0] for a in rest if a.startswith("--")}
+    creator, eva = read_eva_side(cfg, eva_overrides, cli_creator, cli_keys)
 
     for old, new in RENAMED.items():
         if old in cfg:
@@ -230,27 +222,33 @@ def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None
         if old in cfg:
             cfg.pop(old)
             notes.append(f"`{old}` ignored: {why}")
-    specs, mixture_seed, test_size = _dataset_specs(cfg, notes)
+    mixture = read_mixture(cfg, notes)
+    for key, value in (cfg.pop("env", None) or {}).items():
+        os.environ[key] = str(value)
+
+    from trl import DPOConfig, ModelConfig, ScriptArguments, TrlParser  # the EVA side is checked: now TRL
+
     _accelerator_precision(cfg, notes)
     if cfg.get("report_to") is not None:
         cfg["report_to"] = _installed_reporters(cfg["report_to"], notes)
-
     dataclass_types = (ScriptArguments, DPOConfig, ModelConfig)
     known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
     for key in sorted(set(cfg) - known):
         cfg.pop(key)
         notes.append(f"`{key}` ignored: not a ScriptArguments/DPOConfig/ModelConfig field")
-    rest = _legacy_cli(rest, notes)
-    explicit = set(cfg) | {a[2:].split("=", 1)[0] for a in rest if a.startswith("--")}
+    explicit = set(cfg) | cli_keys
     parser = TrlParser(dataclass_types)
     parser.set_defaults_with_config(**cfg)
     try:
         script, training, model = parser.parse_args_into_dataclasses(args=rest)
     except (ValueError, TypeError) as err:
-        raise RecipeError(f"recipe {config_path}: {err}") from None
+        raise RecipeError(f"recipe {config_path}: {str(err).splitlines()[0] if str(err) else err!r}") from None
+    specs, mixture_dialect, mixture_seed = mixture.datasets, mixture.dialect, mixture.seed
+    if mixture_dialect == TRL:
+        mixture_seed = training.seed  # TRL's mixture has no seed of its own; the test split uses the recipe's
     if script.dataset_name and not specs:
-        specs.append(DatasetSpec(path=script.dataset_name, config=script.dataset_config,
-                                 split=script.dataset_train_split))
+        specs = [DatasetSpec(path=script.dataset_name, config=script.dataset_config, split=script.dataset_train_split)]
+        mixture_dialect, mixture_seed = TRL, training.seed  # TRL's scripts: load_dataset(name, config), no shuffle
     if eva.prompts:
         specs = [DatasetSpec(path=eva.prompts, split="train")]
     if config_path:
@@ -263,18 +261,14 @@ def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None
     eva.evolver_model = resolve(eva.evolver_model)
     if creator is not None and not model.model_name_or_path:
         raise RecipeError("recipe has no `model_name_or_path`; set it to the policy checkpoint")
-    if creator is not None and explicit & {"loss_type", "loss_weights"}:
-        raise RecipeError("with `creator:` the loss comes from `eva.loss` (dpo, ipo, sppo, simpo, orpo) and "
-                          "`eva.loss_args`; remove `loss_type`/`loss_weights`")
-    if creator is not None and eva.reward_model is None:
-        raise RecipeError(f"`creator: {creator}` needs `eva.reward_model` (a local reward model path)")
     if not specs:
-        raise RecipeError("recipe names no data: set `dataset_mixture`, `dataset_name` or `eva.prompts`")
+        raise RecipeError("recipe names no data: set `dataset_mixture`, `datasets`, `dataset_name` or `eva.prompts`")
     for note in notes:
         logger.warning("recipe: %s", note)
     return Recipe(
         creator=creator, eva=eva, script=script, training=training, model=model, datasets=specs,
-        mixture_seed=mixture_seed, test_split_size=test_size, source=config_path, notes=notes, explicit=explicit,
+        mixture_seed=mixture_seed, test_split_size=mixture.test_split_size, mixture_dialect=mixture_dialect,
+        source=config_path, notes=notes, explicit=explicit,
     )
 
 

@@ -109,6 +109,9 @@ def test_legacy_keys_on_the_command_line_are_mapped(write_recipe):
         ({"loss": "dpo", "loss_args": {"gamma": 5}},
          "eva.loss_args gamma do not belong to loss 'dpo'; it takes: beta, label_smoothing, nll_alpha"),
         ({"loss": "orpo", "loss_args": {"beta": 1}}, "it takes: lambda"),
+        ({"evolver_options": {"x": 1}}, "eva.evolver_options: evol_instruct takes no option 'x'"),
+        ({"iterations": "three"}, "`eva.iterations` must be an int, got 'three'"),
+        ({"generation": {"top_p": None}}, "`eva.generation.top_p` must not be null"),
     ],
 )
 def test_bad_eva_values_fail_at_parse_time_with_the_choices(write_recipe, eva, message):
@@ -155,3 +158,72 @@ def test_trl_loss_type_is_refused_in_eva_runs(write_recipe):
         load_recipe(["--config", str(write_recipe(loss_type="ipo"))])
     with pytest.raises(RecipeError, match="remove `loss_type`"):
         load_recipe(["--config", str(write_recipe()), "--loss_type", "ipo"])
+
+
+def _run(code: str):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def test_layers_import_downward_only():
+    out = _run("import sys, eva_plugin.config, eva_plugin.mixture, eva_plugin.data; "
+               "print(sorted(m for m in ('eva_plugin.plugins', 'eva_plugin.solver.losses', "
+               "'eva_plugin.creator.proxies', 'eva_plugin.recipe') if m in sys.modules))")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("recipe", "message"),
+    [
+        ("creator: eva\neva: {proxy: nope, reward_model: rm}\n", "unknown eva.proxy 'nope'"),
+        ("creator: evo\n", "unknown creator 'evo'"),
+        ("eva: [1,\n  - x: :\n", "is not valid YAML: "),
+        ("creator: eva\neva: {iterations: three}\n", "`eva.iterations` must be an int, got 'three'"),
+        ("creator: eva\neva: {reward_model: rm}\nloss_type: ipo\n", "the loss comes from `eva.loss`"),
+        ("datasets: [{path: a, fraction: 1}, {path: b}]\n", "must be set for every dataset or for none"),
+        ("dataset_mixture: {datasets: [{id: a}]}\ndatasets: [{path: b}]\n", "not several"),
+        ("dataset_mixture: {datasets: [{id: a, weight: 2}]}\n", "must be <= 1"),
+    ],
+)
+def test_eva_side_errors_come_before_trl_is_imported(tmp_path, recipe, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(recipe)
+    out = _run("import sys\nfrom eva_plugin.errors import RecipeError\nfrom eva_plugin.recipe import load_recipe\n"
+               f"try:\n    load_recipe(['--config', {str(path)!r}])\nexcept RecipeError as err:\n    print(err)\n"
+               "print(sorted(m for m in ('trl', 'transformers', 'torch', 'datasets') if m in sys.modules))")
+    assert out.returncode == 0, out.stderr
+    error, imported = out.stdout.strip().splitlines()
+    assert message in error
+    assert imported == "[]"
+
+
+def test_trl_datasets_list_keeps_data_dir_and_its_fraction_meaning(tmp_path):
+    path = tmp_path / "trl.yaml"
+    path.write_text(yaml.safe_dump({
+        "model_name_or_path": "m", "output_dir": str(tmp_path / "o"), "seed": 7,
+        "datasets": [{"path": "json", "data_dir": "part1", "split": "train", "columns": ["prompt"], "fraction": 3},
+                     {"path": "org/b", "name": "cfg", "data_files": "x.jsonl", "fraction": 1}],
+        "test_split_size": 0.1,
+    }))
+    recipe = load_recipe(["--config", str(path)])
+    assert [(d.path, d.config, d.data_dir, d.data_files, d.columns, d.fraction, d.weight) for d in recipe.datasets] == [
+        ("json", None, "part1", None, ["prompt"], 3.0, 1.0), ("org/b", "cfg", None, "x.jsonl", None, 1.0, 1.0)]
+    assert recipe.mixture_dialect == "trl" and recipe.mixture_seed == 7 and recipe.test_split_size == 0.1
+
+
+def test_handbook_mixture_keeps_its_weight_meaning(tmp_path):
+    path = tmp_path / "hb.yaml"
+    path.write_text(yaml.safe_dump({
+        "model_name_or_path": "m", "output_dir": str(tmp_path / "o"),
+        "dataset_mixture": {"datasets": [{"id": "org/a", "config": "c", "split": "train_prefs", "weight": 0.25,
+                                          "data_dir": "d"}], "seed": 3, "test_split_size": 10},
+    }))
+    recipe = load_recipe(["--config", str(path)])
+    (spec,) = recipe.datasets
+    assert (spec.path, spec.config, spec.split, spec.weight, spec.fraction, spec.data_dir) == (
+        "org/a", "c", "train_prefs", 0.25, None, "d")
+    assert recipe.mixture_dialect == "handbook" and recipe.mixture_seed == 3 and recipe.test_split_size == 10

@@ -1,0 +1,161 @@
+"""Dataset specs and the two mixture dialects a recipe may use (parsing only; no ``datasets`` import).
+
+The one place that says how the two dialects differ:
+
+* **Handbook** ``dataset_mixture: {datasets: [{id, config, split, columns, weight}], seed,
+  test_split_size}`` (and the older ``dataset_mixer`` + ``dataset_splits``): ``weight`` is the
+  share of *that dataset* kept — ``int(weight · len)`` rows after a shuffle seeded with the
+  mixture's ``seed``; the mixture is then shuffled and split with the same seed.
+* **TRL** ``datasets: [{path, name, data_dir, data_files, split, columns, fraction}]``
+  (``DatasetMixtureConfig``): ``fraction`` is a *target share of the final mixture*,
+  normalised to sum 1; the mixture is as large as it can be without repeating rows, and the
+  first ``round(share · size)`` rows of each dataset are kept (no shuffle). ``fraction`` is
+  set for all datasets or none (none = every row). TRL's own ``get_dataset`` does the loading
+  and mixing wherever it can read every dataset; ``eva_plugin.data`` reproduces it for local
+  files and ``save_to_disk`` folders, which it cannot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from eva_plugin.errors import RecipeError
+
+HANDBOOK, TRL = "handbook", "trl"
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of a mixture: a hub id / local path, its config, split, columns and share.
+
+    ``weight`` is the Handbook's (share of this dataset kept after a seeded shuffle);
+    ``fraction`` is TRL's (target share of the final mixture). At most one of them is used
+    in one mixture: a spec with ``fraction`` set belongs to a TRL mixture.
+    """
+
+    path: str
+    config: str | None = None
+    split: str = "train"
+    columns: list[str] | None = None
+    weight: float = 1.0
+    data_files: Any = None
+    data_dir: str | None = None
+    fraction: float | None = None
+
+
+@dataclass
+class Mixture:
+    """The recipe's datasets, the seed for shuffles and splits, and the held-out test size."""
+
+    datasets: list[DatasetSpec]
+    seed: int = 0
+    test_split_size: float | None = None
+    dialect: str = HANDBOOK
+
+
+_HANDBOOK_ENTRY = {"id", "path", "config", "split", "columns", "weight", "data_files", "data_dir"}
+_TRL_ENTRY = {"path", "name", "data_dir", "data_files", "split", "columns", "fraction"}
+
+
+def _entries(value: Any, where: str, known: set[str]) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not all(isinstance(d, dict) for d in value):
+        raise RecipeError(f"`{where}` must be a list of mappings, got {value!r}")
+    for d in value:
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise RecipeError(f"unknown key(s) {', '.join(unknown)} in `{where}`; known: {', '.join(sorted(known))}")
+        if not (d.get("id") or d.get("path")):
+            raise RecipeError(f"every entry of `{where}` needs `{'id' if 'id' in known else 'path'}`")
+    return value
+
+
+def _share(value: Any, where: str) -> float:
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        raise RecipeError(f"`{where}` must be a number, got {value!r}") from None
+    if share < 0:
+        raise RecipeError(f"`{where}` must be >= 0, got {share}")
+    return share
+
+
+def _handbook_mixture(mixture: Any) -> Mixture:
+    if not isinstance(mixture, dict):
+        raise RecipeError(f"`dataset_mixture` must be a mapping with `datasets:`, got {mixture!r}")
+    entries = _entries(mixture.get("datasets") or [], "dataset_mixture.datasets", _HANDBOOK_ENTRY)
+    specs = []
+    for d in entries:
+        weight = d.get("weight")
+        weight = 1.0 if weight is None else _share(weight, "dataset_mixture.datasets[].weight")
+        if weight > 1:
+            raise RecipeError(f"`dataset_mixture` weight {weight} of {d.get('id') or d['path']!r} must be <= 1 "
+                              "(the Handbook keeps that share of the dataset)")
+        specs.append(DatasetSpec(path=d.get("id") or d["path"], config=d.get("config"), split=d.get("split", "train"),
+                                 columns=d.get("columns"), weight=weight, data_files=d.get("data_files"),
+                                 data_dir=d.get("data_dir")))
+    return Mixture(specs, int(mixture.get("seed") or 0), mixture.get("test_split_size"), HANDBOOK)
+
+
+def _trl_mixture(entries: Any) -> list[DatasetSpec]:
+    entries = _entries(entries, "datasets", _TRL_ENTRY)
+    given = [d.get("fraction") is not None for d in entries]
+    if any(given) and not all(given):
+        raise RecipeError("`datasets[].fraction` must be set for every dataset or for none (TRL's rule)")
+    if any(given) and not sum(_share(d["fraction"], "datasets[].fraction") for d in entries) > 0:
+        raise RecipeError("`datasets[].fraction` values must not all be 0")
+    return [DatasetSpec(path=d["path"], config=d.get("name"), split=d.get("split", "train"), columns=d.get("columns"),
+                        data_files=d.get("data_files"), data_dir=d.get("data_dir"),
+                        fraction=None if d.get("fraction") is None else float(d["fraction"]))
+            for d in entries]
+
+
+def read_mixture(cfg: dict[str, Any], notes: list[str]) -> Mixture:
+    """Pop the dataset keys of a recipe (either dialect, or the old ``dataset_mixer``) into a ``Mixture``."""
+    test_size = cfg.pop("test_split_size", None)
+    mixture = cfg.pop("dataset_mixture", None)
+    mixer = cfg.pop("dataset_mixer", None)
+    splits = cfg.pop("dataset_splits", None)
+    configs = cfg.pop("dataset_configs", None)
+    trl_list = cfg.pop("datasets", None)
+    if cfg.pop("streaming", False):
+        notes.append("`streaming` ignored: prompt sets are materialised")
+    if sum(x is not None for x in (mixture, mixer, trl_list)) > 1:
+        raise RecipeError("set one of `dataset_mixture` (Handbook), `datasets` (TRL) or `dataset_mixer` (old "
+                          "Handbook), not several")
+    if mixture is not None:
+        result = _handbook_mixture(mixture)
+        result.test_split_size = result.test_split_size if result.test_split_size is not None else test_size
+        return result
+    if trl_list is not None:
+        return Mixture(_trl_mixture(trl_list), 0, test_size, TRL)
+    specs: list[DatasetSpec] = []
+    if mixer:
+        if not isinstance(mixer, dict):
+            raise RecipeError(f"`dataset_mixer` must map dataset ids to weights, got {mixer!r}")
+        train_splits = [s for s in (splits or ["train"]) if "test" not in s] or ["train"]
+        configs = configs or [None] * len(mixer)
+        for (name, weight), conf in zip(mixer.items(), configs):
+            for split in train_splits:
+                specs.append(DatasetSpec(path=name, config=conf, split=split,
+                                         weight=_share(weight, f"dataset_mixer.{name}")))
+        notes.append("`dataset_mixer`/`dataset_splits` (old Handbook format) read as a mixture of train splits")
+    return Mixture(specs, 0, test_size, HANDBOOK)
+
+
+def dialect(specs: list[DatasetSpec]) -> str:
+    """``trl`` when the specs carry TRL ``fraction`` shares, else ``handbook``."""
+    return TRL if any(s.fraction is not None for s in specs) else HANDBOOK
+
+
+def trl_row_counts(lengths: list[int], fractions: list[float]) -> list[int]:
+    """Rows TRL keeps from each dataset: shares normalised to 1, the largest total that repeats no row."""
+    total_share = sum(fractions)
+    shares = [f / total_share for f in fractions]
+    total = min(n / s for n, s in zip(lengths, shares) if s > 0)
+    return [round(s * total) for s in shares]
+
+
+def handbook_row_count(length: int, weight: float) -> int:
+    """Rows the Handbook keeps from one dataset: ``int(weight · len)`` after its seeded shuffle."""
+    return int(length * weight)
