@@ -8,6 +8,7 @@ runs the iterative loop of ``eva_plugin.loop``.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 from eva_plugin.errors import EvaError
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m eva_plugin.dpo
         setup_logging(recipe)
         run(recipe, stop_after=stop_after, overwrite_stale=overwrite_stale)
     except EvaError as err:
-        print(f"eva: error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every process fails alike: one line is enough
+            print(f"eva: error: {err}", file=sys.stderr)
         return 2
     return 0
 
