@@ -7,6 +7,7 @@ runs the iterative loop of ``eva_plugin.loop``.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -61,6 +62,9 @@ def run(recipe: Recipe, *, stop_after: str | None = None, overwrite_stale: bool 
     from eva_plugin.report import print_summary
 
     loop = EvaLoop(recipe, stop_after=stop_after, overwrite_stale=overwrite_stale)
+    # the libraries loaded so far stay for the whole run: keep them out of the full collections
+    # that free each round's sampling models (each took ~0.3 s on CPU)
+    gc.freeze()
     try:
         reports = loop.run()
     except StopAfterStage as stop:

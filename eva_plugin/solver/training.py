@@ -55,6 +55,17 @@ def sequence_logp(model, tokenizer, prompt: list[dict], response: list[dict]) ->
     return float(token_logps[len(context_ids) - 1 :].sum())
 
 
+def _reference(model, policy_path: str, reference_path: str, dtype, trust: bool):
+    """The reference model: a copy of the freshly loaded policy when both are the same checkpoint
+    (``reference: previous``), else loaded from its own path. Under ZeRO-3 the weights are
+    partitioned across processes, so it is always loaded."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if str(reference_path) == str(policy_path) and not is_deepspeed_zero3_enabled():
+        return copy.deepcopy(model)
+    return load_causal_lm(reference_path, dtype=dtype, trust_remote_code=trust)
+
+
 def train_round(
     pairs: Dataset,
     *,
@@ -79,7 +90,7 @@ def train_round(
     kwargs = trainer_kwargs(loss, knobs)
     ref_model = None
     if LOSSES[loss].uses_reference:
-        ref_model = kwargs["ref_model"] = load_causal_lm(reference_path, dtype=dtype, trust_remote_code=trust)
+        ref_model = kwargs["ref_model"] = _reference(model, policy_path, reference_path, dtype, trust)
     trainer = trainer_class(loss)(
         model=model,
         args=args,
