@@ -15,6 +15,8 @@ from eva_plugin.errors import RecipeError
 
 CREATORS = ("eva", "none")
 REFERENCES = ("previous", "initial")
+CREATOR_INPUTS = ("previous", "fresh")
+BUFFERS = ("seed", "previous")
 
 
 @dataclass
@@ -55,6 +57,28 @@ class EvaArguments:
     """The EVA loop. Defaults are the paper's (EVA §4, SPEC §2)."""
 
     iterations: int = field(default=3, metadata={"help": "Number of creator → solver rounds."})
+    warmup_iterations: int = field(
+        default=0,
+        metadata={"help": "The first rounds run without the creator (plain online DPO on the next seed "
+                  "slice); the creator starts after them. The paper's EVA rows start from one plain round "
+                  "(θ0 → θ1, then EVA): its recipes set 1."},
+    )
+    creator_input: str = field(
+        default="previous",
+        metadata={"help": "What the creator scores and evolves in round t: previous (X_{t-1}, the set the "
+                  "last round trained on) or fresh (the next unused split of the seed pool, paper Table "
+                  "26: every seed prompt is used once)."},
+    )
+    buffer: str = field(
+        default="seed",
+        metadata={"help": "Where the non-evolved share of X_t comes from: seed (original prompts, the "
+                  "paper's buffer) or previous (X_{t-1})."},
+    )
+    reuse_pool: bool = field(
+        default=False,
+        metadata={"help": "Allow the seed pool to be used again (wrapping around) when the iterations need "
+                  "more seed prompts than it has; false = refuse before any model loads."},
+    )
     prompts_per_iteration: int | None = field(
         default=None,
         metadata={"help": "Size of every prompt set X_t; null = all seed prompts."},
@@ -122,9 +146,10 @@ class EvaArguments:
     evolved_min_words: int = field(default=3, metadata={"help": "Drop evolved prompts with fewer words."})
     evolved_max_words: int = field(default=400, metadata={"help": "Drop evolved prompts with more words."})
     near_duplicate_threshold: float = field(
-        default=0.7,
-        metadata={"help": "Drop evolved prompts this similar (character 5-gram Jaccard, MinHash) to the "
-                  "pool or the buffer; 1.0 keeps near duplicates."},
+        default=1.0,
+        metadata={"help": "Opt-in: drop evolved prompts at least this similar (character 5-gram Jaccard, "
+                  "MinHash) to the seed prompts or to another chain's evolutions (never to their own "
+                  "chain); 1.0 = off, as in the paper (all evolutions kept)."},
     )
     evolved_fraction: float = field(
         default=0.8,
@@ -270,6 +295,10 @@ def validate(args: EvaArguments) -> None:
         (args.prompts_per_iteration is None or args.prompts_per_iteration >= 1,
          "eva.prompts_per_iteration must be >= 1 or null"),
         (args.reference in REFERENCES, f"eva.reference must be one of: {', '.join(REFERENCES)}"),
+        (0 <= args.warmup_iterations < args.iterations,
+         "eva.warmup_iterations must be >= 0 and < eva.iterations (the creator needs a round of its own)"),
+        (args.creator_input in CREATOR_INPUTS, f"eva.creator_input must be one of: {', '.join(CREATOR_INPUTS)}"),
+        (args.buffer in BUFFERS, f"eva.buffer must be one of: {', '.join(BUFFERS)}"),
         (args.generation.temperature > 0,
          "eva.generation.temperature must be > 0: several responses per prompt need sampling"),
         *[(0 < gen.top_p <= 1, f"eva.{key}.top_p must be in (0, 1]")
