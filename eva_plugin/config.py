@@ -132,7 +132,8 @@ class EvaArguments:
     )
     evolver_candidates: int = field(
         default=1,
-        metadata={"help": "Rewrites sampled per evolution step, the first usable one kept (1 = the paper)."},
+        metadata={"help": "Best-of-k evolving: k rewrites sampled per evolution step, the first usable one "
+                  "kept (1 = the paper: one rewrite per step)."},
     )
     evolver_drop_truncated: bool = field(
         default=True,

@@ -31,7 +31,17 @@ from eva_plugin.creator.evolvers import (
         ("Rewritten Prompt#Rewritten Prompt#: list two", "list two"),
         ("#Rewritten Prompt#:\nList two tides.\n\nThis rewritten prompt adds a constraint.", "List two tides."),
         ("List two tide types.\n\nExplanation: I asked for a number.", "List two tide types."),
-        ("List two tide types.\n\n**Note:** shorter.", "List two tide types."),
+        ("List two tide types.\n\n**Note:** I made it shorter.", "List two tide types."),
+        ("Write a poem about the sea.\n\nNote: it must rhyme and have 4 lines.",
+         "Write a poem about the sea.\n\nNote: it must rhyme and have 4 lines."),
+        ("Plan a trip.\n\nNote: I am a beginner, so keep the budget under $500.\n\nInclude a table.",
+         "Plan a trip.\n\nNote: I am a beginner, so keep the budget under $500.\n\nInclude a table."),
+        ("Write a poem about the sea.\n\nNote: it must rhyme.\n\nNote: I added the rhyme constraint.",
+         "Write a poem about the sea.\n\nNote: it must rhyme."),
+        ("Write a poem.\n\nNote: the original prompt had no length limit.", "Write a poem."),
+        ("Write a poem.\n\nNote: it must rhyme.\n\nThis rewritten prompt adds a rhyme.",
+         "Write a poem.\n\nNote: it must rhyme."),
+        ("Write a poem.\n\n(Note: compared with #The Given Prompt#, it asks for rhyme.)", "Write a poem."),
         ("Plan a trip.\n\nI have added a budget constraint.", "Plan a trip."),
         ("Plan a trip.\n\nInclude a budget table.", "Plan a trip.\n\nInclude a budget table."),
         ("### New Prompt:\nCompare two rivers.", "Compare two rivers."),
@@ -190,7 +200,7 @@ def test_self_instruct_renders_distilabels_template_and_reads_one_query_per_line
     from distilabel.steps.tasks.self_instruct import SelfInstruct as Distilabel
     from jinja2 import Template
 
-    from eva_plugin.creator.self_instruct import LENGTH_CRITERION, SelfInstruct
+    from eva_plugin.creator.self_instruct import CRITERIA, SelfInstruct
 
     reply = "1. Describe a tide pool at dawn.\n\n- List two animals found in tide pools?\nWhy do tides change daily?"
     sent, llm = _record(reply)
@@ -203,8 +213,10 @@ def test_self_instruct_renders_distilabels_template_and_reads_one_query_per_line
     expected = Template(__import__("importlib").resources.files("distilabel").joinpath(
         "steps/tasks/templates/self-instruct.jinja2").read_text()).render(
         input="Explain tides.", num_instructions=3, application_description=d["application_description"].default,
-        criteria_for_query_generation=d["criteria_for_query_generation"].default + "\n" + LENGTH_CRITERION)
+        criteria_for_query_generation=CRITERIA)
     assert sent[0] == expected
+    # our criteria replace distilabel's default ones (which ask for 1-2 sentence queries)
+    assert "1-2 sentences" not in sent[0] and "as long and as detailed as the context" in sent[0]
 
 
 def test_feedback_context_precedes_the_template():
@@ -249,15 +261,27 @@ def test_builtin_evolvers_refuse_unknown_options():
         SelfInstruct(1, mutations=["CONSTRAINTS"])
 
 
-@pytest.mark.parametrize(("criteria", "expected"), [("Ask about one fact only.", "Ask about one fact only."), ("", "")])
-def test_self_instruct_criteria_option_replaces_the_length_criterion(criteria, expected):
+@pytest.mark.parametrize("criteria", ["Ask about one fact only.", ""])
+def test_self_instruct_criteria_option_overrides_ours(criteria):
     from distilabel.steps.tasks.self_instruct import SelfInstruct as Distilabel
 
-    from eva_plugin.creator.self_instruct import LENGTH_CRITERION, SelfInstruct
+    from eva_plugin.creator.self_instruct import CRITERIA, SelfInstruct
 
     default = Distilabel.model_fields["criteria_for_query_generation"].default
     evolver = SelfInstruct(2, criteria=criteria)
-    assert evolver.criteria == (f"{default}\n{expected}" if expected else default)
+    expected = criteria or default  # "" = distilabel's default criteria
+    assert evolver.criteria == expected
     sent, llm = _record("one\ntwo")
     evolver.evolve([{"prompt_id": "a", "prompt": "Explain tides."}], llm, np.random.default_rng(0))
-    assert LENGTH_CRITERION not in sent[0] and expected in sent[0]
+    assert CRITERIA not in sent[0] and expected in sent[0]
+    assert (default in sent[0]) == (criteria == "")
+
+
+def test_self_instruct_default_criteria_are_ours_not_appended_to_distilabels():
+    from distilabel.steps.tasks.self_instruct import SelfInstruct as Distilabel
+
+    from eva_plugin.creator.self_instruct import CRITERIA, SelfInstruct
+
+    default = Distilabel.model_fields["criteria_for_query_generation"].default
+    assert SelfInstruct(2).criteria == CRITERIA
+    assert not any(line in CRITERIA for line in default.splitlines())

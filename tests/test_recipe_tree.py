@@ -48,23 +48,56 @@ def test_every_recipe_parses(path):
         assert recipe.eva.solver_samples == (8 if key.startswith("llama") else 6)
 
 
+@pytest.mark.parametrize("path", [p for p in MODEL_RECIPES if "gemma-2-9b-it" in p.parts],
+                         ids=lambda p: str(p.relative_to(ROOT / "recipes")))
+def test_gemma_recipes_sample_with_vllm_and_eva_recipes_run_the_papers_protocol(path):
+    eva = load_recipe(["--config", str(path)]).eva
+    assert eva.generation.backend == "vllm"
+    if path.name != "config_eva.yaml":
+        return
+    # one plain round, then EVA on the split it trained on, with the seed prompts as the buffer
+    assert (eva.warmup_iterations, eva.creator_input, eva.buffer) == (1, "previous", "seed")
+    assert eva.iterations > eva.warmup_iterations
+    # the paper's evolver: GPT-4-0125 behind the OpenAI-compatible backend, at the authors' settings
+    gen = eva.evolver_generation
+    assert eva.evolver_model == "gpt-4-0125-preview" and gen.backend == "openai"
+    assert (gen.temperature, gen.max_new_tokens) == (0.88, 666)
+    assert gen.options["base_url"] and gen.options["api_key_env"] == "OPENAI_API_KEY"
+
+
+#: Keys swapped for local stand-ins: tiny models, the transformers backend (no vLLM engine, no
+#: server) and small sizes; everything else (loss, knobs, protocol) is the recipe's own.
+def _tiny_overrides(path: Path, tmp_path: Path, models: dict, prompts_file: Path) -> list[str]:
+    warmup = load_recipe(["--config", str(path)]).eva.warmup_iterations
+    return [
+        "--config", str(path), "--model_name_or_path", str(models["policy"]), "--dtype", "float32",
+        "--output_dir", str(tmp_path / "out"), "--max_length", "256", "--num_train_epochs", "1",
+        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
+        "--gradient_checkpointing", "false", "--eva.reward_model", str(models["reward"]),
+        "--eva.reward_options", "{}", "--eva.prompts", str(prompts_file),
+        "--eva.iterations", str(warmup + 1),  # the recipe's warm-up rounds plus one more
+        "--eva.prompts_per_iteration", "6", "--eva.num_samples", "2", "--eva.solver_samples", "2",
+        "--eva.num_evolutions", "1", "--eva.evolver_drop_truncated", "false",
+        "--eva.generation", "{backend: transformers, max_new_tokens: 8, batch_size: 8}",
+        "--eva.evolver_model", "null",  # the tiny policy evolves in place of the external LLM
+        "--eva.evolver_generation", "{backend: transformers, max_new_tokens: 8}",
+    ]
+
+
 @pytest.mark.parametrize("path", [p for p in MODEL_RECIPES if p.name != "config_iterative.yaml"],
                          ids=lambda p: str(p.relative_to(ROOT / "recipes")))
 def test_each_model_recipe_runs_a_short_round_on_tiny_models(path, tmp_path, models, prompts_file):
     from eva_plugin.dpo import run
 
-    recipe = load_recipe([
-        "--config", str(path), "--model_name_or_path", str(models["policy"]), "--dtype", "float32",
-        "--output_dir", str(tmp_path / "out"), "--max_length", "256", "--num_train_epochs", "1",
-        "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
-        "--gradient_checkpointing", "false", "--eva.reward_model", str(models["reward"]),
-        "--eva.reward_options", "{}", "--eva.prompts", str(prompts_file), "--eva.iterations", "1",
-        "--eva.prompts_per_iteration", "6", "--eva.num_samples", "2", "--eva.solver_samples", "2",
-        "--eva.num_evolutions", "1", "--eva.evolver_drop_truncated", "false",
-        "--eva.generation", "{max_new_tokens: 8, batch_size: 8}",
-        "--eva.evolver_generation", "{max_new_tokens: 8}",
-    ])
+    recipe = load_recipe(_tiny_overrides(path, tmp_path, models, prompts_file))
+    assert recipe.eva.generation.backend == recipe.eva.evolver_generation.backend == "transformers"
+    assert recipe.eva.evolver_model is None
     run(recipe)
-    manifest = json.loads((tmp_path / "out" / "iter_1" / "policy" / "manifest.json").read_text())
-    assert manifest["loss"] == recipe.eva.loss and manifest["steps"] >= 1
-    assert (tmp_path / "out" / "iter_1" / "policy" / "model.safetensors").exists()
+    last = recipe.eva.iterations
+    for t in range(1, last + 1):
+        manifest = json.loads((tmp_path / "out" / f"iter_{t}" / "policy" / "manifest.json").read_text())
+        assert manifest["loss"] == recipe.eva.loss and manifest["steps"] >= 1
+    assert (tmp_path / "out" / f"iter_{last}" / "policy" / "model.safetensors").exists()
+    if recipe.creator == "eva":  # the creator ran after the warm-up round(s), not during them
+        assert (tmp_path / "out" / f"iter_{last}" / "evolved" / "manifest.json").exists()
+        assert not (tmp_path / "out" / "iter_1" / "evolved").exists()

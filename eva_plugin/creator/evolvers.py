@@ -15,8 +15,8 @@ Every template comes from distilabel at run time (never copied here):
   ``EvolQuality``'s five quality methods (helpfulness, relevance, depth, creativity,
   detail) to the *prompt*, as the EVA authors adapted it;
 - ``self_instruct`` (``self_instruct.py``): distilabel's ``SelfInstruct`` query-generation
-  template, asking in one call for ``num_evolutions`` independent variants of the seed, plus one criterion
-  (ours) to keep each about as long as the seed.
+  template, asking in one call for ``num_evolutions`` independent variants of the seed, with our own
+  criteria (each variant about as long and detailed as the seed) in place of distilabel's.
 
 Options (``eva.evolver_options``): the Evol* evolvers take ``mutations``, a list of template
 names to draw from (e.g. ``[CONSTRAINTS, DEEPENING]``); ``self_instruct`` takes ``criteria``.
@@ -60,9 +60,19 @@ _HEADER = re.compile(
 _SELF_TALK = (r"(?:this|the|in this|my)\s+(?:rewritten|revised)\s+(?:prompt|version|instruction)\b"
               r"|this\s+rewrit\w*\b|i(?:'ve| have)\s+(?:added|rewritten|made|replaced|increased)\b")
 _TRAILER = re.compile(
-    r"\n\s*\n[ \t*_>(]*(?:note\b|explanation\b|changes?\s*(?:made)?\s*:"
+    r"\n\s*\n[ \t*_>(]*(?:explanation\b|changes?\s*(?:made)?\s*:"
     r"|(?:this|the|in this|my)\s+(?:new|evolved|created)\s+(?:prompt|version|instruction)\b|" + _SELF_TALK + r")"
     r"|(?<=[.!?\"'])[ \t]+(?:" + _SELF_TALK + r")",
+    re.IGNORECASE,
+)
+#: A "Note" paragraph after a blank line: part of the prompt ("Note: it must rhyme") unless
+#: it talks about the rewrite itself (``_ABOUT_REWRITE``), then it and the rest are cut.
+_NOTE = re.compile(r"\n\s*\n[ \t*_>(]*note\b[^\n]*(?:\n(?!\s*\n)[^\n]*)*", re.IGNORECASE)
+_ABOUT_REWRITE = re.compile(
+    r"\bi(?:'ve| have)?\s+(?:added|rewrote|rewritten|made|replaced|increased|changed|introduced|included|"
+    r"modified|expanded|kept|removed|turned)\b"
+    r"|\b(?:rewrit\w*|revised|evolved|created|new|original|given|previous|old)\s+(?:prompt|version|instruction)s?\b"
+    r"|\bthis\s+rewrit\w*|#\s*(?:the\s+)?(?:given|rewritten|created)\s+prompt\s*#",
     re.IGNORECASE,
 )
 def parse_evolved(output: str | None) -> str | None:
@@ -74,9 +84,12 @@ def parse_evolved(output: str | None) -> str | None:
     matches = list(_HEADER.finditer(text))
     if matches:
         text = text[matches[-1].end():]
+    cuts = [m.start() for m in _NOTE.finditer(text) if _ABOUT_REWRITE.search(m.group())]
     trailer = _TRAILER.search(text)
     if trailer:
-        text = text[: trailer.start()]
+        cuts.append(trailer.start())
+    if cuts:
+        text = text[: min(cuts)]
     text = text.strip().strip('"').strip()
     return text or None
 

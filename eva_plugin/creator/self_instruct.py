@@ -1,10 +1,12 @@
 """``self_instruct``: independent variants of a seed with distilabel's SelfInstruct template.
 
 Unlike the Evol* chains, one call asks for all ``num_evolutions`` variants at once; the
-reply is read one query per line. The template and its default criteria come from
-distilabel at run time; we add one criterion (the EVA authors' change) so the variants
-stay about as long as the seed; ``eva.evolver_options: {criteria: "..."}`` puts other text
-in its place (``""``: distilabel's criteria only).
+reply is read one query per line. The template comes from distilabel at run time; its
+``criteria_for_query_generation`` is our ``CRITERIA`` (the EVA authors' change: variants
+about as long and detailed as the seed), which *replaces* distilabel's default criteria
+(those ask for 1-2 sentence queries, which would contradict it).
+``eva.evolver_options: {criteria: "..."}`` sends other text instead (``""``: distilabel's
+default criteria).
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import numpy as np
 from eva_plugin.creator.evolved import EvolvedPrompt, Generate, Truncated, evolved_status, feedback_context
 from eva_plugin.errors import RecipeError
 
-LENGTH_CRITERION = "Keep every query about as long as the context: similar length, similar amount of detail."
+#: Our query-generation criteria (own wording), sent as distilabel's ``criteria_for_query_generation``.
+CRITERIA = (
+    "Keep every query about as long and as detailed as the context: a similar length and a similar "
+    "number of requirements.\n"
+    "Write each query as one self-contained instruction that makes sense without the context.\n"
+    "Make the queries differ from one another in topic, task and wording.\n"
+    "Keep every query answerable by a text-only AI assistant."
+)
 _LIST_MARK = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s*")
 
 
@@ -42,7 +51,8 @@ class SelfInstruct:
     """``num_evolutions`` independent variants per seed from one LLM call each (x ``candidates``)."""
 
     def __init__(self, num_evolutions: int = 4, candidates: int = 1, criteria: str | None = None) -> None:
-        """``criteria``: our criterion added to distilabel's (default ``LENGTH_CRITERION``); ``""`` adds none."""
+        """``criteria``: the text sent as the query-generation criteria (default ``CRITERIA``);
+        ``""``: distilabel's own default criteria."""
         from jinja2 import Template
 
         if criteria is not None and not isinstance(criteria, str):
@@ -51,8 +61,8 @@ class SelfInstruct:
         self.candidates = max(1, int(candidates))
         text, default, application = self_instruct_template()
         self.template = Template(text)
-        extra = LENGTH_CRITERION if criteria is None else criteria.strip()
-        self.criteria = f"{default}\n{extra}" if extra else default
+        text_given = CRITERIA if criteria is None else criteria.strip()
+        self.criteria = text_given or default
         self.application = application
 
     def instruction(self, prompt: str, feedback: dict | None = None) -> str:
