@@ -89,9 +89,14 @@ class Run:
 
     def backend(self, model_path: str, gen) -> Any:
         factory = plugins.get("backends", gen.backend)
+        loading = {}
+        if accepts(factory, "model_kwargs"):  # the recipe's revision / attention / quantization
+            from eva_plugin.modeling import model_kwargs
+
+            loading["model_kwargs"] = model_kwargs(self.recipe.model, model_path)
         return factory(model_path, batch_size=gen.batch_size, dtype=gen.dtype or self.recipe.model.dtype,
                        trust_remote_code=self.recipe.training.trust_remote_code,
-                       **self.device_options(factory, gen.options))
+                       **{**loading, **self.device_options(factory, gen.options)})
 
     def reward_model(self) -> Any:
         factory = plugins.get("reward_models", self.eva.reward_type)

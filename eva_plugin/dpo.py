@@ -23,13 +23,13 @@ def plain_dpo(recipe: Recipe) -> None:
     from trl import DPOTrainer, get_peft_config
 
     from eva_plugin.data import load_preferences
+    from eva_plugin.modeling import model_kwargs
 
     training, model_args = recipe.training, recipe.model
     training.model_init_kwargs = {
         **(training.model_init_kwargs or {}),
-        "revision": model_args.model_revision,
+        **model_kwargs(model_args, model_args.model_name_or_path),  # revision, attention, quantization
         "dtype": model_args.dtype,
-        "attn_implementation": model_args.attn_implementation,
         "trust_remote_code": training.trust_remote_code,
     }
     dataset = load_preferences(recipe.datasets, seed=recipe.mixture_seed, mixture_dialect=recipe.mixture_dialect)
@@ -75,6 +75,30 @@ def run(recipe: Recipe, *, stop_after: str | None = None, overwrite_stale: bool 
         loop.state.destroy_process_group()  # a no-op with one process
     if loop.state.is_main_process:
         print_summary(reports, recipe.output_dir)
+        if recipe.training.push_to_hub:  # as the Handbook's dpo.py: the final policy goes to the hub
+            push_policy(recipe, loop.run_facts.store.path(recipe.eva.iterations, "policy"))
+
+
+def push_policy(recipe: Recipe, folder) -> str:
+    """Upload ``folder`` (the last round's policy) to ``hub_model_id`` (default: the output
+    folder's name), with the recipe's ``hub_token``, ``hub_private_repo`` and ``hub_revision``;
+    the repository's URL."""
+    from pathlib import Path
+
+    from huggingface_hub import HfApi
+
+    training = recipe.training
+    repo_id = training.hub_model_id or Path(training.output_dir).absolute().name
+    api = HfApi(token=training.hub_token)
+    repo_id = api.create_repo(repo_id, private=training.hub_private_repo, exist_ok=True).repo_id
+    revision = getattr(training, "hub_revision", None)
+    if revision:
+        api.create_branch(repo_id, branch=revision, exist_ok=True)
+    api.upload_folder(repo_id=repo_id, folder_path=str(folder), revision=revision,
+                      commit_message=f"EVA: the policy after {recipe.eva.iterations} iterations")
+    url = f"https://huggingface.co/{repo_id}"
+    print(f"pushed the final policy to {url}")
+    return url
 
 
 def setup_logging(recipe: Recipe | None = None) -> None:

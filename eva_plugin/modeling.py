@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
@@ -23,20 +24,67 @@ def pick_device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_tokenizer(path: str, trust_remote_code: bool = False):
+def model_kwargs(model_args, path: str | None = None) -> dict:
+    """``from_pretrained`` keywords from the recipe's ``ModelConfig``, as the Handbook passes them:
+    ``revision``, ``attn_implementation`` and, with ``load_in_4bit``/``load_in_8bit``, the
+    bitsandbytes ``quantization_config`` plus a device map putting the model on this process's GPU.
+
+    ``model_revision`` names a version of the recipe's ``model_name_or_path``; it is kept for that
+    checkpoint and for local folders (where it is ignored), left out for another hub model
+    (e.g. an ``eva.evolver_model`` hub id), which has revisions of its own.
+    """
+    from trl import get_quantization_config
+
+    kwargs: dict = {"attn_implementation": model_args.attn_implementation}
+    revision = model_args.model_revision
+    if revision and revision != "main" and path is not None:
+        own = str(path) == str(model_args.model_name_or_path) or Path(str(path)).exists()
+        revision = revision if own else None
+    kwargs["revision"] = revision
+    quantization = get_quantization_config(model_args)
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+        kwargs["device_map"] = kbit_device_map()
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def loading_options(**options) -> dict:
+    """The ``from_pretrained`` keywords a reward model's ``eva.reward_options`` set (``revision``,
+    ``attn_implementation``), without the unset ones."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def kbit_device_map() -> dict | None:
+    """The whole quantized model on this process's GPU (the Handbook's ``get_kbit_device_map``)."""
+    if not torch.cuda.is_available():
+        return None
+    from accelerate import PartialState
+
+    return {"": PartialState().local_process_index}
+
+
+def quantized(kwargs: dict | None) -> bool:
+    """Whether these load keywords quantize (the model is placed by its device map, never moved)."""
+    return bool(kwargs) and kwargs.get("quantization_config") is not None
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | None = None):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    extra = {"revision": revision} if revision else {}
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, **extra)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def load_causal_lm(path: str, dtype: str | None = None, trust_remote_code: bool = False):
+def load_causal_lm(path: str, dtype: str | None = None, trust_remote_code: bool = False, **kwargs):
+    """``AutoModelForCausalLM.from_pretrained``; ``kwargs`` are ``model_kwargs(model_args, path)``
+    (revision, attention implementation, quantization)."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
+        path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
     )
 
 

@@ -142,6 +142,40 @@ def _accelerator_precision(cfg: dict[str, Any], notes: list[str]) -> None:
     cfg["bf16"], cfg["fp16"] = False, False
 
 
+def _attention_fallback(model, notes: list[str]) -> None:
+    """``attn_implementation: flash_attention_2/3`` where FlashAttention cannot run (no GPU, or
+    the package missing) → ``sdpa``, with one note, before any model loads."""
+    attn = model.attn_implementation
+    if attn not in ("flash_attention_2", "flash_attention_3"):
+        return
+    import torch
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available
+
+    if attn == "flash_attention_2":
+        usable, package = is_flash_attn_2_available(), "flash-attn"
+    else:
+        usable, package = is_flash_attn_3_available(), "flash-attn-3"
+    if usable:
+        return
+    why = "no GPU on this machine" if not torch.cuda.is_available() else f"{package} is not installed"
+    notes.append(f"`attn_implementation: {attn}` switched to `sdpa`: {why}")
+    model.attn_implementation = "sdpa"
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _hub_push(training, notes: list[str]) -> None:
+    """``push_to_hub: true`` is honoured at the end of the run (``eva_plugin.dpo``); with
+    HF_HUB_OFFLINE set it cannot be, so it is turned off here with one note (the policy stays
+    in ``output_dir``) instead of failing after training."""
+    if training.push_to_hub and _hub_offline():
+        notes.append("`push_to_hub: true` turned off: HF_HUB_OFFLINE is set (the final policy stays in output_dir)")
+        training.push_to_hub = False
+
+
 def _other_accelerator() -> bool:
     """An accelerator other than CUDA that accelerate would use (Apple MPS, Intel XPU, Ascend NPU)."""
     from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
@@ -243,6 +277,8 @@ def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None
         script, training, model = parser.parse_args_into_dataclasses(args=rest)
     except (ValueError, TypeError) as err:
         raise RecipeError(f"recipe {config_path}: {str(err).splitlines()[0] if str(err) else err!r}") from None
+    _attention_fallback(model, notes)
+    _hub_push(training, notes)
     specs, mixture_dialect, mixture_seed = mixture.datasets, mixture.dialect, mixture.seed
     if mixture_dialect == TRL:
         mixture_seed = training.seed  # TRL's mixture has no seed of its own; the test split uses the recipe's

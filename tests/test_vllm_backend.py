@@ -107,3 +107,24 @@ def test_missing_vllm_says_how_to_install(models, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError, match=r"pip install 'eva-plugin\[vllm\]'"):
         plugins.get("backends", "vllm")(str(models["policy"]))
+
+
+def test_recipe_revision_and_4bit_reach_the_engine(fake_vllm, models):
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True)
+    plugins.get("backends", "vllm")(str(models["policy"]),
+                                    model_kwargs={"revision": "main", "attn_implementation": "eager",
+                                                  "quantization_config": quant, "device_map": {"": 0}})
+    (init,) = fake_vllm["init"]
+    assert init["revision"] == init["tokenizer_revision"] == "main"
+    assert init["quantization"] == "bitsandbytes"
+    assert "attn_implementation" not in init and "device_map" not in init  # not vLLM keywords
+
+
+def test_8bit_is_refused_by_the_vllm_backend(fake_vllm, models):
+    from transformers import BitsAndBytesConfig
+
+    with pytest.raises(ValueError, match="8 bit"):
+        plugins.get("backends", "vllm")(str(models["policy"]),
+                                        model_kwargs={"quantization_config": BitsAndBytesConfig(load_in_8bit=True)})

@@ -12,7 +12,7 @@ import torch
 
 from eva_plugin.generation import Conversation, Generations, SamplingParams, render_prompt
 from eva_plugin.generation.seeding import SeededSampling, prompt_seeds, sample_seed
-from eva_plugin.modeling import load_causal_lm, load_tokenizer, pick_device, release, whole_weights
+from eva_plugin.modeling import load_causal_lm, load_tokenizer, pick_device, quantized, release, whole_weights
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +28,26 @@ class TransformersBackend:
         dtype: str | None = None,
         trust_remote_code: bool = False,
         device: str | None = None,
+        model_kwargs: dict | None = None,
         **_: object,
     ) -> None:
+        """``model_kwargs``: more ``from_pretrained`` keywords (the recipe's revision, attention
+        implementation and quantization, ``eva_plugin.modeling.model_kwargs``)."""
         self.model_path = str(model_path)
         self.batch_size = max(1, int(batch_size))
         self.device = pick_device(device)
-        self.tokenizer = load_tokenizer(self.model_path, trust_remote_code=trust_remote_code)
+        model_kwargs = dict(model_kwargs or {})
+        self.tokenizer = load_tokenizer(self.model_path, trust_remote_code=trust_remote_code,
+                                        revision=model_kwargs.get("revision"))
         self.tokenizer.padding_side = "left"
         with whole_weights():
-            self.model = load_causal_lm(self.model_path, dtype=dtype, trust_remote_code=trust_remote_code)
-        self.model.to(self.device).eval()
+            self.model = load_causal_lm(self.model_path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                        **model_kwargs)
+        if quantized(model_kwargs):  # placed by its device map; a quantized model cannot be moved
+            self.device = str(self.model.device)
+        else:
+            self.model.to(self.device)
+        self.model.eval()
 
     def render(self, conversation: Conversation) -> str:
         """The prompt text the policy sees: its chat template with the generation prompt."""

@@ -34,16 +34,23 @@ class VLLMBackend:
         gpu_memory_utilization: float = 0.9,
         max_model_len: int | None = None,
         enable_prefix_caching: bool = True,
+        model_kwargs: dict | None = None,
         **_: object,
     ) -> None:
+        """``model_kwargs``: the recipe's loading keywords (``eva_plugin.modeling.model_kwargs``);
+        vLLM takes ``revision`` (model and tokenizer) and ``quantization="bitsandbytes"`` for
+        ``load_in_4bit``/``load_in_8bit``; it picks its own attention backend, so
+        ``attn_implementation`` does not apply (``VLLM_ATTENTION_BACKEND`` sets it)."""
         try:
             from vllm import LLM
         except ImportError:
             raise ImportError("the vllm backend needs vLLM: pip install 'eva-plugin[vllm]'") from None
-        self.tokenizer = load_tokenizer(str(model_path), trust_remote_code=trust_remote_code)
+        loading = _vllm_loading(model_kwargs or {})
+        self.tokenizer = load_tokenizer(str(model_path), trust_remote_code=trust_remote_code,
+                                        revision=loading.get("revision"))
         kwargs = {"model": str(model_path), "tensor_parallel_size": int(tensor_parallel_size),
                   "gpu_memory_utilization": float(gpu_memory_utilization), "trust_remote_code": trust_remote_code,
-                  "enable_prefix_caching": enable_prefix_caching}
+                  "enable_prefix_caching": enable_prefix_caching, **loading}
         if dtype:
             kwargs["dtype"] = dtype
         if max_model_len:
@@ -94,6 +101,23 @@ class VLLMBackend:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _vllm_loading(model_kwargs: dict) -> dict:
+    """The ``vllm.LLM`` keywords for the recipe's loading keywords: ``revision`` and
+    ``tokenizer_revision``; a bitsandbytes ``quantization_config`` → ``quantization="bitsandbytes"``
+    (vLLM quantizes in-flight to 4 bit; 8-bit loading is not offered, so it is refused)."""
+    out: dict = {}
+    revision = model_kwargs.get("revision")
+    if revision:
+        out["revision"] = out["tokenizer_revision"] = revision
+    quantization = model_kwargs.get("quantization_config")
+    if quantization is not None:
+        if getattr(quantization, "load_in_8bit", False):
+            raise ValueError("the vllm backend cannot load in 8 bit (vLLM's in-flight bitsandbytes is 4-bit); "
+                             "use load_in_4bit or the transformers backend")
+        out["quantization"] = "bitsandbytes"
+    return out
 
 
 def _world_size() -> int:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from eva_plugin.generation import Conversation, last_user_turn
-from eva_plugin.modeling import load_causal_lm, load_tokenizer, pick_device, release, whole_weights
+from eva_plugin.modeling import load_causal_lm, load_tokenizer, loading_options, pick_device, release, whole_weights
 from eva_plugin.rewards.batching import length_batches
 
 TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {a} [RESPONSE B] {b} \n"
@@ -36,6 +36,8 @@ class PairwisePreferenceReward:
         template: str = TEMPLATE,
         labels: tuple[str, str] = ("A", "B"),
         device: str | None = None,
+        revision: str | None = None,
+        attn_implementation: str | None = None,
         **_: object,
     ) -> None:
         if order not in ("random", "both"):
@@ -44,10 +46,11 @@ class PairwisePreferenceReward:
         self.batch_size, self.order, self.template = max(1, int(batch_size)), order, template
         self.max_batch_tokens = max_batch_tokens
         self.rng = np.random.default_rng(seed)
-        self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code, revision=revision)
         self.tokenizer.padding_side = "left"
         with whole_weights():
-            self.model = load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code)
+            self.model = load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                        **loading_options(revision=revision, attn_implementation=attn_implementation))
         self.model.to(self.device).eval()
         ids = [self.tokenizer.encode(label, add_special_tokens=False) for label in labels]
         if any(len(i) != 1 for i in ids):

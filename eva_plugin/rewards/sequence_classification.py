@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from eva_plugin.generation import Conversation
-from eva_plugin.modeling import load_tokenizer, pick_device, release, torch_dtype, whole_weights
+from eva_plugin.modeling import load_tokenizer, loading_options, pick_device, release, torch_dtype, whole_weights
 from eva_plugin.rewards.batching import length_batches
 
 
@@ -27,6 +27,8 @@ class SequenceClassificationReward:
         max_length: int = 4096,
         max_batch_tokens: int | None = 32768,
         device: str | None = None,
+        revision: str | None = None,
+        attn_implementation: str | None = None,
         **_: object,
     ) -> None:
         from transformers import AutoModelForSequenceClassification
@@ -35,10 +37,11 @@ class SequenceClassificationReward:
         self.batch_size = max(1, int(batch_size))
         self.max_length = max_length
         self.max_batch_tokens = max_batch_tokens
-        self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code, revision=revision)
         with whole_weights():
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code
+                path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
+                **loading_options(revision=revision, attn_implementation=attn_implementation),
             )
         # The head reads the last token that is not the model's pad id. A checkpoint without a
         # pad id would read padding (or, with pad = eos, skip a closing eos), so such a model

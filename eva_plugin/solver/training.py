@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from eva_plugin.modeling import load_causal_lm, load_tokenizer, release
+from eva_plugin.modeling import load_causal_lm, load_tokenizer, model_kwargs, quantized, release
 from eva_plugin.solver.losses import LOSSES, loss_knobs, round_config, trainer_class, trainer_kwargs
 
 logger = logging.getLogger(__name__)
@@ -55,15 +55,17 @@ def sequence_logp(model, tokenizer, prompt: list[dict], response: list[dict]) ->
     return float(token_logps[len(context_ids) - 1 :].sum())
 
 
-def _reference(model, policy_path: str, reference_path: str, dtype, trust: bool):
+def _reference(model, policy_path: str, reference_path: str, dtype, trust: bool, model_args=None):
     """The reference model: a copy of the freshly loaded policy when both are the same checkpoint
-    (``reference: previous``), else loaded from its own path. Under ZeRO-3 the weights are
-    partitioned across processes, so it is always loaded."""
+    (``reference: previous``), else loaded from its own path with the recipe's loading keywords.
+    Under ZeRO-3 the weights are partitioned across processes, and a quantized model cannot be
+    copied, so then it is always loaded."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    if str(reference_path) == str(policy_path) and not is_deepspeed_zero3_enabled():
+    loading = model_kwargs(model_args, reference_path) if model_args is not None else {}
+    if str(reference_path) == str(policy_path) and not is_deepspeed_zero3_enabled() and not quantized(loading):
         return copy.deepcopy(model)
-    return load_causal_lm(reference_path, dtype=dtype, trust_remote_code=trust)
+    return load_causal_lm(reference_path, dtype=dtype, trust_remote_code=trust, **loading)
 
 
 def train_round(
@@ -84,13 +86,15 @@ def train_round(
     knobs = knobs if knobs is not None else loss_knobs(loss, {})
     dtype = model_args.dtype
     trust = bool(training.trust_remote_code)
-    model = load_causal_lm(policy_path, dtype=dtype, trust_remote_code=trust)
-    tokenizer = load_tokenizer(policy_path, trust_remote_code=trust)
+    loading = model_kwargs(model_args, policy_path)  # revision, attention, quantization
+    model = load_causal_lm(policy_path, dtype=dtype, trust_remote_code=trust, **loading)
+    tokenizer = load_tokenizer(policy_path, trust_remote_code=trust, revision=loading.get("revision"))
     args = round_arguments(round_config(training, loss, knobs), save_dir / "trainer_state")
     kwargs = trainer_kwargs(loss, knobs)
     ref_model = None
     if LOSSES[loss].uses_reference:
-        ref_model = kwargs["ref_model"] = _reference(model, policy_path, reference_path, dtype, trust)
+        ref_model = kwargs["ref_model"] = _reference(model, policy_path, reference_path, dtype, trust,
+                                                     model_args)
     trainer = trainer_class(loss)(
         model=model,
         args=args,
