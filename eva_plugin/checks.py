@@ -33,7 +33,8 @@ def check_plugins(eva: EvaArguments) -> None:
     from eva_plugin.creator.proxies import WEIGHTINGS
     from eva_plugin.solver.losses import loss_knobs
 
-    loss_knobs(eva.loss, eva.loss_args)
+    if eva.loss is not None:  # null: settled against the recipe's `loss_type` (recipe.read_eva_side)
+        loss_knobs(eva.loss, eva.loss_args)
     if eva.weighting not in WEIGHTINGS:
         raise RecipeError(f"unknown eva.weighting {eva.weighting!r}; known: {', '.join(WEIGHTINGS)}")
     for kind, key in PLUGIN_KEYS:

@@ -144,8 +144,16 @@ class EvaArguments:
         default=False,
         metadata={"help": "Show the evolver the seed's best and worst sampled responses and rewards."},
     )
-    evolved_min_words: int = field(default=3, metadata={"help": "Drop evolved prompts with fewer words."})
-    evolved_max_words: int = field(default=400, metadata={"help": "Drop evolved prompts with more words."})
+    evolved_min_words: int = field(
+        default=0, metadata={"help": "Opt-in: drop evolved prompts with fewer words (0 = off, as in the paper)."}
+    )
+    evolved_max_words: int | None = field(
+        default=None, metadata={"help": "Opt-in: drop evolved prompts with more words (null = off)."}
+    )
+    evolved_drop_refusals: bool = field(
+        default=False,
+        metadata={"help": "Opt-in: drop evolved prompts that read as an LLM refusal (\"I'm sorry, I can't…\")."},
+    )
     near_duplicate_threshold: float = field(
         default=1.0,
         metadata={"help": "Opt-in: drop evolved prompts at least this similar (character 5-gram Jaccard, "
@@ -186,17 +194,19 @@ class EvaArguments:
         metadata={"help": "Keep a rewrite only within this ratio of the original's length (either way); the"
                   " rewriter may generate up to generation.max_new_tokens times this ratio."},
     )
-    loss: str = field(
-        default="dpo",
-        metadata={"help": "Preference loss: dpo, ipo, sppo (TRL DPOTrainer), simpo (experimental "
-                  "CPOTrainer), orpo (experimental ORPOTrainer)."},
+    loss: str | None = field(
+        default=None,
+        metadata={"help": "Preference loss: dpo, ipo, sppo (the SPPO authors' soft loss on win probabilities), "
+                  "sppo_hard (TRL's P = 1/0 variant) (TRL DPOTrainer), simpo (experimental CPOTrainer), orpo "
+                  "(experimental ORPOTrainer); null = the recipe's own TRL `loss_type`/`loss_weights` where it "
+                  "sets them, else dpo."},
     )
     loss_args: dict[str, float] = field(
         default_factory=dict,
-        metadata={"help": "The loss's own knobs: dpo/ipo/sppo beta (0.05 / 0.05 / 0.001; a recipe's own "
-                  "`beta` wins), label_smoothing (dpo); simpo beta 10, gamma 5; nll_alpha (α · "
+        metadata={"help": "The loss's own knobs: dpo/ipo/sppo/sppo_hard beta (0.05 / 0.05 / 0.001 / 0.001; a "
+                  "recipe's own `beta` wins), label_smoothing (dpo); simpo beta 10, gamma 5; nll_alpha (α · "
                   "length-normalised NLL of the chosen response, 0 = off; not orpo); orpo lambda "
-                  "0.5."},
+                  "0.5; a null loss (the recipe's own) takes only nll_alpha."},
     )
     length_penalty: float = field(
         default=0.0,
@@ -291,7 +301,8 @@ def validate(args: EvaArguments) -> None:
         (0 < args.near_duplicate_threshold <= 1, "eva.near_duplicate_threshold must be in (0, 1]"),
         (args.rewriter_max_length_ratio >= 1, "eva.rewriter_max_length_ratio must be >= 1"),
         (args.length_penalty >= 0, "eva.length_penalty must be >= 0"),
-        (0 <= args.evolved_min_words <= args.evolved_max_words,
+        (0 <= args.evolved_min_words <= (args.evolved_max_words if args.evolved_max_words is not None
+                                         else args.evolved_min_words),
          "eva.evolved_min_words must be >= 0 and <= eva.evolved_max_words"),
         (args.prompts_per_iteration is None or args.prompts_per_iteration >= 1,
          "eva.prompts_per_iteration must be >= 1 or null"),

@@ -67,7 +67,9 @@ class Recipe:
     explicit: set[str] = field(default_factory=set)  # TRL keys the recipe or command line set
 
     def loss_knobs(self) -> dict[str, float]:
-        """The round's loss knobs (paper defaults < the recipe's own ``beta`` < ``eva.loss_args``)."""
+        """The round's loss knobs (paper defaults < the recipe's own ``beta`` < ``eva.loss_args``).
+        With ``eva.loss`` null (the recipe's own TRL loss) only ``nll_alpha``: the rest is the
+        recipe's DPOConfig (``loss_type``, ``loss_weights``, ``beta``), fingerprinted with it."""
         from eva_plugin.solver.losses import loss_knobs
 
         beta = self.training.beta if "beta" in self.explicit else None
@@ -224,12 +226,26 @@ def read_eva_side(cfg: dict[str, Any], eva_overrides: dict[str, Any], cli_creato
         _set_nested(eva_block, key, value)
     eva = eva_arguments(eva_block)
     check_plugins(eva)
-    if creator is not None and (set(cfg) | cli_keys) & {"loss_type", "loss_weights"}:
-        raise RecipeError("with `creator:` the loss comes from `eva.loss` (dpo, ipo, sppo, simpo, orpo) and "
-                          "`eva.loss_args`; remove `loss_type`/`loss_weights`")
+    _resolve_loss(eva, cfg, cli_keys)
     if creator is not None and eva.reward_model is None:
         raise RecipeError(f"`creator: {creator}` needs `eva.reward_model` (a local reward model path)")
     return creator, eva
+
+
+def _resolve_loss(eva: EvaArguments, cfg: dict[str, Any], cli_keys: set[str]) -> None:
+    """``eva.loss`` null: the recipe's own TRL ``loss_type``/``loss_weights`` where it sets one, else dpo.
+    Both set: they must agree. A command-line ``--loss_type`` counts as set (its value is TRL's)."""
+    from eva_plugin.solver.losses import check_recipe_loss, loss_knobs
+
+    own = (set(cfg) | cli_keys) & {"loss_type", "loss_weights"}
+    if eva.loss is None and not own:
+        eva.loss = "dpo"
+    if eva.loss is not None and own:
+        on_cli = own & cli_keys
+        loss_type = "(command line)" if "loss_type" in on_cli else cfg.get("loss_type")
+        weights = "(command line)" if "loss_weights" in on_cli else cfg.get("loss_weights")
+        check_recipe_loss(eva.loss, loss_type, weights)
+    loss_knobs(eva.loss, eva.loss_args)
 
 
 def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None = None) -> Recipe:

@@ -1,3 +1,5 @@
+import pytest
+
 from eva_plugin.solver.pairs import best_worst, build_pairs
 
 
@@ -25,3 +27,16 @@ def test_build_pairs_emits_trl_conversational_rows_and_counts_drops():
     assert pair["rejected"] == [{"role": "assistant", "content": "bad"}]
     assert (pair["chosen_reward"], pair["rejected_reward"]) == (2.0, -1.0)
     assert pair["origin"] == "evolved"
+
+
+def test_pairs_carry_win_probabilities_for_soft_sppo():
+    import math
+
+    rows = [{"prompt_id": "p1", "prompt": "hi", "responses": ["good", "bad", "ok"], "rewards": [2.0, -1.0, 0.5]}]
+    (pair,), _ = build_pairs(rows)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert pair["chosen_probability"] == pytest.approx((sig(3.0) + sig(1.5)) / 2)  # Bradley–Terry vs the others
+    assert pair["rejected_probability"] == pytest.approx((sig(-3.0) + sig(-1.5)) / 2)
+    rows[0]["rewards"] = [0.8, 0.1, 0.6]  # a pair-wise reward is the mean win probability itself
+    (pair,), _ = build_pairs(rows, pairwise=True)
+    assert (pair["chosen_probability"], pair["rejected_probability"]) == (0.8, 0.1)

@@ -96,7 +96,7 @@ def test_legacy_keys_on_the_command_line_are_mapped(write_recipe):
         ({"proxy": "nope"},
          "unknown eva.proxy 'nope'; known: a_avg, a_min, inv_a_min, inv_mean, mean, uniform, variance"),
         ({"selector": "top"}, "known: greedy, sample"),
-        ({"evolver": "magic"}, "known: evol_complexity, evol_instruct, evol_quality, self_instruct"),
+        ({"evolver": "magic"}, "known: evol_complexity, evol_instruct, evol_quality, none, self_instruct"),
         ({"reward_type": "oracle"}, "known: embedding, pairwise, sequence_classification"),
         ({"generation": {"backend": "tgi"}}, "known: openai, transformers, vllm"),
         ({"proxie": "a_min"}, "unknown key(s) proxie in `eva`"),
@@ -105,7 +105,7 @@ def test_legacy_keys_on_the_command_line_are_mapped(write_recipe):
         ({"subset_fraction": 0}, "subset_fraction"),
         ({"weighting": "softmax"}, "minmax, proportional"),
         ({"generation": {"temperature": 0}}, "eva.generation.temperature must be > 0"),
-        ({"loss": "kto"}, "unknown eva.loss 'kto'; known: dpo, ipo, sppo, simpo, orpo"),
+        ({"loss": "kto"}, "unknown eva.loss 'kto'; known: dpo, ipo, sppo, sppo_hard, simpo, orpo"),
         ({"loss": "dpo", "loss_args": {"gamma": 5}},
          "eva.loss_args gamma do not belong to loss 'dpo'; it takes: beta, label_smoothing, nll_alpha"),
         ({"loss": "orpo", "loss_args": {"beta": 1}}, "it takes: lambda"),
@@ -153,11 +153,11 @@ def test_loss_knobs_paper_defaults_recipe_beta_and_overrides(tmp_path, models, p
         "beta": 10.0, "gamma": 3.0, "nll_alpha": 0.2}
 
 
-def test_trl_loss_type_is_refused_in_eva_runs(write_recipe):
-    with pytest.raises(RecipeError, match="the loss comes from `eva.loss`"):
-        load_recipe(["--config", str(write_recipe(loss_type="ipo"))])
-    with pytest.raises(RecipeError, match="remove `loss_type`"):
-        load_recipe(["--config", str(write_recipe()), "--loss_type", "ipo"])
+def test_trl_loss_type_conflicting_with_eva_loss_is_refused(write_recipe):
+    with pytest.raises(RecipeError, match="eva.loss: sppo conflicts with the recipe's `loss_type: ipo`"):
+        load_recipe(["--config", str(write_recipe(loss_type="ipo", eva={"loss": "sppo"}))])
+    with pytest.raises(RecipeError, match="conflicts"):
+        load_recipe(["--config", str(write_recipe(eva={"loss": "sppo"})), "--loss_type", "ipo"])
 
 
 def _run(code: str):
@@ -183,7 +183,7 @@ def test_layers_import_downward_only():
         ("creator: evo\n", "unknown creator 'evo'"),
         ("eva: [1,\n  - x: :\n", "is not valid YAML: "),
         ("creator: eva\neva: {iterations: three}\n", "`eva.iterations` must be an int, got 'three'"),
-        ("creator: eva\neva: {reward_model: rm}\nloss_type: ipo\n", "the loss comes from `eva.loss`"),
+        ("creator: eva\neva: {reward_model: rm, loss: dpo}\nloss_type: ipo\n", "conflicts with the recipe's"),
         ("datasets: [{path: a, fraction: 1}, {path: b}]\n", "must be set for every dataset or for none"),
         ("dataset_mixture: {datasets: [{id: a}]}\ndatasets: [{path: b}]\n", "not several"),
         ("dataset_mixture: {datasets: [{id: a, weight: 2}]}\n", "must be <= 1"),

@@ -32,3 +32,13 @@ def test_the_private_trl_names_the_nll_trainers_use_exist():
     # NLLCPOTrainer wraps cpo_loss(policy_chosen_logps, policy_rejected_logps)
     params = list(inspect.signature(CPOTrainer.cpo_loss).parameters)
     assert params[:3] == ["self", "policy_chosen_logps", "policy_rejected_logps"]
+
+
+def test_the_private_trl_names_soft_sppo_uses_exist():
+    from trl import DPOTrainer
+
+    # SoftSPPOTrainer adds its columns to the signature columns, wraps the collator and records both forwards
+    assert hasattr(DPOTrainer, "_set_signature_columns_if_needed") and hasattr(DPOTrainer, "compute_ref_log_probs")
+    init = inspect.getsource(DPOTrainer.__init__)
+    assert "self.precompute_ref_logps = " in init and "self.ld_alpha = " in init
+    assert "self.ref_model(" in inspect.getsource(DPOTrainer._compute_loss)

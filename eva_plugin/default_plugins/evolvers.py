@@ -1,12 +1,29 @@
-"""Built-in prompt evolvers: the three Evol* chains and ``self_instruct`` (templates from distilabel)."""
+"""Built-in prompt evolvers: the three Evol* chains, ``self_instruct`` (templates from distilabel)
+and ``none`` (the paper's "[no evolve]" ablation: the selected prompts themselves)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from eva_plugin import hookimpl
+from eva_plugin.creator.evolved import EvolvedPrompt
 from eva_plugin.creator.evolvers import EvolComplexity, EvolInstruct, EvolQuality
 from eva_plugin.creator.self_instruct import SelfInstruct
+
+
+class NoEvolution:
+    """EVA's "[no evolve]" rows: each selected seed is its own (single) evolved prompt, no LLM call.
+
+    ``num_evolutions`` and ``candidates`` are accepted (every evolver gets them) and unused. The rows
+    repeat prompts of the pool on purpose: the creator must not drop them as duplicates.
+    """
+
+    def __init__(self, num_evolutions: int = 1, candidates: int = 1) -> None:
+        self.num_evolutions, self.candidates = num_evolutions, candidates
+
+    def evolve(self, seeds: Sequence[dict], generate: Callable, rng) -> list[EvolvedPrompt]:
+        return [EvolvedPrompt(prompt=seed["prompt"], parent_id=seed["prompt_id"], mutation="NONE", step=1)
+                for seed in seeds]
 
 
 @hookimpl
@@ -15,3 +32,4 @@ def register_evolvers(register: Callable) -> None:
     register("evol_complexity", EvolComplexity)
     register("evol_quality", EvolQuality)
     register("self_instruct", SelfInstruct)
+    register("none", NoEvolution)

@@ -1,16 +1,18 @@
 """The preference losses of the papers, each with its own knobs and the EVA paper's defaults.
 
-| loss    | TRL trainer                       | knobs (paper default, EVA Table 6)     |
-|---------|-----------------------------------|----------------------------------------|
-| `dpo`   | DPOTrainer, `loss_type: sigmoid`  | beta 0.05, label_smoothing 0           |
-(``nll_alpha``, default 0, adds α · length-normalised NLL of the chosen response for
-dpo, ipo, sppo and simpo; see ``eva_plugin.solver.nll``.)
-| `ipo`   | DPOTrainer, `loss_type: ipo`      | beta 0.05 (not in the paper: DPO's)    |
-| `sppo`  | DPOTrainer, `loss_type: sppo_hard`| beta 0.001                             |
-| `simpo` | experimental CPOTrainer, `simpo`, `cpo_alpha: 0` | beta 10, gamma 5        |
-| `orpo`  | experimental ORPOTrainer          | lambda 0.5 (TRL calls it `beta`)       |
+| loss        | TRL trainer                                      | knobs (paper default, EVA Table 6) |
+|-------------|--------------------------------------------------|------------------------------------|
+| `dpo`       | DPOTrainer, `loss_type: sigmoid`                 | beta 0.05, label_smoothing 0       |
+| `ipo`       | DPOTrainer, `loss_type: ipo`                     | beta 0.05 (not in the paper: DPO's)|
+| `sppo`      | DPOTrainer + the authors' soft SPPO (``solver.sppo``) | beta 0.001                    |
+| `sppo_hard` | DPOTrainer, `loss_type: sppo_hard` (P = 1 / 0)   | beta 0.001                         |
+| `simpo`     | experimental CPOTrainer, `simpo`, `cpo_alpha: 0` | beta 10, gamma 5                   |
+| `orpo`      | experimental ORPOTrainer                         | lambda 0.5 (TRL calls it `beta`)   |
+| null        | DPOTrainer with the recipe's own `loss_type` / `loss_weights` / `beta` | nll_alpha only |
 
-TRL only rejects a bad loss at the first training step; here it fails at parse time.
+``nll_alpha`` (default 0) adds α · length-normalised NLL of the chosen response for every
+DPOTrainer loss and simpo (``eva_plugin.solver.nll``). TRL only rejects a bad loss at the
+first training step; here it fails at parse time.
 """
 
 from __future__ import annotations
@@ -24,36 +26,67 @@ from eva_plugin.errors import RecipeError
 
 @dataclass(frozen=True)
 class Loss:
-    trainer: str  # dpo | cpo | orpo
+    trainer: str  # dpo | sppo | cpo | orpo
     loss_type: str | None
     knobs: dict[str, float] = field(default_factory=dict)
     uses_reference: bool = True
+    columns: tuple[str, ...] = ()  # pair columns the loss reads besides prompt/chosen/rejected
 
 
 LOSSES: dict[str, Loss] = {
     "dpo": Loss("dpo", "sigmoid", {"beta": 0.05, "label_smoothing": 0.0, "nll_alpha": 0.0}),
     "ipo": Loss("dpo", "ipo", {"beta": 0.05, "nll_alpha": 0.0}),
-    "sppo": Loss("dpo", "sppo_hard", {"beta": 0.001, "nll_alpha": 0.0}),
+    # TRL's loss_type is only a placeholder: the soft SPPO trainer computes the loss itself
+    "sppo": Loss("sppo", "sppo_hard", {"beta": 0.001, "nll_alpha": 0.0},
+                 columns=("chosen_probability", "rejected_probability")),
+    "sppo_hard": Loss("dpo", "sppo_hard", {"beta": 0.001, "nll_alpha": 0.0}),
     "simpo": Loss("cpo", "simpo", {"beta": 10.0, "gamma": 5.0, "nll_alpha": 0.0}, uses_reference=False),
     "orpo": Loss("orpo", None, {"lambda": 0.5}, uses_reference=False),
 }
 
+#: ``eva.loss: null`` with a recipe ``loss_type``: the recipe's own DPOConfig loss, untouched.
+OWN = Loss("dpo", None, {"nll_alpha": 0.0})
 
-def loss_knobs(name: str, loss_args: dict, recipe_beta: float | None = None) -> dict[str, float]:
+
+def spec(name: str | None) -> Loss:
+    """The table row of ``name`` (``None``: the recipe's own DPOConfig loss)."""
+    return OWN if name is None else LOSSES[name]
+
+
+def loss_knobs(name: str | None, loss_args: dict, recipe_beta: float | None = None) -> dict[str, float]:
     """The knobs of ``name``: paper defaults, then the recipe's own ``beta`` (DPO family),
-    then ``eva.loss_args``. Unknown losses and foreign knobs fail with the valid choices."""
-    if name not in LOSSES:
+    then ``eva.loss_args``. Unknown losses and foreign knobs fail with the valid choices.
+    ``None`` (the recipe's own loss) only takes ``nll_alpha``: its beta is the recipe's ``beta``."""
+    if name is not None and name not in LOSSES:
         raise RecipeError(f"unknown eva.loss {name!r}; known: {', '.join(LOSSES)}")
-    spec = LOSSES[name]
-    foreign = sorted(set(loss_args) - set(spec.knobs))
+    row = spec(name)
+    foreign = sorted(set(loss_args) - set(row.knobs))
     if foreign:
-        raise RecipeError(f"eva.loss_args {', '.join(foreign)} do not belong to loss {name!r}; "
-                          f"it takes: {', '.join(spec.knobs)}")
-    knobs = dict(spec.knobs)
-    if recipe_beta is not None and spec.trainer == "dpo":
+        whose = f"loss {name!r}" if name is not None else "the recipe's own `loss_type` (eva.loss: null)"
+        raise RecipeError(f"eva.loss_args {', '.join(foreign)} do not belong to {whose}; "
+                          f"it takes: {', '.join(row.knobs)}")
+    knobs = dict(row.knobs)
+    if recipe_beta is not None and row.trainer in ("dpo", "sppo") and name is not None:
         knobs["beta"] = float(recipe_beta)
     knobs.update({k: float(v) for k, v in loss_args.items()})
     return knobs
+
+
+def _as_list(value) -> list:
+    return [] if value is None else [value] if isinstance(value, str) else list(value)
+
+
+def check_recipe_loss(name: str | None, loss_type, loss_weights) -> None:
+    """``eva.loss`` and a recipe's TRL ``loss_type``/``loss_weights`` may not both choose the loss,
+    unless they agree (``eva.loss: ipo`` with ``loss_type: ipo``)."""
+    if name is None or (loss_type is None and loss_weights is None):
+        return
+    row = LOSSES[name]
+    agrees = loss_weights is None and row.trainer == "dpo" and _as_list(loss_type) == [row.loss_type]
+    if not agrees:
+        shown = loss_type if loss_type is not None else f"loss_weights {loss_weights}"
+        raise RecipeError(f"eva.loss: {name} conflicts with the recipe's `loss_type: {shown}`; keep one (eva.loss: "
+                          "null trains with the recipe's own TRL loss)")
 
 
 def _fields(cls) -> set[str]:
@@ -64,18 +97,21 @@ def _fields(cls) -> set[str]:
 _DPO_ONLY = {"loss_type", "loss_weights", "beta", "label_smoothing"}
 
 
-def round_config(training, name: str, knobs: dict[str, float]):
-    """The trainer config for one round: the recipe's DPOConfig with the loss applied."""
-    spec = LOSSES[name]
-    if spec.trainer == "dpo":
+def round_config(training, name: str | None, knobs: dict[str, float]):
+    """The trainer config for one round: the recipe's DPOConfig with the loss applied
+    (``None``: the recipe's own loss, unchanged)."""
+    row = spec(name)
+    if name is None:
+        return copy.deepcopy(training)
+    if row.trainer in ("dpo", "sppo"):
         args = copy.deepcopy(training)
-        args.loss_type = [spec.loss_type]
+        args.loss_type = [row.loss_type]
         args.loss_weights = None
         args.beta = knobs["beta"]
         if "label_smoothing" in knobs:
             args.label_smoothing = knobs["label_smoothing"]
         return args
-    if spec.trainer == "cpo":
+    if row.trainer == "cpo":
         from trl.experimental.cpo import CPOConfig as Config
 
         extra = {"loss_type": "simpo", "cpo_alpha": 0.0, "beta": knobs["beta"], "simpo_gamma": knobs["gamma"]}
@@ -88,13 +124,18 @@ def round_config(training, name: str, knobs: dict[str, float]):
     return Config(**base, **extra)
 
 
-def trainer_class(name: str):
-    """The TRL trainer for ``name`` (DPO and SimPO subclassed to add the optional NLL term)."""
-    trainer = LOSSES[name].trainer
+def trainer_class(name: str | None):
+    """The TRL trainer for ``name`` (DPO and SimPO subclassed to add the optional NLL term,
+    DPO once more for soft SPPO)."""
+    trainer = spec(name).trainer
     if trainer == "dpo":
         from eva_plugin.solver.nll import NLLDPOTrainer
 
         return NLLDPOTrainer
+    if trainer == "sppo":
+        from eva_plugin.solver.nll import SoftSPPOTrainer
+
+        return SoftSPPOTrainer
     if trainer == "cpo":
         from eva_plugin.solver.nll import NLLCPOTrainer
 
@@ -104,6 +145,11 @@ def trainer_class(name: str):
     return ORPOTrainer
 
 
-def trainer_kwargs(name: str, knobs: dict[str, float]) -> dict:
+def trainer_kwargs(name: str | None, knobs: dict[str, float]) -> dict:
     """Extra constructor arguments of ``trainer_class(name)``."""
     return {"nll_alpha": knobs["nll_alpha"]} if "nll_alpha" in knobs else {}
+
+
+def pair_columns(name: str | None) -> list[str]:
+    """The pair columns the round's trainer reads."""
+    return ["prompt", "chosen", "rejected", *spec(name).columns]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 
@@ -19,8 +20,25 @@ def best_worst(responses: list[str], rewards: list[float]) -> tuple[int, int] | 
     return hi, lo
 
 
-def build_pairs(rows: Iterable[dict]) -> tuple[list[dict], dict[str, int]]:
-    """TRL conversational preference rows (+ rewards, origin); counts of what was dropped and why."""
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+def win_probability(rewards: list[float], i: int, pairwise: bool = False) -> float:
+    """P(y_i beats the prompt's other samples), for soft SPPO.
+
+    A pair-wise reward already is that mean win probability; point-wise rewards go through
+    Bradley–Terry: the mean over j ≠ i of σ(r_i − r_j).
+    """
+    if pairwise:
+        return float(rewards[i])
+    others = [r for j, r in enumerate(rewards) if j != i]
+    return sum(_sigmoid(float(rewards[i]) - float(r)) for r in others) / len(others)
+
+
+def build_pairs(rows: Iterable[dict], *, pairwise: bool = False) -> tuple[list[dict], dict[str, int]]:
+    """TRL conversational preference rows (+ rewards, win probabilities, origin); counts of what was
+    dropped and why. ``pairwise``: the rewards are a pair-wise model's win probabilities."""
     pairs, dropped = [], Counter()
     for row in rows:
         responses, rewards = row["responses"], row["rewards"]
@@ -38,6 +56,8 @@ def build_pairs(rows: Iterable[dict]) -> tuple[list[dict], dict[str, int]]:
             "rejected": [{"role": "assistant", "content": responses[lo]}],
             "chosen_reward": float(rewards[hi]),
             "rejected_reward": float(rewards[lo]),
+            "chosen_probability": win_probability(rewards, hi, pairwise),
+            "rejected_probability": win_probability(rewards, lo, pairwise),
             "origin": row.get("origin", ""),
         })
     return pairs, {"pairs": len(pairs), **{f"dropped_{k}": v for k, v in dropped.items()}}

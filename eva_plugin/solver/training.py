@@ -14,11 +14,13 @@ import torch
 from datasets import Dataset
 
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, model_kwargs, quantized, release
-from eva_plugin.solver.losses import LOSSES, loss_knobs, round_config, trainer_class, trainer_kwargs
+from eva_plugin.solver.losses import loss_knobs, pair_columns, round_config, spec, trainer_class, trainer_kwargs
 
 logger = logging.getLogger(__name__)
 
-PAIR_COLUMNS = ["prompt", "chosen", "rejected"]
+
+def _listed(value) -> list | None:
+    return None if value is None else [value] if isinstance(value, str) else list(value)
 
 
 def round_arguments(training, output_dir: Path):
@@ -76,11 +78,11 @@ def train_round(
     training,
     model_args,
     save_dir: Path,
-    loss: str = "dpo",
+    loss: str | None = "dpo",
     knobs: dict[str, float] | None = None,
 ) -> dict:
     """Train on ``pairs`` from ``policy_path`` with ``loss`` (against ``reference_path`` where the
-    loss has a reference); save a checkpoint in ``save_dir``."""
+    loss has a reference; ``None``: the recipe's own DPOConfig loss); save a checkpoint in ``save_dir``."""
     from trl import get_peft_config
 
     knobs = knobs if knobs is not None else loss_knobs(loss, {})
@@ -92,13 +94,13 @@ def train_round(
     args = round_arguments(round_config(training, loss, knobs), save_dir / "trainer_state")
     kwargs = trainer_kwargs(loss, knobs)
     ref_model = None
-    if LOSSES[loss].uses_reference:
+    if spec(loss).uses_reference:
         ref_model = kwargs["ref_model"] = _reference(model, policy_path, reference_path, dtype, trust,
                                                      model_args)
     trainer = trainer_class(loss)(
         model=model,
         args=args,
-        train_dataset=pairs.select_columns(PAIR_COLUMNS),
+        train_dataset=pairs.select_columns(pair_columns(loss)),
         processing_class=tokenizer,
         peft_config=get_peft_config(model_args),
         **kwargs,
@@ -132,6 +134,8 @@ def train_round(
         "reward_margin": last.get("rewards/margins"),
         "policy_from": str(policy_path),
         "loss": loss,
+        "loss_type": _listed(getattr(args, "loss_type", None)),  # what TRL trained with
+        "loss_weights": getattr(args, "loss_weights", None),
         "knobs": knobs,
         "reference": str(reference_path) if ref_model is not None else None,
         "reference_checksum": reference_checksum,
