@@ -162,7 +162,7 @@ class EvaArguments:
     )
     evolved_fraction: float = field(
         default=0.8,
-        metadata={"help": "Evolved share of X_t; the rest is drawn from X_{t-1} (the buffer)."},
+        metadata={"help": "Evolved share of X_t; the rest is drawn from the buffer (see `buffer`)."},
     )
     solver_samples: int = field(default=6, metadata={"help": "Solver: responses sampled per prompt."})
     reuse_creator_samples: bool = field(

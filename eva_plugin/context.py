@@ -43,6 +43,10 @@ class Run:
     def creator(self) -> str:
         return self.recipe.creator or "none"
 
+    def creator_on(self, iteration: int) -> bool:
+        """Whether the creator runs in ``iteration`` (``creator: eva``, after the warm-up rounds)."""
+        return self.creator == "eva" and iteration > self.eva.warmup_iterations
+
     @property
     def store(self) -> StageStore:
         return self.runtime.store
@@ -123,6 +127,10 @@ class Iteration:
     @property
     def eva(self):
         return self.run.eva
+
+    @property
+    def creator_on(self) -> bool:
+        return self.run.creator_on(self.t)
 
     def do(self, stage: Stage) -> Any:
         """Run ``stage`` for this iteration (skipped when done) and return its dataset."""

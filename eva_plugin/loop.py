@@ -2,11 +2,11 @@
 
     X_0 ← seed prompts
     for t = 1 … T:
-        creator (``creator: eva``):  sample π_{t-1} on X_{t-1}, reward, info(x) by the proxy,
-                                     select the informative subset, evolve it
-        solver:                      X_t ← evolved + buffer (or the next seed slice with
-                                     ``creator: none``), sample π_{t-1} on X_t, reward,
-                                     best/worst pairs [, rewrite the chosen], train π_t
+        creator (``creator: eva``, after ``warmup_iterations`` plain rounds):
+                   sample π_{t-1} on X_{t-1} (or a fresh seed split), reward, info(x) by the
+                   proxy, select the informative subset, evolve it
+        solver:    X_t ← evolved + buffer (or the next seed split in a plain round),
+                   sample π_{t-1} on X_t, reward, best/worst pairs [, rewrite the chosen], train π_t
 
 Each stage is a class in ``creator/stages.py``, ``solver/stages.py`` or ``prompt_sets.py``;
 ``runtime.py`` runs it once per output dir across the processes of the launch.
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from eva_plugin.artifacts import StageStore
 from eva_plugin.context import Iteration, Run
 from eva_plugin.creator import stages as creator
-from eva_plugin.prompt_sets import SeedPool
+from eva_plugin.prompt_sets import SeedPool, check_supply
 from eva_plugin.runtime import IterationReport, StageRuntime
 from eva_plugin.solver import stages as solver
 
@@ -53,7 +53,8 @@ class EvaLoop:
         facts = self.run_facts
         facts.store.root.mkdir(parents=True, exist_ok=True)
         self.runtime.begin(0)
-        Iteration(facts, 0).do(SeedPool())  # X_0 is the head of the shuffled seed pool
+        pool = Iteration(facts, 0).do(SeedPool())  # the shuffled seed pool; X_0 is its first split
+        check_supply(facts, len(pool))      # enough seed prompts for every round, before any model loads
         for t in range(1, facts.eva.iterations + 1):
             self.runtime.begin(t)
             self.iteration(Iteration(facts, t))
@@ -62,7 +63,7 @@ class EvaLoop:
 
     def iteration(self, it: Iteration) -> None:
         try:
-            if it.run.creator == "eva":
+            if it.creator_on:                    # creator: eva, after the warm-up rounds
                 it.do(creator.CreatorSamples())  # y_1..y_n ~ π_{t-1}(·|x) for x in X_{t-1}
                 it.do(creator.CreatorRewards())  # r(x, y_i)
                 it.do(creator.Scores())          # info(x) by the proxy → weights

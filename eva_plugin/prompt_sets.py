@@ -1,7 +1,12 @@
-"""The prompt sets of a run: the seed pool (``iter_0/prompts``) and X_{t-1}, the set a round starts from.
+"""The prompt sets of a run: the seed pool (``iter_0/prompts``), its splits, the creator's input
+and the buffer.
 
-X_0 is the head of the shuffled seed pool (``eva.prompts_per_iteration`` prompts, all by
-default); X_t (t ≥ 1) is what the solver's ``prompts`` stage wrote in round t.
+The shuffled seed pool is cut into splits of ``prompts_per_iteration`` prompts (null: the pool
+divided evenly among the rounds that need a split). A round takes the next unused split when it
+trains without the creator (``creator: none``, or a warm-up round) or when the creator starts
+from fresh seeds (``creator_input: fresh``, paper Table 26). With ``creator_input: previous``
+the creator evolves X_{t-1}, the set the last round trained on (the first split in round 1).
+Running out of seed prompts is an error before any model loads, unless ``reuse_pool`` is set.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ from pathlib import Path
 from datasets import Dataset
 
 from eva_plugin.artifacts import StageResult
-from eva_plugin.context import Iteration, Stage
+from eva_plugin.context import Iteration, Run, Stage
 from eva_plugin.data import load_prompts
+from eva_plugin.errors import RecipeError
 
 
 class SeedPool(Stage):
@@ -33,31 +39,65 @@ class SeedPool(Stage):
         return StageResult(pool.flatten_indices(), {"pool_size": len(pool)})
 
 
-def set_size(it: Iteration, pool: Dataset) -> int:
-    """|X_t|: ``eva.prompts_per_iteration``, at most the pool."""
-    return min(it.eva.prompts_per_iteration or len(pool), len(pool))
+def takes_split(run: Run, t: int) -> bool:
+    """Whether round ``t`` draws a new seed split (for training, or as the creator's input)."""
+    if not run.creator_on(t):
+        return True
+    return run.eva.creator_input == "fresh" or t == 1
 
 
-def previous_prompts(it: Iteration) -> Dataset:
-    """X_{t-1}: the head of the seed pool in round 1, else the previous round's prompt set."""
-    store = it.run.store
-    if it.t == 1:
-        pool = store.load(0, "prompts")
-        return with_origin(pool.select(range(set_size(it, pool))), "seed")
-    return store.load(it.t - 1, "prompts")
+def split_index(run: Run, t: int) -> int:
+    """The seed split round ``t`` uses: its own new one, or (creator on X_{t-1}) the last one drawn."""
+    return max(0, sum(takes_split(run, s) for s in range(1, t + 1)) - 1)
 
 
-def previous_prompts_id(it: Iteration) -> str:
-    """What identifies X_{t-1} in fingerprints."""
-    stage = it.run.upstream(it.t - 1 if it.t > 1 else 0, "prompts")["prompts"]
-    return f"{stage}:{it.eva.prompts_per_iteration}"
+def splits_needed(run: Run) -> int:
+    return sum(takes_split(run, t) for t in range(1, run.eva.iterations + 1))
 
 
-def seed_slice(it: Iteration) -> Dataset:
-    """``creator: none``: round t trains on the t-th slice of the seed pool (wrapping around)."""
+def split_size(run: Run, pool_size: int) -> int:
+    """|X_t|: ``prompts_per_iteration``, or the pool divided evenly among the splits the run needs."""
+    return run.eva.prompts_per_iteration or max(1, pool_size // splits_needed(run))
+
+
+def check_supply(run: Run, pool_size: int) -> None:
+    """Refuse a run whose rounds need more seed prompts than the pool has (before any model loads)."""
+    need, size = splits_needed(run), split_size(run, pool_size)
+    if need * size > pool_size and not run.eva.reuse_pool:
+        raise RecipeError(
+            f"the {run.eva.iterations} rounds need {need} seed split(s) of {size} prompts ({need * size}) but "
+            f"the seed pool has {pool_size}; add prompts, lower eva.prompts_per_iteration, or set "
+            "eva.reuse_pool: true to use seed prompts again")
+
+
+def seed_split(it: Iteration, index: int) -> Dataset:
+    """Split ``index`` of the seed pool (wrapping around only with ``reuse_pool``)."""
     pool = it.run.store.load(0, "prompts")
-    n = set_size(it, pool)
-    return with_origin(pool.select([((it.t - 1) * n + i) % len(pool) for i in range(n)]), "seed")
+    n = min(split_size(it.run, len(pool)), len(pool))
+    return with_origin(pool.select([(index * n + i) % len(pool) for i in range(n)]), "seed")
+
+
+def creator_input(it: Iteration) -> Dataset:
+    """What the creator scores and evolves: a seed split, or X_{t-1}."""
+    if it.eva.creator_input == "fresh" or it.t == 1:
+        return seed_split(it, split_index(it.run, it.t))
+    return it.run.store.load(it.t - 1, "prompts")
+
+
+def creator_input_id(it: Iteration) -> str:
+    """What identifies the creator's input in fingerprints."""
+    if it.eva.creator_input == "fresh" or it.t == 1:
+        return f"{it.run.upstream(0, 'prompts')['prompts']}:split {split_index(it.run, it.t)}:" \
+               f"{it.eva.prompts_per_iteration}"
+    return it.run.upstream(it.t - 1, "prompts")["prompts"]
+
+
+def buffer_source(it: Iteration) -> Dataset:
+    """Where the non-evolved share of X_t is drawn from: the seed split the creator's prompts descend
+    from (``buffer: seed``, the paper's original data), or X_{t-1} (``buffer: previous``)."""
+    if it.eva.buffer == "previous":
+        return creator_input(it) if it.t == 1 else it.run.store.load(it.t - 1, "prompts")
+    return seed_split(it, split_index(it.run, it.t))
 
 
 def with_origin(ds: Dataset, origin: str) -> Dataset:

@@ -285,3 +285,17 @@ def test_self_instruct_default_criteria_are_ours_not_appended_to_distilabels():
     default = Distilabel.model_fields["criteria_for_query_generation"].default
     assert SelfInstruct(2).criteria == CRITERIA
     assert not any(line in CRITERIA for line in default.splitlines())
+
+
+def test_an_evolution_that_echoes_its_instruction_is_unusable():
+    """A small evolver sometimes answers with a sentence of the template instead of a prompt."""
+    from eva_plugin.creator.evolvers import EvolInstruct, mutation_templates
+
+    echo = "more complicated, you should remove the non-text parts such as the table and code."
+    fine = "A recipe needs 3 eggs for 12 cookies; how many eggs for 36 cookies, and how many for 50?"
+    evolver = EvolInstruct(num_evolutions=1, mutations=["CONCRETIZING"])
+    assert "non-text parts such as the table" in mutation_templates()["CONCRETIZING"]
+    for reply, status in ((echo, "unusable"), (fine, "kept")):
+        out = evolver.evolve([{"prompt_id": "a", "prompt": "A recipe needs 3 eggs for 12 cookies."}],
+                             lambda instructions, r=reply: [r] * len(instructions), np.random.default_rng(0))
+        assert [e.status for e in out] == [status]

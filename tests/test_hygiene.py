@@ -20,7 +20,7 @@ def test_screen_reasons_in_order():
         "Describe three ways volcanoes shape new land over long time",    # near duplicate of the pool
         "Describe three ways volcanoes shape new land over time.",        # duplicate of the pool
     ]
-    reasons = screen(new, BUFFER, Hygiene(min_words=3, max_words=40))
+    reasons = screen(new, BUFFER, Hygiene(min_words=3, max_words=40, near_duplicate=0.7, drop_refusals=True))
     assert reasons == ["too_short", "too_long", "refusal", "refusal", "duplicate", "near_duplicate", None,
                        "near_duplicate", "duplicate"]
 
@@ -28,6 +28,30 @@ def test_screen_reasons_in_order():
 def test_threshold_one_keeps_near_duplicates():
     new = ["Write a short poem about the sea at night and the bright moon"]
     assert screen(new, BUFFER, Hygiene(near_duplicate=1.0)) == [None]
+
+
+def test_by_default_only_exact_duplicates_are_dropped():
+    """The paper keeps every evolution: no length bounds, no refusal or near-duplicate filter."""
+    new = ["Hi", " ".join(["word"] * 900), "I'm sorry, I can't do that",
+           "Write a short poem about the sea at night and the bright moon", BUFFER[1].upper()]
+    assert screen(new, BUFFER, Hygiene()) == [None, None, None, None, "duplicate"]
+
+
+def test_an_evolution_is_never_a_near_duplicate_of_its_own_chain():
+    """EvolInstruct adds 10-20 words to a seed: a 33-word seed plus one constraint is very similar to it,
+    and each step to the previous one. Only other chains (and other seeds) count."""
+    seed = ("Write a detailed travel guide for a first-time visitor to Lisbon that covers the best "
+            "neighbourhoods to stay in, how to get around by tram and metro, and three local dishes worth "
+            "trying, in a friendly tone")
+    other = "Explain how vaccines train the immune system"
+    step1 = seed + ", and keep it under 300 words"
+    step2 = step1 + " with a packing list"
+    rules = Hygiene(near_duplicate=0.7)
+    chains = ["lisbon", "lisbon", "vaccines"]
+    assert screen([step1, step2, other + " in simple terms for children"], [seed, other], rules, chains,
+                  ["lisbon", "vaccines"]) == [None, None, None]
+    # the same texts from another chain are near duplicates
+    assert screen([step1], [seed], rules, ["rome"], ["lisbon"]) == ["near_duplicate"]
 
 
 def test_minhash_finds_the_same_pairs_as_exact_jaccard():
@@ -55,4 +79,4 @@ def test_apply_only_touches_kept_prompts():
 
 @pytest.mark.parametrize("text", ["I'm sorry, I can't do that", "Sorry, that is not possible", "I cannot comply"])
 def test_refusals(text):
-    assert screen([text], [], Hygiene()) == ["refusal"]
+    assert screen([text], [], Hygiene(drop_refusals=True)) == ["refusal"]

@@ -60,8 +60,15 @@ def test_two_eva_iterations_write_every_artifact(write_recipe, tmp_path, prompts
         assert all(c > r for c, r in zip(pairs["chosen_reward"], pairs["rejected_reward"]))
         assert pairs[0]["prompt"][0]["role"] == "user" and pairs[0]["chosen"][0]["role"] == "assistant"
         samples = manifest(out, t, "solver_samples")
-        assert samples["generations_saved"] == origins.get("buffer", 0) * 4
-        assert samples["generations"] == origins.get("evolved", 0) * 4
+        # the buffer is seed data (the paper's); creator samples stand in where the creator scored it
+        seeds = set(data(out, 0, "prompts")["prompt_id"])
+        buffer = [r for r in prompts if r["origin"] == "buffer"]
+        assert buffer and {r["prompt_id"] for r in buffer} <= seeds
+        scored_ids = set(data(out, t, "creator_rewards")["prompt_id"])
+        assert samples["generations_saved"] == sum(r["prompt_id"] in scored_ids for r in buffer) * 4
+        assert samples["generations"] + samples["generations_saved"] == len(prompts) * 4
+        if t == 1:  # round 1 scores the seed split itself: every buffer prompt is reused
+            assert samples["generations_saved"] == origins["buffer"] * 4
         policy = out / f"iter_{t}" / "policy"
         assert (policy / "config.json").exists() and (policy / "model.safetensors").exists()
         assert (policy / "tokenizer.json").exists()

@@ -24,7 +24,8 @@ from eva_plugin.sharding import assignment
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-FLOAT_COLUMNS = {"rewards", "reused_rewards", "info", "weight", "chosen_reward", "rejected_reward"}
+FLOAT_COLUMNS = {"rewards", "reused_rewards", "info", "weight", "chosen_reward", "rejected_reward",
+                 "chosen_probability", "rejected_probability"}
 
 
 def launch_two(*args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -40,11 +40,25 @@ class EvolvedPrompt:
         return asdict(self)
 
 
-def evolved_status(parsed: str | None) -> str:
-    """``kept``, ``empty`` (nothing after the header) or ``unusable`` (template text leaked in)."""
+def evolved_status(parsed: str | None, template: str = "") -> str:
+    """``kept``, ``empty`` (nothing after the header) or ``unusable`` (template text leaked in: the
+    template's words, or a run of ``ECHO_WORDS`` consecutive words of ``template`` — the evolver
+    instruction without the seed prompt)."""
     if not parsed:
         return "empty"
-    return "unusable" if _TEMPLATE_WORDS.search(parsed) else "kept"
+    if _TEMPLATE_WORDS.search(parsed) or (template and _word_runs(parsed) & _word_runs(template)):
+        return "unusable"
+    return "kept"
+
+
+#: An evolved prompt that repeats this many consecutive words of its instruction echoes the template.
+ECHO_WORDS = 6
+_WORD = re.compile(r"\w+")
+
+
+def _word_runs(text: str) -> set[tuple[str, ...]]:
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i : i + ECHO_WORDS]) for i in range(len(words) - ECHO_WORDS + 1)}
 
 
 def feedback_context(feedback: dict | None) -> str:

@@ -186,7 +186,8 @@ class EvolInstruct:
             outputs = generate([self.instruction(m, p, seed.get("feedback"))
                                 for m, p, seed in zip(picks, current, seeds) for _ in range(k)])
             for i, (seed, mutation) in enumerate(zip(seeds, picks)):
-                judged = [(raw, *_judge(raw)) for raw in outputs[i * k : (i + 1) * k]]
+                frame = self.templates[mutation].replace(self.placeholder, " ")
+                judged = [(raw, *_judge(raw, frame)) for raw in outputs[i * k : (i + 1) * k]]
                 raw, parsed, status = next((j for j in judged if j[2] == "kept"), judged[0])
                 results.append(EvolvedPrompt(
                     prompt=parsed or "", parent_id=seed["prompt_id"], mutation=mutation, step=step,
@@ -197,9 +198,9 @@ class EvolInstruct:
         return results
 
 
-def _judge(raw: str | None) -> tuple[str | None, str]:
+def _judge(raw: str | None, frame: str) -> tuple[str | None, str]:
     parsed = parse_evolved(raw)
-    return parsed, "truncated" if isinstance(raw, Truncated) else evolved_status(parsed)
+    return parsed, "truncated" if isinstance(raw, Truncated) else evolved_status(parsed, frame)
 
 
 class EvolComplexity(EvolInstruct):

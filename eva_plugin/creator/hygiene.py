@@ -1,4 +1,5 @@
-"""Output hygiene for evolved prompts: length bounds, refusals, exact and near duplicates.
+"""Output hygiene for evolved prompts: exact duplicates always; length bounds, refusals and near
+duplicates when a recipe asks for them (the paper keeps every evolution).
 
 Near duplicates are found with MinHash over character 5-grams of the normalised text
 (robust for short prompts, where one changed word breaks most word n-grams) and
@@ -30,9 +31,10 @@ _PRIME = (1 << 61) - 1
 class Hygiene:
     """Bounds and thresholds; ``near_duplicate`` = Jaccard of character 5-gram sets (1.0 turns it off)."""
 
-    min_words: int = 3
-    max_words: int = 400
-    near_duplicate: float = 0.7
+    min_words: int = 0
+    max_words: int | None = None
+    near_duplicate: float = 1.0
+    drop_refusals: bool = False
     num_perm: int = 64
     bands: int = 16
 
@@ -60,7 +62,7 @@ def length_status(text: str, rules: Hygiene) -> str | None:
     n = len(words(text))
     if n < rules.min_words:
         return "too_short"
-    if n > rules.max_words:
+    if rules.max_words is not None and n > rules.max_words:
         return "too_long"
     return None
 
@@ -103,36 +105,51 @@ class MinHashIndex:
         return index
 
 
-def screen(prompts: Sequence[str], existing: Sequence[str], rules: Hygiene) -> list[str | None]:
-    """A drop reason per prompt (``None`` = keep), in order: too_short, too_long, refusal,
-    duplicate (same normalised text as an existing or earlier prompt), near_duplicate."""
+def screen(prompts: Sequence[str], existing: Sequence[str], rules: Hygiene,
+           chains: Sequence[str] | None = None, existing_chains: Sequence[str] | None = None) -> list[str | None]:
+    """A drop reason per prompt (``None`` = keep), in order: too_short, too_long, refusal (when
+    asked), duplicate (same normalised text as an existing or earlier prompt), near_duplicate.
+
+    ``chains`` names each prompt's chain (its seed's id) and ``existing_chains`` each existing
+    prompt's own id: a near duplicate of a prompt of the same chain (its seed, an earlier step)
+    is kept — an evolution is meant to resemble what it evolved from.
+    """
+    chains = list(chains) if chains is not None else [str(i) for i in range(len(prompts))]
+    existing_chains = list(existing_chains) if existing_chains is not None else [None] * len(existing)
     index = MinHashIndex(rules.near_duplicate, rules.num_perm, rules.bands) if rules.near_duplicate < 1 else None
+    owners: list[str | None] = []  # the chain of every prompt in the index
     seen = set()
-    for text in existing:
+    for text, chain in zip(existing, existing_chains):
         seen.add(" ".join(words(text)))
         if index is not None:
             index.add(shingles(text))
+            owners.append(chain)
     reasons: list[str | None] = []
-    for text in prompts:
-        reason = length_status(text, rules) or ("refusal" if is_refusal(text) else None)
+    for text, chain in zip(prompts, chains):
+        reason = length_status(text, rules)
+        if reason is None and rules.drop_refusals and is_refusal(text):
+            reason = "refusal"
         key = " ".join(words(text))
         if reason is None and key in seen:
             reason = "duplicate"
         grams = shingles(text)
-        if reason is None and index is not None and index.query(grams):
+        if reason is None and index is not None and any(owners[j] != chain for j in index.query(grams)):
             reason = "near_duplicate"
         if reason is None:
             seen.add(key)
             if index is not None:
                 index.add(grams)
+                owners.append(chain)
         reasons.append(reason)
     return reasons
 
 
-def apply(evolved: list, existing: Sequence[str], rules: Hygiene) -> list:
-    """Set the status of every still-``kept`` evolved prompt to its drop reason, if any."""
+def apply(evolved: list, existing: Sequence[str], rules: Hygiene, existing_ids: Sequence[str] | None = None) -> list:
+    """Set the status of every still-``kept`` evolved prompt to its drop reason, if any (chains are
+    the evolved prompts' ``parent_id``; ``existing_ids`` the existing prompts' ids)."""
     kept = [e for e in evolved if e.status == "kept"]
-    for e, reason in zip(kept, screen([e.prompt for e in kept], existing, rules)):
+    reasons = screen([e.prompt for e in kept], existing, rules, [e.parent_id for e in kept], existing_ids)
+    for e, reason in zip(kept, reasons):
         if reason is not None:
             e.status = reason
     return evolved

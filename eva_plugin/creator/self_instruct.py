@@ -74,18 +74,20 @@ class SelfInstruct:
 
     def evolve(self, seeds: Sequence[dict], generate: Generate, rng: np.random.Generator) -> list[EvolvedPrompt]:
         k = self.candidates
+        frame = self.instruction("")
         outputs = generate([self.instruction(s["prompt"], s.get("feedback")) for s in seeds for _ in range(k)])
         results: list[EvolvedPrompt] = []
         for i, seed in enumerate(seeds):
             tries = outputs[i * k : (i + 1) * k]
             # the candidate with the most usable queries wins
-            scored = [(sum(evolved_status(q) == "kept" for q in split_queries(raw)), j) for j, raw in enumerate(tries)]
+            scored = [(sum(evolved_status(q, frame) == "kept" for q in split_queries(raw)), j)
+                      for j, raw in enumerate(tries)]
             raw = tries[max(scored)[1]]
             queries = split_queries(raw)[: self.num_evolutions]
             cut = isinstance(raw, Truncated)
             for step, query in enumerate(queries, start=1):
                 last_and_cut = cut and step == len(queries)  # only the final line can be cut off
-                status = "truncated" if last_and_cut else evolved_status(query)
+                status = "truncated" if last_and_cut else evolved_status(query, frame)
                 results.append(EvolvedPrompt(query, seed["prompt_id"], "SELF_INSTRUCT", step, status, raw or ""))
             if not queries:
                 results.append(EvolvedPrompt("", seed["prompt_id"], "SELF_INSTRUCT", 1,

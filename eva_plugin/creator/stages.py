@@ -19,7 +19,7 @@ from eva_plugin.creator import hygiene
 from eva_plugin.creator.evolvers import STATUSES, Truncated
 from eva_plugin.creator.proxies import weights as proxy_weights
 from eva_plugin.generation.completions import Completions
-from eva_plugin.prompt_sets import previous_prompts, previous_prompts_id
+from eva_plugin.prompt_sets import creator_input, creator_input_id
 from eva_plugin.runtime import SHARED
 
 
@@ -33,10 +33,10 @@ class CreatorSamples(Stage):
     name, mode = "creator_samples", SHARED
 
     def config(self, it: Iteration) -> dict:
-        return {"prompts": previous_prompts_id(it), "n": it.eva.num_samples, **_sampling(it)}
+        return {"prompts": creator_input_id(it), "n": it.eva.num_samples, **_sampling(it)}
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
-        prev = previous_prompts(it)
+        prev = creator_input(it)
         texts, tokens = it.sample(list(prev["prompt"]), it.eva.num_samples, self.name)
         return StageResult(prev.add_column("responses", texts),
                            {"tokens_generated": tokens, "generations": len(prev) * it.eva.num_samples})
@@ -104,6 +104,7 @@ class Evolved(Stage):
                   "drop_truncated": eva.evolver_drop_truncated, "candidates": eva.evolver_candidates,
                   "feedback": eva.evolver_feedback, "min_words": eva.evolved_min_words,
                   "max_words": eva.evolved_max_words, "near_duplicate": eva.near_duplicate_threshold,
+                  "drop_refusals": eva.evolved_drop_refusals,
                   "llm": eva.evolver_model or it.run.policy_id(it.t),
                   "evolver_generation": as_dict(eva.evolver_generation),
                   "policy_generation": as_dict(eva.generation) if eva.evolver_model is None else None}
@@ -125,8 +126,11 @@ class Evolved(Stage):
                     for text, ok in zip(texts, done)]
 
         evolved = evolver.evolve(evolver_seeds(it), generate, it.rng(self.name))
-        rules = hygiene.Hygiene(eva.evolved_min_words, eva.evolved_max_words, eva.near_duplicate_threshold)
-        evolved = hygiene.apply(evolved, list(previous_prompts(it)["prompt"]), rules)
+        rules = hygiene.Hygiene(eva.evolved_min_words, eva.evolved_max_words, eva.near_duplicate_threshold,
+                                eva.evolved_drop_refusals)
+        if eva.evolver != "none":  # "none" hands the selected prompts on as they are: no new text to screen
+            source = creator_input(it)
+            evolved = hygiene.apply(evolved, list(source["prompt"]), rules, list(source["prompt_id"]))
         status = {s: sum(e.status == s for e in evolved) for s in STATUSES}
         return StageResult(Dataset.from_list([e.as_row() for e in evolved]), {**complete.stats(), **status})
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -19,41 +20,58 @@ from eva_plugin.context import Iteration, Stage, as_dict
 from eva_plugin.creator.mixing import plan_mix
 from eva_plugin.data import prompt_id
 from eva_plugin.generation.completions import Completions
-from eva_plugin.prompt_sets import previous_prompts, seed_slice
+from eva_plugin.prompt_sets import buffer_source, creator_input, seed_split, split_index
 from eva_plugin.runtime import EVERY, SHARED
 from eva_plugin.solver.pairs import build_pairs
 from eva_plugin.solver.rewriter import rewrite_pairs
 
+logger = logging.getLogger(__name__)
+
 
 class Prompts(Stage):
-    """X_t: ``evolved_fraction`` evolved prompts + the rest from the buffer (EVA), or the next slice
-    of the seed pool (``creator: none``)."""
+    """X_t: ``evolved_fraction`` evolved prompts + the rest from the buffer (EVA rounds), or the next
+    split of the seed pool (``creator: none`` and warm-up rounds)."""
 
     name = "prompts"
 
     def config(self, it: Iteration) -> dict:
-        if it.run.creator != "eva":
-            return {"pool": it.run.upstream(0, "prompts"), "size": it.eva.prompts_per_iteration}
-        return {**it.upstream("evolved"), "fraction": it.eva.evolved_fraction, "seed": it.run.seed}
+        eva = it.eva
+        if not it.creator_on:
+            return {"pool": it.run.upstream(0, "prompts"), "size": eva.prompts_per_iteration,
+                    "split": split_index(it.run, it.t), "reuse_pool": eva.reuse_pool}
+        config = {**it.upstream("evolved"), "fraction": eva.evolved_fraction, "seed": it.run.seed}
+        if eva.buffer != "previous" or eva.creator_input != "previous":  # fingerprints of older runs hold
+            config.update(buffer=eva.buffer, creator_input=eva.creator_input,
+                          buffer_split=split_index(it.run, it.t))
+        return config
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
-        ds, shortfall = (seed_slice(it), 0) if it.run.creator != "eva" else mix_evolved(it)
+        if not it.creator_on:
+            ds, stats = seed_split(it, split_index(it.run, it.t)), {"evolved_shortfall": 0}
+        else:
+            ds, stats = mix_evolved(it)
         origin = list(ds["origin"])
-        origins = {o: origin.count(o) for o in sorted(set(origin))}
-        return StageResult(ds, {"origins": origins, "evolved_shortfall": shortfall})
+        return StageResult(ds, {"origins": {o: origin.count(o) for o in sorted(set(origin))}, **stats})
 
 
-def mix_evolved(it: Iteration) -> tuple[Dataset, int]:
-    """Kept evolved prompts mixed with a buffer of X_{t-1}; how many evolved prompts were missing."""
-    prev = previous_prompts(it)
+def mix_evolved(it: Iteration) -> tuple[Dataset, dict]:
+    """Kept evolved prompts mixed with the buffer, as many prompts as the creator's input had; a
+    shortfall of evolved prompts is filled from the buffer and said once."""
+    size, buffer = len(creator_input(it)), buffer_source(it)
     evolved = it.load("evolved")
     evolved = evolved.select([i for i, s in enumerate(evolved["status"]) if s == "kept"])
-    plan = plan_mix(len(evolved), len(prev), len(prev), it.eva.evolved_fraction, it.rng("prompts"))
+    plan = plan_mix(len(evolved), len(buffer), size, it.eva.evolved_fraction, it.rng("prompts"))
+    if plan.shortfall:
+        wanted = len(plan.evolved) + plan.shortfall
+        logger.warning("iteration %d: %d evolved prompts survived, the mix wants %d (evolved_fraction %.2f of "
+                       "%d); %d buffer prompts fill the gap", it.t, len(evolved), wanted,
+                       it.eva.evolved_fraction, size, plan.shortfall)
     rows = [{"prompt_id": prompt_id(e["prompt"]), "prompt": e["prompt"], "origin": "evolved",
              "parent_id": e["parent_id"]} for e in evolved.select(plan.evolved)]
     rows += [{"prompt_id": b["prompt_id"], "prompt": b["prompt"], "origin": "buffer", "parent_id": ""}
-             for b in prev.select(plan.buffer)]
-    return Dataset.from_list(rows), plan.shortfall
+             for b in buffer.select(plan.buffer)]
+    return Dataset.from_list(rows), {"evolved_shortfall": plan.shortfall, "evolved_available": len(evolved),
+                                     "buffer": it.eva.buffer}
 
 
 class SolverSamples(Stage):
@@ -88,7 +106,7 @@ class SolverSamples(Stage):
 def reusable_samples(it: Iteration) -> dict[str, dict]:
     """Creator samples that can stand in for solver samples (same policy and sampling, enough of them)."""
     eva = it.eva
-    if it.run.creator != "eva" or not eva.reuse_creator_samples or eva.num_samples < eva.solver_samples:
+    if not it.creator_on or not eva.reuse_creator_samples or eva.num_samples < eva.solver_samples:
         return {}
     if not (it.run.store.path(it.t, "creator_rewards") / "data").exists():
         return {}
@@ -121,10 +139,10 @@ class Pairs(Stage):
     name = "pairs"
 
     def config(self, it: Iteration) -> dict:
-        return it.upstream("solver_rewards")
+        return {**it.upstream("solver_rewards"), **({"pairwise": True} if it.eva.reward_type == "pairwise" else {})}
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
-        rows, stats = build_pairs(it.load("solver_rewards"))
+        rows, stats = build_pairs(it.load("solver_rewards"), pairwise=it.eva.reward_type == "pairwise")
         if not rows:
             raise RuntimeError(f"iteration {it.t}: every prompt gave a tie or identical responses; no pairs "
                                "to train on (raise eva.solver_samples or the sampling temperature)")
