@@ -132,9 +132,10 @@ class StageStore:
                 "fingerprint": fp,
                 "config": config,
                 "rows": len(result.data) if result.data is not None else None,
-                "seconds": round(time.perf_counter() - started, 3),
+                "seconds": round(seconds := time.perf_counter() - started, 3),
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 **result.stats,
+                **rates(result.stats, seconds),
             }
             write_json_atomic(tmp / MANIFEST, manifest)
             publish_dir(tmp, final)
@@ -145,6 +146,18 @@ class StageStore:
         log(f"[iter {iteration}] {stage}: {result.note or f'{rows} rows'} in {manifest['seconds']:.1f}s")
         data = self.load(iteration, stage) if result.data is not None else None
         return data, manifest
+
+
+#: Throughput in a manifest: rate name → the counter it divides by the stage's seconds.
+RATES = {"tokens_per_second": "tokens_generated", "responses_per_second": "scored"}
+
+
+def rates(stats: dict[str, Any], seconds: float) -> dict[str, float]:
+    """Tokens generated / responses scored per second, for the stages that count them."""
+    if seconds <= 0:
+        return {}
+    return {rate: round(stats[counter] / seconds, 1) for rate, counter in RATES.items()
+            if isinstance(stats.get(counter), int | float) and stats[counter] > 0}
 
 
 def _changed_keys(old: dict, new: dict) -> str:

@@ -16,6 +16,7 @@ written in a temporary folder and renamed into place. With several processes:
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,7 +89,13 @@ class StageRuntime:
 
         def run(tmp: Path) -> StageResult:
             self.shards.reset_counts()
+            cuda = _cuda()
+            if cuda is not None:
+                cuda.reset_peak_memory_stats()
             result = work(tmp)
+            cuda = _cuda()  # the stage may have been the first to use the GPU
+            if cuda is not None:  # this process's peak while the stage ran
+                result.stats["max_memory_allocated"] = cuda.max_memory_allocated()
             if mode == SHARED:
                 result.stats["items_per_process"] = list(self.shards.items)
             if finished is not None:
@@ -187,6 +194,14 @@ class StageRuntime:
                 "stages": {name: {k: v for k, v in m.items() if k != "config"}
                            for name, m in report.manifests.items() if m},
             })
+
+
+def _cuda():
+    """``torch.cuda`` when the run uses a CUDA device (torch is loaded by then), else None."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return None
+    return torch.cuda
 
 
 def _failure(err: BaseException) -> tuple[str, str]:

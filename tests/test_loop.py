@@ -43,6 +43,12 @@ def test_two_eva_iterations_write_every_artifact(write_recipe, tmp_path, prompts
                 assert len(data(out, t, stage)) == m["rows"]
         scored = data(out, t, "creator_rewards")
         assert len(scored) == n_seed and all(len(r) == 4 for r in scored["rewards"])
+        # throughput: tokens/s of the sampling stages, responses/s of the scoring stages
+        sampled = manifest(out, t, "creator_samples")
+        assert sampled["tokens_per_second"] == pytest.approx(sampled["tokens_generated"] / sampled["seconds"],
+                                                             rel=0.05, abs=0.2)
+        assert manifest(out, t, "creator_rewards")["scored"] == n_seed * 4
+        assert manifest(out, t, "creator_rewards")["responses_per_second"] > 0
         scores = data(out, t, "scores")
         assert sum(scores["weight"]) == pytest.approx(1.0)
         assert len(data(out, t, "selected")) == round(n_seed * 0.25)

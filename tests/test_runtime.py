@@ -114,3 +114,11 @@ def test_a_failing_stage_leaves_no_artifact(tmp_path):
         rt.run(1, "evolved", {}, broken, SHARED)
     folder = tmp_path / "out" / "iter_1"
     assert not (folder / "evolved").exists() and not list(folder.glob(".evolved.tmp-*"))
+
+
+def test_rates_divide_the_counters_by_the_seconds():
+    from eva_plugin.artifacts import rates
+
+    assert rates({"tokens_generated": 500, "scored": 40}, 2.0) == {"tokens_per_second": 250.0,
+                                                                   "responses_per_second": 20.0}
+    assert rates({"tokens_generated": 0, "rows": 3}, 2.0) == {} and rates({"scored": 4}, 0.0) == {}

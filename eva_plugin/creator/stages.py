@@ -52,8 +52,9 @@ class CreatorRewards(Stage):
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         sampled = it.load("creator_samples")
-        scores = it.score(list(sampled["prompt"]), list(sampled["responses"]))
-        return StageResult(sampled.add_column("rewards", scores))
+        responses = list(sampled["responses"])
+        scores = it.score(list(sampled["prompt"]), responses)
+        return StageResult(sampled.add_column("rewards", scores), {"scored": sum(map(len, responses))})
 
 
 class Scores(Stage):
