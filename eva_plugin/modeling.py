@@ -9,19 +9,52 @@ from pathlib import Path
 import torch
 
 
-def torch_dtype(name: str | None):
-    """``"bfloat16"`` → ``torch.bfloat16``; ``None``/``"auto"`` pass through; bf16 falls back on CPU."""
+def torch_dtype(name: str | None, device: str | None = None):
+    """``"bfloat16"`` → ``torch.bfloat16``; ``None``/``"auto"`` pass through; bf16/fp16 fall back to
+    float32 when the model runs on CPU (``device``, else this process's device, see ``pick_device``)."""
     if name in (None, "auto"):
         return name
     dtype = getattr(torch, name) if isinstance(name, str) else name
-    if dtype in (torch.bfloat16, torch.float16) and not torch.cuda.is_available():
+    if dtype in (torch.bfloat16, torch.float16) and torch.device(pick_device(device)).type == "cpu":
         return torch.float32
     return dtype
 
 
-def pick_device(device: str | None) -> str:
-    """``device`` if given, else CUDA when available, else CPU."""
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+def use_cpu_requested() -> bool:
+    """Whether this process was told to run on CPU (``accelerate launch --cpu`` sets
+    ``ACCELERATE_USE_CPU``; so does ``use_cpu`` in an accelerate config)."""
+    from accelerate.utils import parse_flag_from_env
+
+    return parse_flag_from_env("ACCELERATE_USE_CPU")
+
+
+def process_state(use_cpu: bool = False):
+    """This process's accelerate ``PartialState``, created on CPU when ``use_cpu`` or the
+    environment asks for it (a bare ``PartialState()`` ignores ``ACCELERATE_USE_CPU`` and picks
+    CUDA whenever there is a GPU, unlike the trainer's ``Accelerator``)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=bool(use_cpu) or use_cpu_requested())
+
+
+def pick_device(device: str | None = None) -> str:
+    """The one device rule for every model the loop loads.
+
+    ``device`` if given; else CPU when the process was told to run on CPU (``ACCELERATE_USE_CPU``);
+    else the device of this process's accelerate state when one exists (``cuda:<local rank>`` under
+    a multi-GPU launch); else CUDA when available, else CPU. Never creates an accelerate state.
+    Tensors fed to a model are created on (or moved to) ``model.device``.
+    """
+    if device is not None:
+        return str(device)
+    if use_cpu_requested():
+        return "cpu"
+    from accelerate import PartialState
+
+    state = PartialState._shared_state.get("device")
+    if state is not None:
+        return str(state)
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def model_kwargs(model_args, path: str | None = None) -> dict:
@@ -56,11 +89,9 @@ def loading_options(**options) -> dict:
 
 def kbit_device_map() -> dict | None:
     """The whole quantized model on this process's GPU (the Handbook's ``get_kbit_device_map``)."""
-    if not torch.cuda.is_available():
+    if not torch.cuda.is_available() or use_cpu_requested():
         return None
-    from accelerate import PartialState
-
-    return {"": PartialState().local_process_index}
+    return {"": process_state().local_process_index}
 
 
 def quantized(kwargs: dict | None) -> bool:
@@ -78,13 +109,15 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | N
     return tok
 
 
-def load_causal_lm(path: str, dtype: str | None = None, trust_remote_code: bool = False, **kwargs):
+def load_causal_lm(path: str, dtype: str | None = None, trust_remote_code: bool = False,
+                   device: str | None = None, **kwargs):
     """``AutoModelForCausalLM.from_pretrained``; ``kwargs`` are ``model_kwargs(model_args, path)``
-    (revision, attention implementation, quantization)."""
+    (revision, attention implementation, quantization). ``device`` (default: ``pick_device()``)
+    only decides whether bf16/fp16 fall back to float32 on CPU; the caller places the model."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs
+        path, dtype=torch_dtype(dtype, device), trust_remote_code=trust_remote_code, **kwargs
     )
 
 

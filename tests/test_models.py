@@ -223,3 +223,128 @@ def test_sampling_and_reward_models_load_whole_under_a_zero3_training_config(mod
         assert hf_deepspeed.is_deepspeed_zero3_enabled()  # the trainer's config is back
     finally:
         hf_deepspeed.unset_hf_deepspeed_config()
+
+
+# --- one device rule: every model on the process's device, every input on model.device ---------
+
+def _no_accelerate_state(monkeypatch):
+    from accelerate import PartialState
+
+    monkeypatch.setattr(PartialState, "_shared_state", {})
+
+
+def test_pick_device_follows_accelerate_cpu_even_with_a_gpu(monkeypatch):
+    from eva_plugin.modeling import pick_device, torch_dtype
+
+    _no_accelerate_state(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    assert pick_device(None) == "cuda"  # no state, no request: the GPU
+    assert torch_dtype("bfloat16") is torch.bfloat16
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # accelerate launch --cpu
+    assert pick_device(None) == "cpu"
+    assert pick_device("cuda:1") == "cuda:1"  # an explicit device wins
+    assert torch_dtype("bfloat16") is torch.float32  # no bf16 for a CPU run
+    assert torch_dtype("bfloat16", "cuda") is torch.bfloat16
+
+
+def test_pick_device_asks_the_existing_accelerate_state(monkeypatch):
+    from accelerate import PartialState
+
+    from eva_plugin.modeling import pick_device
+
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(PartialState, "_shared_state", {"device": torch.device("cpu")})
+    assert pick_device() == "cpu"  # a state created with cpu=True, on a GPU machine
+    monkeypatch.setattr(PartialState, "_shared_state", {"device": torch.device("cuda", 1)})
+    assert pick_device() == "cuda:1"  # rank 1 of a multi-GPU launch, not cuda:0
+
+
+def test_process_state_honours_accelerate_use_cpu(monkeypatch):
+    from eva_plugin.modeling import process_state
+
+    _no_accelerate_state(monkeypatch)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    state = process_state()
+    assert state.device.type == "cpu" and state._cpu
+
+
+def test_run_passes_the_state_device_to_every_factory():
+    from types import SimpleNamespace
+
+    from eva_plugin.context import Run
+
+    run = SimpleNamespace(runtime=SimpleNamespace(state=SimpleNamespace(device=torch.device("cpu"))))
+    for kind, name in [("backends", "transformers"), ("reward_models", "sequence_classification"),
+                       ("reward_models", "embedding"), ("reward_models", "pairwise")]:
+        assert Run.device_options(run, plugins.get(kind, name), {})["device"] == "cpu", name
+
+
+def _spy_inputs(model, seen: list):
+    """Assert, on every forward, that each tensor argument lies on the model's device."""
+    def hook(module, args, kwargs):
+        device = next(module.parameters()).device
+        for value in [*args, *kwargs.values()]:
+            if isinstance(value, torch.Tensor):
+                assert value.device == device, (value.device, device)
+                seen.append(value.device)
+
+    return model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+@pytest.fixture
+def cpu_launch_on_a_gpu_machine(monkeypatch):
+    """``accelerate launch --cpu`` on a machine that reports a GPU: a model or tensor that
+    defaulted to CUDA would fail here (this torch has no CUDA)."""
+    _no_accelerate_state(monkeypatch)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def test_every_model_kind_runs_on_the_process_device_with_inputs_on_model_device(models, cpu_launch_on_a_gpu_machine):
+    from eva_plugin.rewards.pairwise import PairwisePreferenceReward
+
+    backend = TransformersBackend(str(models["policy"]), batch_size=2)
+    rewards = [SequenceClassificationReward(str(models["reward"]), batch_size=2, dtype="bfloat16"),
+               EmbeddingSimilarityReward(str(models["encoder"])),
+               PairwisePreferenceReward(str(models["policy"]), dtype="bfloat16")]
+    for m in [backend, *rewards]:
+        assert m.model.device.type == "cpu"
+        assert next(m.model.parameters()).dtype is torch.float32  # bf16 falls back on a CPU run
+    seen: list = []
+    hooks = [_spy_inputs(m.model, seen) for m in [backend, *rewards]]
+    try:
+        backend.generate(CONVS[:2], 2, SamplingParams(temperature=1.0, max_new_tokens=3, seed=1))
+        for rm in rewards:
+            rm.score(CONVS[:2], [["a poem", "the sea"], ["x = 4", "x"]])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert seen and all(d.type == "cpu" for d in seen)
+
+
+def test_reward_models_create_their_tensors_on_model_device(models, monkeypatch):
+    """Every ``torch.tensor`` a reward module builds (input ids, masks, label indices) names the
+    model's device."""
+    import sys
+
+    from eva_plugin.rewards import pairwise, sequence_classification
+    from eva_plugin.rewards.pairwise import PairwisePreferenceReward
+
+    made: list = []
+    real = torch.tensor
+
+    def spy(*args, **kwargs):
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith("eva_plugin.rewards"):
+            made.append((caller, kwargs.get("device")))
+        return real(*args, **kwargs)
+
+    rms = [SequenceClassificationReward(str(models["reward"])), PairwisePreferenceReward(str(models["policy"]))]
+    monkeypatch.setattr(torch, "tensor", spy)
+    for rm in rms:
+        rm.score(CONVS[:1], [["a", "b"]])
+    assert {c for c, _ in made} == {sequence_classification.__name__, pairwise.__name__}
+    assert all(d is not None and torch.device(d) == torch.device("cpu") for _, d in made), made

@@ -31,9 +31,9 @@ def test_two_responses_match_a_direct_forward(models):
 
     def p_first(x, y):
         text = rm.render("say hi", x, y)
-        ids = rm.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+        ids = rm.tokenizer(text, return_tensors="pt", add_special_tokens=False).to(rm.model.device)
         with torch.no_grad():
-            logits = rm.model(**ids).logits[0, -1, rm.label_ids]
+            logits = rm.model(**ids).logits[0, -1, torch.tensor(rm.label_ids, device=rm.model.device)]
         return torch.softmax(logits.float(), -1)[0].item()
 
     expected = (p_first(a, b) + 1 - p_first(b, a)) / 2

@@ -11,7 +11,7 @@ import re
 import torch
 
 from eva_plugin.generation import Conversation, last_user_turn
-from eva_plugin.modeling import load_tokenizer, pick_device, release, whole_weights
+from eva_plugin.modeling import load_tokenizer, pick_device, release, torch_dtype, whole_weights
 
 
 def _trigrams(words: list[str]) -> set[tuple[str, ...]]:
@@ -50,6 +50,7 @@ class EmbeddingSimilarityReward:
         max_length: int = 256,
         trust_remote_code: bool = False,
         device: str | None = None,
+        dtype: str | None = None,
         guard: bool = True,
         min_words: int = 3,
         max_echo: float = 0.6,
@@ -65,8 +66,10 @@ class EmbeddingSimilarityReward:
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "right"
         with whole_weights():
-            self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code)
+            self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                                   dtype=torch_dtype(dtype, self.device))
         self.model.to(self.device).eval()
+        self.device = str(self.model.device)
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
@@ -79,18 +82,18 @@ class EmbeddingSimilarityReward:
                 padding=True,
                 truncation=True,
                 max_length=self.max_length,
-            ).to(self.device)
+            ).to(self.model.device)
             hidden = self.model(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             rows.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(rows) if rows else torch.zeros(0)
+        return torch.cat(rows) if rows else torch.zeros(0, device=self.model.device)
 
     def score(self, conversations: list[Conversation], responses: list[list[str]]) -> list[list[float]]:
         prompts = [last_user_turn(c) for c in conversations]
         p = self.embed(prompts)
         flat = [r for rs in responses for r in rs]
-        r = self.embed(flat) if flat else torch.zeros(0, p.shape[-1])
+        r = self.embed(flat) if flat else torch.zeros(0, p.shape[-1], device=p.device)
         result: list[list[float]] = []
         pos = 0
         for i, rs in enumerate(responses):

@@ -49,9 +49,10 @@ class PairwisePreferenceReward:
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code, revision=revision)
         self.tokenizer.padding_side = "left"
         with whole_weights():
-            self.model = load_causal_lm(path, dtype=dtype, trust_remote_code=trust_remote_code,
+            self.model = load_causal_lm(path, dtype=dtype, device=self.device, trust_remote_code=trust_remote_code,
                                         **loading_options(revision=revision, attn_implementation=attn_implementation))
         self.model.to(self.device).eval()
+        self.device = str(self.model.device)
         ids = [self.tokenizer.encode(label, add_special_tokens=False) for label in labels]
         if any(len(i) != 1 for i in ids):
             raise ValueError(f"labels {labels} must be single tokens for this tokenizer")
@@ -72,8 +73,10 @@ class PairwisePreferenceReward:
         out = [0.0] * len(texts)
         for batch in length_batches(lengths, self.batch_size, self.max_batch_tokens):
             enc = self.tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
-                                 add_special_tokens=False).to(self.device)
-            logits = self.model(**enc).logits[:, -1, self.label_ids].float()
+                                 add_special_tokens=False).to(self.model.device)
+            logits = self.model(**enc).logits[:, -1]
+            labels = torch.tensor(self.label_ids, device=logits.device)
+            logits = logits.index_select(-1, labels).float()
             for i, p in zip(batch, torch.softmax(logits, -1)[:, 0].tolist()):
                 out[i] = p
         return out

@@ -40,7 +40,7 @@ class SequenceClassificationReward:
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code, revision=revision)
         with whole_weights():
             self.model = AutoModelForSequenceClassification.from_pretrained(
-                path, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code,
+                path, dtype=torch_dtype(dtype, self.device), trust_remote_code=trust_remote_code,
                 **loading_options(revision=revision, attn_implementation=attn_implementation),
             )
         # The head reads the last token that is not the model's pad id. A checkpoint without a
@@ -48,6 +48,7 @@ class SequenceClassificationReward:
         # gets, per batch, a pad id that occurs in none of the batch's sequences.
         self.pad_id = self.model.config.pad_token_id
         self.model.to(self.device).eval()
+        self.device = str(self.model.device)
 
     def render(self, conversation: Conversation, response: str) -> str:
         messages = [*conversation, {"role": "assistant", "content": response}]
@@ -78,8 +79,9 @@ class SequenceClassificationReward:
         pad = self.pad_id if self.pad_id is not None else _unused_id(ids, self.model.config.vocab_size)
         self.model.config.pad_token_id = pad
         width = max(len(x) for x in ids)
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
+        device = self.model.device
+        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=device)
         out = self.model(input_ids=input_ids, attention_mask=mask)
         score = getattr(out, "score", None)
         if score is None:

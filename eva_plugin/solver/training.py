@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 
-from eva_plugin.modeling import load_causal_lm, load_tokenizer, model_kwargs, quantized, release
+from eva_plugin.modeling import load_causal_lm, load_tokenizer, model_kwargs, pick_device, quantized, release
 from eva_plugin.solver.losses import loss_knobs, pair_columns, round_config, spec, trainer_class, trainer_kwargs
 
 logger = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ def round_arguments(training, output_dir: Path):
     args.do_eval = False
     args.load_best_model_at_end = False
     args.resume_from_checkpoint = None
-    if not torch.cuda.is_available():
+    if torch.device(pick_device()).type == "cpu":
         args.dataloader_pin_memory = False  # nothing to pin for
     return args
 
