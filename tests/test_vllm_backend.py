@@ -1,15 +1,18 @@
 """The vLLM backend against a stand-in ``vllm`` module (vLLM needs a GPU; none here).
 
-The stand-in mimics the slice of vLLM's offline API the backend uses — ``LLM(...)``,
-``SamplingParams(n, temperature, top_p, max_tokens, seed)``, ``LLM.generate(prompts,
-params, use_tqdm)`` (one ``SamplingParams`` for all prompts or a list, one per prompt)
-returning ``RequestOutput``s in input order whose ``outputs`` are
-``CompletionOutput``s with ``text``, ``token_ids`` and ``finish_reason`` — and records
-every call. What it cannot show: real vLLM sampling, tensor parallelism, memory release.
+The stand-in mimics the slice of vLLM's (0.22–0.31) offline API the backend uses and its
+lifecycle: ``LLM(**engine_args)`` (one per process; sleep mode on), ``LLM.generate(prompts,
+params, use_tqdm)`` taking ``{"prompt_token_ids": [...]}`` prompts and refusing one longer
+than ``max_model_len`` (as vLLM does, for the whole batch), ``sleep(level)``,
+``wake_up(tags)`` (weights, then KV cache), ``collective_rpc(method, kwargs=…)`` with the
+worker's ``reload_weights(weights_path, is_checkpoint_format)``, ``reset_prefix_cache()``,
+``llm_engine.model_config.max_model_len`` — and records every call. What it cannot show:
+real vLLM sampling, tensor parallelism, memory release, weights really reloaded.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import types
 from dataclasses import dataclass, field
@@ -18,7 +21,11 @@ import pytest
 
 from eva_plugin import plugins
 from eva_plugin.generation import SamplingParams
+from eva_plugin.generation import vllm_backend as vb
 from eva_plugin.generation.seeding import prompt_seeds
+
+CONVS = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "name a prime"}]]
+PARAMS = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=32, seed=5)
 
 
 @dataclass
@@ -31,13 +38,13 @@ class CompletionOutput:
 
 @dataclass
 class RequestOutput:
-    prompt: str
+    prompt_token_ids: list[int]
     outputs: list[CompletionOutput] = field(default_factory=list)
 
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    calls: dict[str, list] = {"init": [], "generate": [], "destroyed": []}
+    calls: dict[str, list] = {"init": [], "generate": [], "lifecycle": [], "destroyed": []}
 
     class VSamplingParams:
         def __init__(self, n=1, temperature=1.0, top_p=1.0, max_tokens=16, seed=None):
@@ -46,15 +53,46 @@ def fake_vllm(monkeypatch):
     class LLM:
         def __init__(self, **kwargs):
             calls["init"].append(kwargs)
+            self.kwargs = kwargs
+            self.asleep = {"weights": False, "kv_cache": False}
+            self.weights = kwargs["model"]
+            self.llm_engine = types.SimpleNamespace(
+                model_config=types.SimpleNamespace(max_model_len=kwargs.get("max_model_len", 64)))
+
+        def sleep(self, level=1):
+            assert self.kwargs.get("enable_sleep_mode"), "sleep mode is not enabled"
+            calls["lifecycle"].append(("sleep", level))
+            self.asleep = {"weights": True, "kv_cache": True}
+            if level == 2:
+                self.weights = None  # discarded
+
+        def wake_up(self, tags=None):
+            calls["lifecycle"].append(("wake_up", tuple(tags or ("weights", "kv_cache"))))
+            for tag in tags or ("weights", "kv_cache"):
+                self.asleep[tag] = False
+
+        def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+            calls["lifecycle"].append(("collective_rpc", method, dict(kwargs or {})))
+            assert method == "reload_weights" and not self.asleep["weights"], "weights must be awake to load"
+            self.weights = kwargs["weights_path"]
+
+        def reset_prefix_cache(self):
+            calls["lifecycle"].append(("reset_prefix_cache",))
 
         def generate(self, prompts, sampling_params, use_tqdm=True):
-            calls["generate"].append((list(prompts), sampling_params))
+            assert not any(self.asleep.values()) and self.weights is not None, "generate on a sleeping engine"
+            calls["generate"].append((list(prompts), sampling_params, self.weights))
             per_prompt = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
             if len(per_prompt) != len(prompts):
                 raise ValueError("The lengths of prompts and sampling_params must be the same.")
-            return [RequestOutput(p, [CompletionOutput(k, f" answer {k} ", [1] * (k + 2),
-                                                       "length" if k == 1 else "stop")
-                                      for k in range(sp.n)]) for p, sp in zip(prompts, per_prompt)]
+            limit = self.llm_engine.model_config.max_model_len
+            for p in prompts:
+                if len(p["prompt_token_ids"]) > limit:  # vLLM aborts the whole call
+                    raise ValueError(f"The decoder prompt (length {len(p['prompt_token_ids'])}) is longer "
+                                     f"than the maximum model length of {limit}.")
+            return [RequestOutput(p["prompt_token_ids"],
+                                  [CompletionOutput(k, f" answer {k} ", [1] * (k + 2), "length" if k == 1 else "stop")
+                                   for k in range(sp.n)]) for p, sp in zip(prompts, per_prompt)]
 
     vllm = types.ModuleType("vllm")
     vllm.LLM, vllm.SamplingParams = LLM, VSamplingParams
@@ -64,28 +102,113 @@ def fake_vllm(monkeypatch):
     state.destroy_distributed_environment = lambda: calls["destroyed"].append("distributed")
     for name, module in {"vllm": vllm, "vllm.distributed": dist, "vllm.distributed.parallel_state": state}.items():
         monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(vb, "_ENGINES", {})
+    monkeypatch.setattr(vb, "_RETIRED", [])
     return calls
 
 
-def test_one_request_per_prompt_with_n_samples(fake_vllm, models):
+def test_one_request_per_prompt_with_n_samples_from_token_ids(fake_vllm, models):
     backend = plugins.get("backends", "vllm")(str(models["policy"]), dtype="bfloat16", tensor_parallel_size=4,
-                                              gpu_memory_utilization=0.7)
+                                              gpu_memory_utilization=0.7, batch_size=8, device="cuda:0")
     assert fake_vllm["init"] == [{"model": str(models["policy"]), "tensor_parallel_size": 4,
                                   "gpu_memory_utilization": 0.7, "trust_remote_code": False,
-                                  "enable_prefix_caching": True, "dtype": "bfloat16"}]
-    convs = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "name a prime"}]]
-    params = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=32, seed=5)
-    gens = backend.generate(convs, 3, params)
-    (prompts, sps), = fake_vllm["generate"]
-    assert prompts == ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
-                       "<|im_start|>user\nname a prime<|im_end|>\n<|im_start|>assistant\n"]  # the chat template
+                                  "enable_prefix_caching": True, "enable_sleep_mode": True, "dtype": "bfloat16"}]
+    gens = backend.generate(CONVS, 3, PARAMS)
+    (prompts, sps, _), = fake_vllm["generate"]
+    tok = backend.tokenizer
+    texts = ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n",
+             "<|im_start|>user\nname a prime<|im_end|>\n<|im_start|>assistant\n"]  # the chat template
+    assert [tok.decode(p["prompt_token_ids"]) for p in prompts] == texts
+    assert [p["prompt_token_ids"] for p in prompts] == [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     assert [(sp.n, sp.temperature, sp.top_p, sp.max_tokens) for sp in sps] == [(3, 0.7, 0.9, 32)] * 2
-    assert [sp.seed for sp in sps] == prompt_seeds(5, convs)  # seeded per prompt: the same on any rank
+    assert [sp.seed for sp in sps] == prompt_seeds(5, CONVS)  # seeded per prompt: the same on any rank
     assert sps[0].seed != sps[1].seed
     assert gens.texts == [["answer 0", "answer 1", "answer 2"]] * 2
     assert gens.finished == [[True, False, True]] * 2 and gens.num_tokens == 2 * (2 + 3 + 4)
+    assert gens.failed == gens.dropped_too_long == 0
+
+
+def test_a_template_that_writes_bos_gets_exactly_one(fake_vllm, models):
+    backend = plugins.get("backends", "vllm")(str(models["policy"]))
+    tok = backend.tokenizer
+    if tok.bos_token is None:
+        tok.add_special_tokens({"bos_token": "<|bos|>"})
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    ids = backend.prompt_ids(CONVS[0])
+    assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+    rendered = tok.apply_chat_template(CONVS[0], tokenize=False, add_generation_prompt=True)
+    assert ids == tok(rendered, add_special_tokens=False)["input_ids"]
+
+
+def test_every_option_reaches_the_engine(fake_vllm, models):
+    options = {"max_num_seqs": 64, "enforce_eager": True, "swap_space": 2, "kv_cache_dtype": "fp8",
+               "max_model_len": 512, "enable_prefix_caching": False}
+    plugins.get("backends", "vllm")(str(models["policy"]), batch_size=4, device="cuda:0", **options)
+    (init,) = fake_vllm["init"]
+    assert {k: init[k] for k in options} == options
+    assert "batch_size" not in init and "device" not in init  # the loop's, not vLLM's
+    assert init["enable_sleep_mode"] is True
+
+
+def test_one_engine_for_the_run_slept_at_close_and_reloaded_with_each_round(fake_vllm, models, tmp_path):
+    factory = plugins.get("backends", "vllm")
+    round1 = factory(str(models["policy"]), gpu_memory_utilization=0.5)
+    round1.generate(CONVS, 2, PARAMS)
+    round1.close()
+    assert fake_vllm["lifecycle"] == [("sleep", 2)]  # not destroyed: weights discarded, KV cache freed
+    assert fake_vllm["destroyed"] == []
+
+    checkpoint = str(shutil.copytree(models["policy"], tmp_path / "iter_1" / "policy"))  # the next round's
+    round2 = factory(checkpoint, gpu_memory_utilization=0.5)
+    assert len(fake_vllm["init"]) == 1 and round2.llm is round1.llm  # built once
+    assert fake_vllm["lifecycle"][1:] == [
+        ("wake_up", ("weights",)),
+        ("collective_rpc", "reload_weights", {"weights_path": checkpoint, "is_checkpoint_format": True}),
+        ("wake_up", ("kv_cache",)),
+        ("reset_prefix_cache",),
+    ]
+    round2.generate(CONVS, 2, PARAMS)
+    assert [weights for _, _, weights in fake_vllm["generate"]] == [str(models["policy"]), checkpoint]
+    round2.close()
+    assert fake_vllm["lifecycle"][-1] == ("sleep", 2)
+
+    factory(str(models["policy"]), gpu_memory_utilization=0.3)  # other engine settings: another engine
+    assert len(fake_vllm["init"]) == 2
+
+
+def test_over_long_prompts_are_dropped_and_counted_before_the_engine(fake_vllm, models):
+    backend = plugins.get("backends", "vllm")(str(models["policy"]), max_model_len=40)
+    long = [{"role": "user", "content": " ".join(["word"] * 200)}]
+    assert len(backend.prompt_ids(long)) > 39
+    gens = backend.generate([CONVS[0], long, CONVS[1]], 2, PARAMS)
+    (prompts, sps, _), = fake_vllm["generate"]
+    assert len(prompts) == 2 and all(len(p["prompt_token_ids"]) <= 39 for p in prompts)
+    assert [sp.seed for sp in sps] == [prompt_seeds(5, [CONVS[0], long, CONVS[1]])[i] for i in (0, 2)]
+    assert gens.texts == [["answer 0", "answer 1"], ["", ""], ["answer 0", "answer 1"]]
+    assert gens.finished[1] == [True, True]
+    assert gens.dropped_too_long == 1 and gens.failed == 2
+    every = backend.generate([long], 2, PARAMS)  # nothing left to send: the engine is not called
+    assert len(fake_vllm["generate"]) == 1 and every.texts == [["", ""]] and every.dropped_too_long == 1
+
+
+@pytest.mark.parametrize("world", [1, 4])
+def test_shutdown_leaves_the_default_process_group_alone(fake_vllm, models, monkeypatch, world):
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda: world)
+    destroyed = []
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: destroyed.append(a))
+    backend = plugins.get("backends", "vllm")(str(models["policy"]), tensor_parallel_size=2 if world > 1 else 1)
     backend.close()
-    assert fake_vllm["destroyed"] == ["model_parallel", "distributed"]
+    vb.shutdown_engines()
+    assert fake_vllm["destroyed"] == ["model_parallel"]  # vLLM's own groups only
+    assert destroyed == [] and not vb._ENGINES
+    assert fake_vllm["lifecycle"] == [("sleep", 2)]  # already asleep: not slept twice
+    kept = list(vb._RETIRED)
+    assert kept == ([backend.llm] if world > 1 else [])  # under external_launcher kept until exit
+    vb.shutdown_engines()  # a second call (or none built) is a no-op
+    assert fake_vllm["destroyed"] == ["model_parallel"]
 
 
 def test_under_several_processes_each_rank_group_is_one_external_launcher_engine(fake_vllm, models, monkeypatch):
@@ -96,9 +219,10 @@ def test_under_several_processes_each_rank_group_is_one_external_launcher_engine
     backend = plugins.get("backends", "vllm")(str(models["policy"]), tensor_parallel_size=2)
     init, = fake_vllm["init"]
     assert init["distributed_executor_backend"] == "external_launcher" and init["tensor_parallel_size"] == 2
+    assert init["seed"] == 0 and init["enable_sleep_mode"] is True
     assert backend.ranks_per_engine == 2
     backend.close()
-    assert fake_vllm["destroyed"] == ["model_parallel"]  # accelerate's process group is left alone
+    assert fake_vllm["destroyed"] == []  # asleep, not torn down: accelerate's process group is left alone
     with pytest.raises(ValueError, match="does not divide the 4 processes"):
         plugins.get("backends", "vllm")(str(models["policy"]), tensor_parallel_size=3)
 

@@ -32,12 +32,14 @@ class Generations:
     """``texts[i]`` holds the responses to prompt ``i``; ``num_tokens`` counts generated tokens;
     ``finished[i][j]`` says whether response ``j`` ended on its own (False: cut at the token limit;
     empty when a backend cannot tell); ``failed`` counts responses a remote server never gave
-    (returned as empty texts)."""
+    (returned as empty texts); ``dropped_too_long`` counts prompts longer than the engine's context
+    that were never sent (their ``n`` empty responses are in ``failed``)."""
 
     texts: list[list[str]]
     num_tokens: int = 0
     finished: list[list[bool]] = field(default_factory=list)
     failed: int = 0
+    dropped_too_long: int = 0
 
 
 def render_prompt(tokenizer, conversation: Conversation) -> str:

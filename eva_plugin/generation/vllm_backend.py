@@ -1,9 +1,23 @@
 """Offline ``vllm.LLM`` generation (optional extra ``eva-plugin[vllm]``, GPU only).
 
-All ``n`` samples of a prompt come from one request (``SamplingParams(n=…)``); prompts are
-rendered with the policy's own chat template; ``tensor_parallel_size`` and
-``gpu_memory_utilization`` come from ``generation.options``. ``close()`` shuts the engine
-down and frees GPU memory before the trainer starts.
+One engine per process for the whole run. The first factory call builds it with
+``enable_sleep_mode=True``; ``close()`` (the loop's end of an iteration's sampling, before
+training) puts it to sleep at level 2 (weights discarded, KV cache freed) instead of
+destroying it; the next iteration's factory call with the new checkpoint wakes the weights,
+reloads them from that path (``collective_rpc("reload_weights", kwargs={"weights_path": …,
+"is_checkpoint_format": True})``), wakes the KV cache and resets the prefix cache — TRL's
+colocate pattern, with weights read from the saved checkpoint rather than pushed from the
+trainer. Engines are kept in a process-level registry keyed by every engine keyword but the
+model path; ``shutdown_engines()`` at process end releases them without touching the default
+process group (accelerate's). Written against vLLM 0.22–0.31 (the range TRL 1.16 supports):
+``LLM.sleep``/``wake_up(tags=…)``, ``collective_rpc``, ``reset_prefix_cache`` and the worker's
+``reload_weights(weights_path=…, is_checkpoint_format=…)``.
+
+Prompts go to the engine as token ids of the policy's chat template with no added special
+tokens (templates that emit BOS get exactly one); a prompt longer than ``max_model_len - 1``
+tokens is dropped before it reaches the engine (empty responses, counted in
+``Generations.failed`` and ``Generations.dropped_too_long``). Every ``generation.options`` key
+is forwarded to ``vllm.LLM``.
 
 Under ``accelerate launch`` with several processes every process builds an engine with
 vLLM's ``external_launcher`` executor: each group of ``tensor_parallel_size`` consecutive
@@ -15,12 +29,41 @@ from __future__ import annotations
 
 import gc
 import logging
+from dataclasses import dataclass
 
 from eva_plugin.generation import Conversation, Generations, SamplingParams, render_prompt
 from eva_plugin.generation.seeding import prompt_seeds
 from eva_plugin.modeling import load_tokenizer
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Engine:
+    """A process's engine: the ``vllm.LLM``, the checkpoint its weights came from, whether it sleeps."""
+
+    llm: object
+    path: str
+    external: bool
+    asleep: bool = False
+
+
+_ENGINES: dict[str, _Engine] = {}
+# engines released under external_launcher: kept referenced so vLLM's finaliser (which, from 0.31,
+# destroys the default process group) cannot run before accelerate has torn its group down
+_RETIRED: list[object] = []
+
+
+def _engine_key(kwargs: dict) -> str:
+    return repr(sorted((k, repr(v)) for k, v in kwargs.items() if k != "model"))
+
+
+def _empty_cache() -> None:
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 class VLLMBackend:
@@ -35,12 +78,17 @@ class VLLMBackend:
         max_model_len: int | None = None,
         enable_prefix_caching: bool = True,
         model_kwargs: dict | None = None,
-        **_: object,
+        batch_size: int | None = None,
+        device: object = None,
+        **options: object,
     ) -> None:
         """``model_kwargs``: the recipe's loading keywords (``eva_plugin.modeling.model_kwargs``);
         vLLM takes ``revision`` (model and tokenizer) and ``quantization="bitsandbytes"`` for
         ``load_in_4bit``/``load_in_8bit``; it picks its own attention backend, so
-        ``attn_implementation`` does not apply (``VLLM_ATTENTION_BACKEND`` sets it)."""
+        ``attn_implementation`` does not apply (``VLLM_ATTENTION_BACKEND`` sets it).
+        ``batch_size`` and ``device`` are the loop's (vLLM schedules and places itself); every
+        other keyword (``generation.options``) goes to ``vllm.LLM``."""
+        del batch_size, device
         try:
             from vllm import LLM
         except ImportError:
@@ -48,9 +96,12 @@ class VLLMBackend:
         loading = _vllm_loading(model_kwargs or {})
         self.tokenizer = load_tokenizer(str(model_path), trust_remote_code=trust_remote_code,
                                         revision=loading.get("revision"))
+        if options.get("enable_sleep_mode") is False:
+            logger.warning("generation.options enable_sleep_mode=false ignored: the engine sleeps between rounds")
         kwargs = {"model": str(model_path), "tensor_parallel_size": int(tensor_parallel_size),
                   "gpu_memory_utilization": float(gpu_memory_utilization), "trust_remote_code": trust_remote_code,
-                  "enable_prefix_caching": enable_prefix_caching, **loading}
+                  "enable_prefix_caching": enable_prefix_caching, **loading, **options,
+                  "enable_sleep_mode": True}
         if dtype:
             kwargs["dtype"] = dtype
         if max_model_len:
@@ -64,10 +115,24 @@ class VLLMBackend:
                                  "processes; launch a multiple of it or change generation.options")
             # one engine per rank group, fed by this launch; the same seed on every rank of a group
             kwargs.update(distributed_executor_backend="external_launcher", seed=0)
-        self.llm = LLM(**kwargs)
+        key = _engine_key(kwargs)
+        engine = _ENGINES.get(key)
+        if engine is None:
+            engine = _ENGINES[key] = _Engine(LLM(**kwargs), str(model_path), self.external)
+        else:
+            _load(engine, str(model_path))
+        self.engine = engine
+        self.llm = engine.llm
+        self.max_model_len = _max_model_len(self.llm, kwargs.get("max_model_len"))
 
     def render(self, conversation: Conversation) -> str:
         return render_prompt(self.tokenizer, conversation)
+
+    def prompt_ids(self, conversation: Conversation) -> list[int]:
+        """The token ids the engine sees: the chat template's text without added special tokens
+        (the template writes its own BOS); plain turns, with no template, get the tokenizer's."""
+        text = self.render(conversation)
+        return list(self.tokenizer(text, add_special_tokens=not self.tokenizer.chat_template)["input_ids"])
 
     def generate(
         self, conversations: list[Conversation], n: int, params: SamplingParams, seeds: list[int] | None = None
@@ -75,32 +140,89 @@ class VLLMBackend:
         """``n`` samples per conversation, one request each, seeded per prompt (``seeds``)."""
         from vllm import SamplingParams as VLLMSamplingParams
 
+        if self.engine.asleep:  # closed, then asked again: the weights must come back first
+            _load(self.engine, self.engine.path)
         seeds = seeds if seeds is not None else prompt_seeds(params.seed, conversations)
-        sampling = [VLLMSamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
-                                       max_tokens=params.max_new_tokens, seed=seed) for seed in seeds]
-        outputs = self.llm.generate([self.render(c) for c in conversations], sampling, use_tqdm=True)
-        texts, finished, tokens = [], [], 0
-        for request in outputs:  # vLLM returns results in input order
-            texts.append([c.text.strip() for c in request.outputs])
-            finished.append([c.finish_reason != "length" for c in request.outputs])
-            tokens += sum(len(c.token_ids) for c in request.outputs)
-        return Generations(texts, tokens, finished)
+        ids = [self.prompt_ids(c) for c in conversations]
+        limit = self.max_model_len - 1 if self.max_model_len else None  # room for one generated token
+        keep = [i for i, p in enumerate(ids) if limit is None or len(p) <= limit]
+        dropped = len(ids) - len(keep)
+        if dropped:
+            logger.warning("%d of %d prompts are longer than max_model_len - 1 = %d tokens; dropped "
+                           "(empty responses, counted as failed)", dropped, len(ids), limit)
+        texts = [[""] * n for _ in conversations]
+        finished = [[True] * n for _ in conversations]
+        tokens = 0
+        if keep:
+            sampling = [VLLMSamplingParams(n=n, temperature=params.temperature, top_p=params.top_p,
+                                           max_tokens=params.max_new_tokens, seed=seeds[i]) for i in keep]
+            outputs = self.llm.generate([{"prompt_token_ids": ids[i]} for i in keep], sampling, use_tqdm=True)
+            for i, request in zip(keep, outputs, strict=True):  # vLLM returns results in input order
+                texts[i] = [c.text.strip() for c in request.outputs]
+                finished[i] = [c.finish_reason != "length" for c in request.outputs]
+                tokens += sum(len(c.token_ids) for c in request.outputs)
+        return Generations(texts, tokens, finished, failed=dropped * n, dropped_too_long=dropped)
 
     def close(self) -> None:
+        """Put the engine to sleep (level 2: weights discarded, KV cache freed) for the reward
+        models and the trainer; the next round's factory call wakes and reloads it."""
+        _sleep(self.engine)
+
+
+def _sleep(engine: _Engine) -> None:
+    if not engine.asleep:
+        engine.llm.sleep(level=2)
+        engine.asleep = True
+    _empty_cache()
+
+
+def _load(engine: _Engine, path: str) -> None:
+    """Wake ``engine`` with the weights of ``path``: weights first, reloaded from the checkpoint
+    (level-2 sleep discarded them), then the KV cache; the prefix cache of older weights is reset."""
+    if not engine.asleep and engine.path == path:
+        return
+    if engine.asleep:
+        _empty_cache()
+        engine.llm.wake_up(tags=["weights"])
+    engine.llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
+    engine.path = path
+    if engine.asleep:
+        engine.llm.wake_up(tags=["kv_cache"])
+        engine.asleep = False
+    engine.llm.reset_prefix_cache()
+
+
+def shutdown_engines() -> None:
+    """Release this process's engines at the end of the run (``eva_plugin.dpo.run``, before the
+    process group goes). vLLM's model-parallel groups are destroyed; the default process group is
+    left to its owner. Under ``external_launcher`` the engine stays referenced (asleep) until the
+    interpreter exits, so vLLM's finaliser cannot tear down accelerate's group."""
+    if not _ENGINES:
+        return
+    for engine in _ENGINES.values():
         try:
-            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+            _sleep(engine)
+        except Exception as err:  # noqa: BLE001 - shutting down: free what can be freed
+            logger.warning("vLLM engine did not go to sleep at shutdown: %s", err)
+    try:
+        from vllm.distributed.parallel_state import destroy_model_parallel
 
-            destroy_model_parallel()
-            if not self.external:  # under accelerate the process group is the trainer's
-                destroy_distributed_environment()
-        except ImportError:  # older / newer layouts: the engine teardown below still frees it
-            pass
-        del self.llm
-        gc.collect()
-        import torch
+        destroy_model_parallel()
+    except ImportError:
+        pass
+    for engine in _ENGINES.values():
+        if engine.external:
+            _RETIRED.append(engine.llm)
+    _ENGINES.clear()
+    _empty_cache()
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+
+def _max_model_len(llm, configured: int | None) -> int | None:
+    """The engine's context length (vLLM derives it from the model when not configured)."""
+    try:
+        return int(llm.llm_engine.model_config.max_model_len)
+    except (AttributeError, TypeError, ValueError):
+        return int(configured) if configured else None
 
 
 def _vllm_loading(model_kwargs: dict) -> dict:
