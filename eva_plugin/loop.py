@@ -38,9 +38,9 @@ class EvaLoop:
 
     def __init__(self, recipe, *, log: Callable[[str], None] = print, overwrite_stale: bool = False,
                  stop_after: str | None = None) -> None:
-        from accelerate import PartialState
+        from eva_plugin.modeling import process_state
 
-        self.state = PartialState()
+        self.state = process_state(recipe.training.use_cpu)  # `accelerate launch --cpu` → CPU everywhere
         store = StageStore(recipe.output_dir, overwrite_stale=overwrite_stale)
         self.runtime = StageRuntime(store, self.state, log=log, stop_after=stop_after)
         self.run_facts = Run(recipe, self.runtime)

@@ -132,6 +132,10 @@ def _set_nested(block: dict, dotted: str, value: Any) -> None:
 def _accelerator_precision(cfg: dict[str, Any], notes: list[str]) -> None:
     import torch
 
+    from eva_plugin.modeling import use_cpu_requested
+
+    if use_cpu_requested():  # `accelerate launch --cpu`: the trainer runs on CPU like every other model
+        cfg["use_cpu"] = True
     if torch.cuda.is_available() or cfg.get("use_cpu"):
         return
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _other_accelerator():
