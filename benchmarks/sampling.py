@@ -1,44 +1,41 @@
-"""Cost of per-prompt seeded sampling: our Gumbel-max sampler (one random stream per
-(prompt, sample), results independent of batching) vs transformers' own multinomial sampling
-(one stream for the whole batch), same model, prompts, batch size and token limit.
+"""Cost of batch-invariant seeded sampling: our counter-based Gumbel-max sampler (noise hashed
+from (row seed, step, token id), one vectorised op for all rows) vs transformers' own
+multinomial sampling (``sampling="native"``) and vs the former sampler with one
+``torch.Generator`` per row; same model, prompts, token budget and token limit.
 
     python benchmarks/sampling.py                       # the embedded SmolLM2-135M-Instruct
+    python benchmarks/sampling.py --model tiny          # a random tiny Llama (eva_plugin.testing)
     python benchmarks/sampling.py --model /path/policy  # any local causal LM
-Prints generated tokens per second for each and the ratio.
+Prints generated tokens per second for each and the ratios to native.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from unittest import mock
 
 import torch
 
 from eva_plugin.generation import SamplingParams
-from eva_plugin.generation.transformers_backend import TransformersBackend, _eos_ids, _until_eos
+from eva_plugin.generation import transformers_backend as tb
+from eva_plugin.generation.seeding import SeededSampling, top_p_mask
 
 TOPICS = ["the sea", "a python function", "the moon", "remote work", "climate policy", "prime numbers",
           "a short poem", "language learning", "solar energy", "an equation", "bread baking", "chess"]
 
 
-def native_sampling(backend: TransformersBackend, convs, n: int, params: SamplingParams) -> int:
-    """transformers' ``do_sample=True`` over the same length-sorted batches; returns tokens generated."""
-    tok = backend.tokenizer
-    rendered = sorted((backend.render(c) for c in convs), key=lambda r: -len(tok(r)["input_ids"]))
-    eos = _eos_ids(backend.model.generation_config, tok)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
-    torch.manual_seed(params.seed)
-    tokens = 0
-    for start in range(0, len(rendered), backend.batch_size):
-        batch = tok(rendered[start : start + backend.batch_size], return_tensors="pt", padding=True,
-                    add_special_tokens=False).to(backend.device)
-        with torch.no_grad():
-            out = backend.model.generate(**batch, do_sample=True, temperature=params.temperature, top_p=params.top_p,
-                                         top_k=None, max_new_tokens=params.max_new_tokens, num_return_sequences=n,
-                                         eos_token_id=eos, pad_token_id=pad)
-        for row in out[:, batch["input_ids"].shape[1] :]:
-            tokens += len(_until_eos(row.tolist(), eos, pad)[0])
-    return tokens
+class PerRowGenerators(SeededSampling):
+    """The former sampler: Gumbel noise from one ``torch.Generator`` per row (a launch per row)."""
+
+    def __call__(self, input_ids, scores):
+        if getattr(self, "generators", None) is None:
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.row_seeds]
+        scores = top_p_mask(scores.float() / self.temperature, self.top_p)
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device)
+                               for g in self.generators])
+        return scores - torch.log(-torch.log(uniform.clamp_min(torch.finfo(uniform.dtype).tiny)))
 
 
 def main() -> None:
@@ -47,28 +44,47 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=12)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=6)
+    parser.add_argument("--batch-tokens", type=int, default=None)
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--no-per-row", action="store_true", help="skip the former per-row-generator sampler")
     args = parser.parse_args()
 
     from eva_plugin.embedded import resolve
 
-    backend = TransformersBackend(resolve(args.model), batch_size=args.batch_size)
+    if args.model == "tiny":
+        from eva_plugin.testing import make_tiny_policy
+
+        model = str(make_tiny_policy(tempfile.mkdtemp()))
+    else:
+        model = resolve(args.model)
+    seeded = tb.TransformersBackend(model, batch_size=args.batch_size, batch_tokens=args.batch_tokens)
+    native = tb.TransformersBackend.__new__(tb.TransformersBackend)
+    native.__dict__.update(seeded.__dict__, sampling="native")  # the same model and batching
     convs = [[{"role": "user", "content": f"Write {i % 4 + 1} sentences about {TOPICS[i % len(TOPICS)]}."}]
              for i in range(args.prompts)]
-    params = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=args.max_new_tokens, seed=1)
-    backend.generate(convs[:2], 1, params)  # warm-up
-    rates = {}
-    for name, run in (("seeded (ours)", lambda: backend.generate(convs, args.samples, params).num_tokens),
-                      ("native do_sample", lambda: native_sampling(backend, convs, args.samples, params))):
-        best = 0.0
-        for _ in range(args.repeats):
+    params = SamplingParams(temperature=0.7, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=1)
+    print(f"{model} on {seeded.device}, {args.prompts} prompts x {args.samples}, top_p {args.top_p}, "
+          f"calls {[len(b) for b in seeded.batches([1] * args.prompts, args.samples, args.max_new_tokens)]}")
+    seeded.generate(convs[:2], 1, params)  # warm-up
+
+    def per_row() -> int:
+        with mock.patch.object(tb, "SeededSampling", PerRowGenerators):
+            return seeded.generate(convs, args.samples, params).num_tokens
+
+    runs = {"seeded (hashed)": lambda: seeded.generate(convs, args.samples, params).num_tokens,
+            "native do_sample": lambda: native.generate(convs, args.samples, params).num_tokens}
+    if not args.no_per_row:
+        runs["seeded (per-row)"] = per_row
+    rates = {name: 0.0 for name in runs}
+    for _ in range(args.repeats):  # interleaved, so a busy machine slows each alike
+        for name, run in runs.items():
             start = time.perf_counter()
             tokens = run()
-            best = max(best, tokens / (time.perf_counter() - start))
-        rates[name] = best
-        print(f"{name:>17}: {best:8.1f} tokens/s")
-    print(f"seeded / native: {rates['seeded (ours)'] / rates['native do_sample']:.2f}x")
+            rates[name] = max(rates[name], tokens / (time.perf_counter() - start))
+    for name, rate in rates.items():
+        print(f"{name:>17}: {rate:8.1f} tokens/s  ({rate / rates['native do_sample']:.2f}x native)")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,25 @@ class GenerationArguments:
     )
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling probability mass."})
     max_new_tokens: int = field(default=2048, metadata={"help": "Maximum new tokens per response."})
-    batch_size: int = field(default=8, metadata={"help": "Prompts per generate call (transformers backend)."})
+    batch_size: int = field(
+        default=64,
+        metadata={"help": "At most this many prompts per generate call (transformers backend); "
+                  "`batch_tokens` usually closes a call first."},
+    )
+    batch_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Token budget of a generate call (transformers backend): its rows (prompts × n) "
+                  "× (longest prompt + max_new_tokens), the KV cache it can need; whichever of this and "
+                  "`batch_size` is reached first closes the call, and a longer prompt gets a call of its "
+                  "own. null: what fills half the free GPU memory with KV cache (16384 on CPU)."},
+    )
+    sampling: str = field(
+        default="seeded",
+        metadata={"help": "seeded: each (prompt, sample) draws from its own counter-based random stream, "
+                  "so samples do not depend on batching, order or process count; native: the "
+                  "backend's own sampler (transformers `do_sample`, seeded per call), slightly faster "
+                  "but batch-dependent (transformers backend)."},
+    )
     dtype: str | None = field(
         default=None,
         metadata={"help": "Model dtype for generation; default: the recipe's `dtype`."},
@@ -316,6 +334,10 @@ def validate(args: EvaArguments) -> None:
         *[(0 < gen.top_p <= 1, f"eva.{key}.top_p must be in (0, 1]")
           for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation))],
         (args.evolver_generation.temperature >= 0, "eva.evolver_generation.temperature must be >= 0"),
+        *[(gen.sampling in ("seeded", "native"), f"eva.{key}.sampling must be seeded or native")
+          for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation))],
+        *[(gen.batch_tokens is None or gen.batch_tokens >= 1, f"eva.{key}.batch_tokens must be >= 1 or null")
+          for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation))],
     ]
     for ok, message in checks:
         if not ok:

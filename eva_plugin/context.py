@@ -100,7 +100,8 @@ class Run:
             loading["model_kwargs"] = model_kwargs(self.recipe.model, model_path)
         return factory(model_path, batch_size=gen.batch_size, dtype=gen.dtype or self.recipe.model.dtype,
                        trust_remote_code=self.recipe.training.trust_remote_code,
-                       **{**loading, **self.device_options(factory, gen.options)})
+                       **{**{k: getattr(gen, k) for k in ("sampling", "batch_tokens") if accepts(factory, k)},
+                          **loading, **self.device_options(factory, gen.options)})
 
     def reward_model(self) -> Any:
         factory = plugins.get("reward_models", self.eva.reward_type)

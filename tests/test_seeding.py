@@ -135,3 +135,108 @@ def test_plugins_written_before_seeds_and_device_still_work(models, write_recipe
     assert "device" not in facts.device_options(OldBackend, {"batch_size": 2})
     assert facts.device_options(TransformersBackend, {})["device"] == str(loop.state.device)
     assert facts.device_options(TransformersBackend, {"device": "cpu:0"})["device"] == "cpu:0"  # the recipe wins
+
+
+def test_hashed_uniforms_are_uniform_and_uncorrelated_across_rows_steps_and_tokens():
+    from eva_plugin.generation.seeding import hashed_uniforms
+
+    rows, vocab = 64, 4096
+    seeds = torch.tensor([sample_seed(prompt_seeds(0, [conv("x")])[0], j) for j in range(rows)])
+    u = torch.stack([hashed_uniforms(seeds, step, torch.arange(vocab)) for step in range(4)])  # [step, row, tok]
+    assert u.min() > 0 and u.max() < 1
+    flat = u.flatten().double()
+    counts = torch.histc(flat, bins=64, min=0, max=1)
+    expected = flat.numel() / 64
+    chi2 = ((counts - expected) ** 2 / expected).sum().item()
+    assert chi2 < 63 + 6 * (2 * 63) ** 0.5, chi2  # 63 degrees of freedom, ~6 standard deviations
+    assert abs(flat.mean().item() - 0.5) < 1e-3 and abs(flat.var().item() - 1 / 12) < 1e-3
+
+    def corr(a: torch.Tensor, b: torch.Tensor) -> float:
+        return torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1].item()
+
+    bound = 5 / (u[0].numel() ** 0.5)  # 5 standard errors
+    assert abs(corr(u[0, :, 1:], u[0, :, :-1])) < bound  # neighbouring tokens
+    assert abs(corr(u[0, 1:], u[0, :-1])) < bound  # neighbouring rows (seeds of samples 0, 1, ...)
+    assert abs(corr(u[1], u[0])) < bound and abs(corr(u[3], u[2])) < bound  # consecutive steps
+    consecutive = hashed_uniforms(torch.arange(rows), 0, torch.arange(vocab))  # seeds 0, 1, 2, ...
+    assert abs(corr(consecutive[1:], consecutive[:-1])) < bound
+    # the same (seed, step, token) always gives the same draw, alone or in a block of tokens
+    picked = torch.tensor([[5, 4000, 17]] * rows)
+    assert torch.equal(hashed_uniforms(seeds, 2, picked), u[2][:, [5, 4000, 17]])
+
+
+def test_gumbel_max_over_the_whole_vocabulary_follows_the_softmax():
+    logits = torch.tensor([1.5, 0.0, -0.5, 0.7, 0.2, -2.0, 1.0])
+    draws = 40000
+    sampler = SeededSampling(list(range(draws)), 1.3, 1.0)
+    for _ in range(2):  # two steps: each is a fresh, exact sample
+        picks = sampler(None, logits.repeat(draws, 1)).argmax(-1)
+        freq = np.bincount(picks.numpy(), minlength=len(logits)) / draws
+        expected = (logits / 1.3).softmax(-1).numpy()
+        assert np.abs(freq - expected).max() < 4 * np.sqrt(expected * (1 - expected) / draws).max()
+
+
+class GenerateSpy:
+    """Counts the model's ``generate`` calls and their padded (rows, prompt width)."""
+
+    def __init__(self, model) -> None:
+        self.real, self.calls = model.generate, []
+
+    def __call__(self, **kwargs):
+        self.calls.append(tuple(kwargs["input_ids"].shape))
+        return self.real(**kwargs)
+
+
+def test_generation_batches_by_a_token_budget_with_the_same_samples(models):
+    convs = [conv(f"tell me about {i}" + " and more" * (i % 5)) for i in range(9)]
+    params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=6, seed=2)
+    n, budget = 3, 200
+    budgeted = TransformersBackend(str(models["policy"]), batch_size=64, batch_tokens=budget)
+    spy = budgeted.model.generate = GenerateSpy(budgeted.model)
+    together = budgeted.generate(convs, n, params)
+    assert 1 < len(spy.calls) < len(convs)  # the budget, not batch_size, split the prompts
+    assert sum(rows for rows, _ in spy.calls) == n * len(convs)
+    assert all(rows * (width + params.max_new_tokens) <= budget for rows, width in spy.calls)
+    one_at_a_time = TransformersBackend(str(models["policy"]), batch_size=1, batch_tokens=10**6)
+    alone = one_at_a_time.generate(convs, n, params)
+    assert alone.texts == together.texts and alone.finished == together.finished
+    capped = TransformersBackend(str(models["policy"]), batch_size=2, batch_tokens=10**6)
+    capped.model.generate = spy = GenerateSpy(capped.model)
+    assert capped.generate(convs, n, params).texts == together.texts
+    assert [rows for rows, _ in spy.calls] == [6, 6, 6, 6, 3]  # batch_size caps prompts when it binds first
+    tiny = TransformersBackend(str(models["policy"]), batch_tokens=1)
+    tiny.model.generate = spy = GenerateSpy(tiny.model)
+    assert tiny.generate(convs[:3], n, params).texts == together.texts[:3]
+    assert len(spy.calls) == 3  # a prompt over the budget gets a call of its own
+
+
+def test_native_sampling_is_the_backends_own_and_seeded_per_call(models):
+    import pytest
+
+    convs = [conv(f"say something about {i}") for i in range(3)]
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=8, seed=4)
+    native = TransformersBackend(str(models["policy"]), sampling="native")
+    native.model.generate = spy = GenerateSpy(native.model)
+    first = native.generate(convs, 2, params)
+    assert first.texts == native.generate(convs, 2, params).texts  # torch.manual_seed(params.seed) per call
+    assert all(len(texts) == 2 for texts in first.texts) and len(spy.calls) == 2
+    seeded = TransformersBackend(str(models["policy"])).generate(convs, 2, params)
+    assert seeded.texts != first.texts  # a different random stream
+    with pytest.raises(ValueError, match="sampling must be one of"):
+        TransformersBackend(str(models["policy"]), sampling="fast")
+
+
+def test_recipe_sampling_and_token_budget_reach_the_backend(models, write_recipe):
+    import pytest
+
+    from eva_plugin.config import RecipeError
+    from eva_plugin.loop import EvaLoop
+    from eva_plugin.recipe import load_recipe
+
+    with pytest.raises(RecipeError, match="eva.generation.sampling must be seeded or native"):
+        load_recipe(["--config", str(write_recipe(eva={"generation": {"sampling": "fast"}}))])
+    recipe = load_recipe(["--config", str(write_recipe(eva={"generation": {"sampling": "native",
+                                                                           "batch_tokens": 4096}}))])
+    loop = EvaLoop(recipe)
+    backend = loop.run_facts.backend(str(models["policy"]), recipe.eva.generation)
+    assert (backend.sampling, backend.batch_tokens) == ("native", 4096)

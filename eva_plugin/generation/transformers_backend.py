@@ -1,7 +1,13 @@
 """Sampling with ``transformers.generate``: batched, left-padded, prompts sorted by length.
 
 Sampling draws from one random stream per (prompt, sample) (``generation.seeding``), so a
-prompt's responses do not depend on the batch it lands in or on the process that runs it.
+prompt's responses do not depend on the batch it lands in or on the process that runs it
+(``sampling="native"``: transformers' own sampler instead, faster by a few percent, seeded once
+per call, so samples then depend on the batching).
+
+Prompts are grouped into ``generate`` calls by a token budget: a call's rows (prompts x n) times
+its longest prompt plus ``max_new_tokens`` stay within ``batch_tokens`` (the KV cache it can
+need), with at most ``batch_size`` prompts; a prompt over the budget gets a call of its own.
 """
 
 from __future__ import annotations
@@ -13,18 +19,28 @@ import torch
 from eva_plugin.generation import Conversation, Generations, SamplingParams, render_prompt
 from eva_plugin.generation.seeding import SeededSampling, prompt_seeds, sample_seed
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, pick_device, quantized, release, whole_weights
+from eva_plugin.rewards.batching import length_batches
 
 logger = logging.getLogger(__name__)
 
 
 class TransformersBackend:
-    """Generate with a local causal LM; ``batch_size`` counts prompts per ``generate`` call."""
+    """Generate with a local causal LM.
+
+    A ``generate`` call holds at most ``batch_size`` prompts and at most ``batch_tokens`` padded
+    tokens (rows x (longest prompt + max_new_tokens)); whichever is reached first closes the call.
+    ``batch_tokens`` None: sized from the free GPU memory and the model's KV cache per token
+    (``CPU_BATCH_TOKENS`` on CPU). ``sampling``: ``seeded`` (batch-invariant, ``SeededSampling``)
+    or ``native`` (transformers' ``do_sample``, ``torch.manual_seed(params.seed)`` per call).
+    """
 
     def __init__(
         self,
         model_path: str,
         *,
-        batch_size: int = 8,
+        batch_size: int = 64,
+        batch_tokens: int | None = None,
+        sampling: str = "seeded",
         dtype: str | None = None,
         trust_remote_code: bool = False,
         device: str | None = None,
@@ -34,7 +50,10 @@ class TransformersBackend:
         """``model_kwargs``: more ``from_pretrained`` keywords (the recipe's revision, attention
         implementation and quantization, ``eva_plugin.modeling.model_kwargs``)."""
         self.model_path = str(model_path)
+        if sampling not in SAMPLING:
+            raise ValueError(f"sampling must be one of: {', '.join(SAMPLING)} (got {sampling!r})")
         self.batch_size = max(1, int(batch_size))
+        self.sampling = sampling
         self.device = pick_device(device)
         model_kwargs = dict(model_kwargs or {})
         self.tokenizer = load_tokenizer(self.model_path, trust_remote_code=trust_remote_code,
@@ -48,6 +67,7 @@ class TransformersBackend:
         else:
             self.model.to(self.device)
         self.model.eval()
+        self.batch_tokens = max(1, int(batch_tokens)) if batch_tokens else auto_batch_tokens(self.model, self.device)
 
     def render(self, conversation: Conversation) -> str:
         """The prompt text the policy sees: its chat template with the generation prompt."""
@@ -66,26 +86,25 @@ class TransformersBackend:
         finished: list[list[bool]] = [[] for _ in conversations]
         rendered = [self.render(c) for c in conversations]
         lengths = [len(self.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in rendered]
-        order = sorted(range(len(rendered)), key=lambda i: -lengths[i])
         eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
-        total_tokens = 0
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        total_tokens, done_prompts = 0, 0
+        for idx in self.batches(lengths, n, params.max_new_tokens):
             batch = self.tokenizer(
                 [rendered[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(self.device)
             rows = {k: v.repeat_interleave(n, dim=0) for k, v in batch.items()}  # row b*n + j: prompt b, sample j
             processors = LogitsProcessorList()
-            if params.temperature > 0:
+            sampling: dict = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            if params.temperature > 0 and self.sampling == "native":
+                torch.manual_seed(params.seed)
+                sampling.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+            elif params.temperature > 0:  # greedy decoding on Gumbel-perturbed scores = exact sampling
                 row_seeds = [sample_seed(seeds[i], j) for i in idx for j in range(n)]
                 processors.append(SeededSampling(row_seeds, params.temperature, params.top_p))
             out = self.model.generate(
                 **rows,
-                do_sample=False,  # the sampling happens in SeededSampling (Gumbel-max on the argmax)
-                temperature=None,
-                top_p=None,
-                top_k=None,
+                **sampling,
                 logits_processor=processors,
                 max_new_tokens=params.max_new_tokens,
                 eos_token_id=eos_ids,
@@ -98,12 +117,42 @@ class TransformersBackend:
                 total_tokens += len(keep)
                 texts[idx[row // n]].append(self.tokenizer.decode(keep, skip_special_tokens=True).strip())
                 finished[idx[row // n]].append(done)
-            logger.info("generated %d/%d prompts x %d", min(start + self.batch_size, len(order)), len(order), n)
+            done_prompts += len(idx)
+            logger.info("generated %d/%d prompts x %d", done_prompts, len(rendered), n)
         return Generations(texts, total_tokens, finished)
+
+    def batches(self, lengths: list[int], n: int, max_new_tokens: int) -> list[list[int]]:
+        """Prompt indices per ``generate`` call, longest prompts first (see the class)."""
+        return length_batches([(length + max_new_tokens) * n for length in lengths], self.batch_size,
+                              self.batch_tokens)
 
     def close(self) -> None:
         del self.model
         release()
+
+
+SAMPLING = ("seeded", "native")
+#: The default token budget of a generate call on CPU (or when the KV cache size is unknown).
+CPU_BATCH_TOKENS = 16_384
+#: The share of free accelerator memory the default budget fills with KV cache (the rest: logits,
+#: activations, the allocator's slack).
+KV_SHARE = 0.5
+
+
+def auto_batch_tokens(model, device: str) -> int:
+    """The default ``batch_tokens``: on an accelerator, the tokens whose KV cache fills ``KV_SHARE``
+    of its free memory (at most 2**20); on CPU, ``CPU_BATCH_TOKENS``."""
+    if not str(device).startswith("cuda") or not torch.cuda.is_available():
+        return CPU_BATCH_TOKENS
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    try:
+        heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        per_token = 2 * config.num_hidden_layers * heads * head_dim * next(model.parameters()).element_size()
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+    except (AttributeError, TypeError, StopIteration, RuntimeError):
+        return 262_144
+    return int(min(1 << 20, max(CPU_BATCH_TOKENS, KV_SHARE * free // per_token)))
 
 
 def _eos_ids(generation_config, tokenizer) -> list[int]:
