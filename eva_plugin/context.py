@@ -124,6 +124,9 @@ class Iteration:
         own = eva.evolver_model is not None or eva.evolver_generation.backend != eva.generation.backend
         self.evolver_llm = Lazy(lambda: run.backend(eva.evolver_model or run.policy_path(t),
                                                     eva.evolver_generation)) if own else self.policy
+        #: models whose backend reserves most of the GPU (vLLM): no other model is held beside them
+        self._exclusive = {id(self.policy): exclusive(eva.generation.backend),
+                           id(self.evolver_llm): exclusive(eva.evolver_generation.backend)}
 
     @property
     def eva(self):
@@ -154,6 +157,7 @@ class Iteration:
         """``n`` responses of the policy per prompt (shared across the processes) and the tokens generated."""
         if not prompts:  # everything reused: no model to load
             return [], 0
+        self.make_room(self.policy)
         backend = self.run.runtime.shards.together(self.policy.get)
         gens = shared_generate(self.run.runtime.shards, backend, [user_turn(p) for p in prompts], n,
                                self.params(self.eva.generation, purpose))
@@ -162,9 +166,23 @@ class Iteration:
     def score(self, prompts: list[str], responses: list[list[str]]) -> list[list[float]]:
         """Rewards of the reward model (shared across the processes), length-penalised (RLHF
         Workflow) when ``length_penalty`` > 0."""
+        self.make_room(self.rewarder)
         model = self.run.runtime.shards.together(self.rewarder.get)
         rewards = shared_score(self.run.runtime.shards, model, [user_turn(p) for p in prompts], responses)
         return length_penalised(rewards, responses, self.eva.length_penalty)
+
+    def make_room(self, needed: Lazy) -> None:
+        """Before ``needed`` is used: free the other models if it, or one of them, must have the GPU
+        to itself (a sleeping vLLM engine gives its memory back; it wakes on next use)."""
+        others = [x for x in {id(x): x for x in (self.policy, self.rewarder, self.evolver_llm)}.values()
+                  if x is not needed]
+        if self._exclusive.get(id(needed)):
+            for held in others:
+                held.close()
+        else:
+            for held in others:
+                if self._exclusive.get(id(held)):
+                    held.close()
 
     def close(self) -> None:
         """Free every generation and reward model of this iteration (each process, before training)."""
@@ -197,3 +215,8 @@ def length_penalised(rewards: list[list[float]], responses: list[list[str]], pen
 def as_dict(gen) -> dict:
     """A generation config as a plain dict (for fingerprints)."""
     return dataclasses.asdict(gen)
+
+
+def exclusive(backend: str) -> bool:
+    """Whether the generation backend ``backend`` keeps the GPU to itself (``exclusive`` on its class)."""
+    return bool(getattr(plugins.get("backends", backend), "exclusive", False))

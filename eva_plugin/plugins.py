@@ -42,6 +42,7 @@ SINGULAR = {"proxies": "proxy", "selectors": "selector", "evolvers": "evolver", 
 RESERVED = {
     "evolvers": {"num_evolutions": "eva.num_evolutions", "candidates": "eva.evolver_candidates"},
     "backends": {"batch_size": "{block}.batch_size", "dtype": "{block}.dtype",
+                 "sampling": "{block}.sampling", "batch_tokens": "{block}.batch_tokens",
                  "trust_remote_code": "the recipe's trust_remote_code"},
 }
 #: Kinds whose factory gets a model path as its first (positional) argument.

@@ -122,3 +122,40 @@ def test_rates_divide_the_counters_by_the_seconds():
     assert rates({"tokens_generated": 500, "scored": 40}, 2.0) == {"tokens_per_second": 250.0,
                                                                    "responses_per_second": 20.0}
     assert rates({"tokens_generated": 0, "rows": 3}, 2.0) == {} and rates({"scored": 4}, 0.0) == {}
+
+
+def test_a_backend_that_reserves_the_gpu_never_shares_it(write_recipe):
+    """vLLM reserves most of the GPU: the reward model loads only after the engine slept, and the
+    engine wakes only after the reward model is gone. Other backends keep every model loaded."""
+    from eva_plugin.context import Iteration, exclusive
+    from eva_plugin.loop import EvaLoop
+    from eva_plugin.recipe import load_recipe
+    from eva_plugin.runtime import Lazy
+
+    assert exclusive("vllm") and not exclusive("transformers")
+    loop = EvaLoop(load_recipe(["--config", str(write_recipe())]))
+    events: list[str] = []
+
+    class Model:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            events.append(f"load {name}")
+
+        def close(self) -> None:
+            events.append(f"free {self.name}")
+
+    for reserves in (True, False):
+        events.clear()
+        it = Iteration(loop.run_facts, 1)
+        it.policy, it.rewarder = Lazy(lambda: Model("policy")), Lazy(lambda: Model("reward"))
+        it.evolver_llm = it.policy
+        it._exclusive = {id(it.policy): reserves}
+        for needed in (it.policy, it.rewarder, it.policy):
+            it.make_room(needed)
+            needed.get()
+        it.close()
+        if reserves:
+            assert events == ["load policy", "free policy", "load reward", "free reward", "load policy",
+                              "free policy"]
+        else:
+            assert events == ["load policy", "load reward", "free policy", "free reward"]

@@ -118,6 +118,7 @@ class Evolved(Stage):
         factory = plugins.get("evolvers", eva.evolver)
         evolver = factory(num_evolutions=eva.num_evolutions, candidates=eva.evolver_candidates,
                           **eva.evolver_options)
+        it.make_room(it.evolver_llm)
         complete = Completions(it.evolver_llm, it.params(eva.evolver_generation, self.name),
                                it.run.runtime.shards)
 

@@ -67,6 +67,9 @@ def _empty_cache() -> None:
 
 
 class VLLMBackend:
+    #: the engine reserves ``gpu_memory_utilization`` of the GPU: the loop frees other models first
+    exclusive = True
+
     def __init__(
         self,
         model_path: str,

@@ -167,6 +167,7 @@ class Rewritten(Stage):
                 "llm": it.eva.evolver_model or it.run.policy_id(it.t), "generation": as_dict(self.generation(it))}
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
+        it.make_room(it.evolver_llm)
         complete = Completions(it.evolver_llm, it.params(self.generation(it), self.name), it.run.runtime.shards)
         rows, counts = rewrite_pairs(it.load("pairs").to_list(), complete, it.eva.rewriter_max_length_ratio)
         return StageResult(Dataset.from_list(rows), {**complete.stats(), **counts})
