@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +34,30 @@ def fingerprint(payload: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN / ±inf (nested in dicts, lists, tuples) replaced by None: strict JSON."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Write strict JSON (non-finite floats become null) under a temporary name, fsync, rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2, sort_keys=True, default=str)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(finite_or_none(data), fh, indent=2, sort_keys=True, default=str, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> dict:
@@ -53,11 +74,50 @@ class StageResult:
     note: str = ""  # what the progress line says instead of "N rows"
 
 
+def stale_name(final: Path) -> Path:
+    """Where an old ``final`` is kept aside: unique even for several in one second."""
+    return final.with_name(f".{final.name}.stale-{int(time.time())}-{uuid.uuid4().hex[:8]}")
+
+
 def publish_dir(tmp: Path, final: Path) -> None:
     """Move a finished temporary folder into place (a stale one is kept aside, never deleted)."""
     if final.exists():
-        final.rename(final.with_name(f".{final.name}.stale-{int(time.time())}"))
+        final.rename(stale_name(final))
     os.replace(tmp, final)
+
+
+def remove_leftovers(root: Path) -> list[Path]:
+    """Remove the temporary stage folders and JSON files that killed runs left (call under the run lock)."""
+    removed = []
+    for pattern in (".*.tmp-*", "iter_*/.*.tmp-*", ".*.json.*.tmp", "iter_*/.*.json.*.tmp",
+                    "iter_*/*/.*.json.*.tmp"):
+        for leftover in Path(root).glob(pattern):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def has_content(folder: Path) -> bool:
+    """A stage folder holds its artifact: a complete ``save_to_disk`` dataset or checkpoint weights."""
+    data = folder / "data"
+    if data.is_dir():
+        try:
+            state = read_json(data / "state.json")
+        except (OSError, ValueError):
+            return False
+        files = [f.get("filename") for f in state.get("_data_files", [])]
+        return (data / "dataset_info.json").exists() and all(f and (data / f).exists() for f in files)
+    for index in folder.glob("*.safetensors.index.json"):
+        try:
+            shards = set(read_json(index).get("weight_map", {}).values())
+        except (OSError, ValueError):
+            return False
+        return bool(shards) and all((folder / s).exists() for s in shards)
+    weights = [*folder.glob("*.safetensors"), *folder.glob("pytorch_model*.bin"), *folder.glob("adapter_model.*")]
+    return any(w.stat().st_size > 0 for w in weights)
 
 
 class StageStore:
@@ -77,12 +137,18 @@ class StageStore:
 
     def manifest(self, iteration: int, stage: str) -> dict | None:
         file = self.path(iteration, stage) / MANIFEST
-        return read_json(file) if file.exists() else None
+        try:
+            return read_json(file) if file.exists() else None
+        except ValueError:  # unreadable: not finished
+            return None
 
     def is_done(self, iteration: int, stage: str, config: dict[str, Any]) -> bool:
-        """True when the stage finished with this config; a different config raises unless overwriting."""
+        """True when the stage finished with this config; a different config raises unless overwriting.
+
+        Finished means a manifest *and* the artifact (dataset or weights): a folder without its
+        content is incomplete and rebuilt (the old one kept aside)."""
         manifest = self.manifest(iteration, stage)
-        if manifest is None:
+        if manifest is None or not has_content(self.path(iteration, stage)):
             return False
         if manifest.get("fingerprint") == fingerprint(config):
             return True

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from eva_plugin.artifacts import StageStore
 from eva_plugin.context import Iteration, Run
 from eva_plugin.creator import stages as creator
+from eva_plugin.locking import run_lock
 from eva_plugin.prompt_sets import SeedPool, check_supply
 from eva_plugin.runtime import IterationReport, StageRuntime
 from eva_plugin.solver import stages as solver
@@ -52,13 +53,14 @@ class EvaLoop:
     def run(self) -> list[IterationReport]:
         facts = self.run_facts
         facts.store.root.mkdir(parents=True, exist_ok=True)
-        self.runtime.begin(0)
-        pool = Iteration(facts, 0).do(SeedPool())  # the shuffled seed pool; X_0 is its first split
-        check_supply(facts, len(pool))      # enough seed prompts for every round, before any model loads
-        for t in range(1, facts.eva.iterations + 1):
-            self.runtime.begin(t)
-            self.iteration(Iteration(facts, t))
-        self.runtime.write_iteration_manifests(facts.creator)
+        with run_lock(facts.store.root, self.runtime.is_main):  # one run per output dir
+            self.runtime.begin(0)
+            pool = Iteration(facts, 0).do(SeedPool())  # the shuffled seed pool; X_0 is its first split
+            check_supply(facts, len(pool))  # enough seed prompts for every round, before any model loads
+            for t in range(1, facts.eva.iterations + 1):
+                self.runtime.begin(t)
+                self.iteration(Iteration(facts, t))
+            self.runtime.write_iteration_manifests(facts.creator)
         return self.reports
 
     def iteration(self, it: Iteration) -> None:
