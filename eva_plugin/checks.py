@@ -43,3 +43,19 @@ def check_plugins(eva: EvaArguments) -> None:
             known = ", ".join(plugins.names(kind))
             raise RecipeError(f"unknown eva.{key} {name!r}; known: {known} (`eva plugins` lists them)")
     plugins.check_options("evolvers", eva.evolver, eva.evolver_options, "eva.evolver_options")
+    check_inline_secrets(eva)
+
+
+def check_inline_secrets(eva: EvaArguments) -> None:
+    """No secret (``api_key``, ``token``, ``password``, …) written inline in an options mapping:
+    it would land in manifests; the key belongs in an environment variable (``api_key_env``)."""
+    from eva_plugin.secrets import secret_keys
+
+    for where, options in (("generation.options", eva.generation.options),
+                           ("evolver_generation.options", eva.evolver_generation.options),
+                           ("evolver_options", eva.evolver_options), ("reward_options", eva.reward_options)):
+        found = secret_keys(options or {})
+        if found:
+            raise RecipeError(f"eva.{where}.{found[0]}: secrets are not read from a recipe (they would be "
+                              "written to manifests); put it in an environment variable and name that "
+                              "variable with api_key_env (e.g. api_key_env: OPENAI_API_KEY)")

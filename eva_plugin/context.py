@@ -23,6 +23,7 @@ from eva_plugin.data import user_turn
 from eva_plugin.generation import SamplingParams
 from eva_plugin.generation.seeding import derive_seed
 from eva_plugin.runtime import MAIN, Lazy, StageRuntime
+from eva_plugin.secrets import redact
 from eva_plugin.sharding import accepts
 from eva_plugin.sharding import generate as shared_generate
 from eva_plugin.sharding import score as shared_score
@@ -109,7 +110,7 @@ class Run:
 
     def reward_config(self) -> dict:
         return {"reward_model": self.eva.reward_model, "reward_type": self.eva.reward_type,
-                "reward_options": self.eva.reward_options, "length_penalty": self.eva.length_penalty}
+                "reward_options": redact(self.eva.reward_options), "length_penalty": self.eva.length_penalty}
 
 
 class Iteration:
@@ -213,8 +214,9 @@ def length_penalised(rewards: list[list[float]], responses: list[list[str]], pen
 
 
 def as_dict(gen) -> dict:
-    """A generation config as a plain dict (for fingerprints)."""
-    return dataclasses.asdict(gen)
+    """A generation config as a plain dict (for fingerprints and manifests), secrets masked
+    (``eva_plugin.secrets.redact``: a masked value still changes the fingerprint when it changes)."""
+    return redact(dataclasses.asdict(gen))
 
 
 def exclusive(backend: str) -> bool:

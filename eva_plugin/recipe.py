@@ -214,6 +214,26 @@ def _first_line(err: yaml.YAMLError) -> str:
     return f"{problem}{where}"
 
 
+#: ``env:`` may set variables with these prefixes only (threads, kernels, caches, logging).
+ENV_PREFIXES = ("CUDA_", "NCCL_", "TOKENIZERS_", "OMP_", "MKL_", "PYTORCH_", "TORCH_", "HF_", "TRANSFORMERS_",
+                "WANDB_", "VLLM_")
+
+
+def _set_env(block: Any) -> None:
+    """The recipe's ``env:`` mapping into ``os.environ``: allow-listed prefixes (``ENV_PREFIXES``), never
+    a secret (``*_TOKEN``, ``*_API_KEY``, …: those come from the real environment) nor an offline switch."""
+    from eva_plugin.secrets import is_secret_key
+
+    if not isinstance(block, dict):
+        raise RecipeError(f"`env` must be a mapping of environment variables, got {block!r}")
+    for key in map(str, block):
+        if not key.upper().startswith(ENV_PREFIXES) or is_secret_key(key) or key.upper().endswith("_OFFLINE"):
+            raise RecipeError(f"env.{key}: a recipe may set only {', '.join(p + '*' for p in ENV_PREFIXES)} "
+                              "variables, never a secret or an *_OFFLINE switch; set it in the shell instead")
+    for key, value in block.items():
+        os.environ[str(key)] = str(value)
+
+
 def read_eva_side(cfg: dict[str, Any], eva_overrides: dict[str, Any], cli_creator: str | None,
                   cli_keys: set[str]) -> tuple[str | None, EvaArguments]:
     """``creator:`` and the ``eva:`` block, fully checked (plugins included) without importing TRL."""
@@ -277,8 +297,7 @@ def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None
             cfg.pop(old)
             notes.append(f"`{old}` ignored: {why}")
     mixture = read_mixture(cfg, notes)
-    for key, value in (cfg.pop("env", None) or {}).items():
-        os.environ[key] = str(value)
+    _set_env(cfg.pop("env", None) or {})
 
     from trl import DPOConfig, ModelConfig, ScriptArguments, TrlParser  # the EVA side is checked: now TRL
 

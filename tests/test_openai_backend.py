@@ -42,7 +42,7 @@ class Server:
                     outer.inflight += 1
                     outer.max_inflight = max(outer.max_inflight, outer.inflight)
                 try:
-                    status, reply = outer.respond(body)
+                    status, reply = outer.respond(body, dict(self.headers))
                 finally:
                     with outer.lock:
                         outer.inflight -= 1
@@ -58,14 +58,19 @@ class Server:
         self.thread.start()
         self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def respond(self, body: dict) -> tuple[int, dict]:
+    def respond(self, body: dict, headers: dict | None = None) -> tuple[int, dict]:
         text = body["messages"][-1]["content"]
+        auth = (headers or {}).get("Authorization", "")
         with self.lock:
             self.seen[text] = self.seen.get(text, 0) + 1
             count = self.seen[text]
         time.sleep(0.05)
         if "FAIL_ALWAYS" in text or ("FAIL_ONCE" in text and count == 1):
             return 500, {"error": "boom"}
+        if body.get("model") == "denied" or "DENY" in text:  # echoes the key, as some servers do
+            return 401, {"error": {"message": f"Incorrect API key provided: {auth[7:]}.\nSee the docs."}}
+        if "ECHO_KEY" in text:
+            return 400, {"error": f"bad request with header {auth}"}
         if "BAD" in text:
             return 400, {"error": "bad request"}
         if "SLOW" in text:
@@ -191,3 +196,33 @@ def test_the_rewriter_rewrites_chosen_responses_through_a_server(server, write_r
     assert done and all(r["chosen"][0]["content"] == r["chosen_original"].strip().upper() for r in done)
     policy = _json.loads((out / "policy" / "manifest.json").read_text())
     assert policy["config"]["rewritten"] == manifest["fingerprint"]  # training used the rewritten pairs
+
+
+def test_a_401_stops_the_call_with_the_servers_message_and_no_key(server, monkeypatch):
+    from eva_plugin.errors import EvaError
+    from eva_plugin.generation.openai_backend import ServerDenied
+
+    monkeypatch.setenv("TEST_KEY", "sk-wrong-key-123456")
+    backend = OpenAICompatibleBackend("m", base_url=server.base_url, api_key_env="TEST_KEY", concurrency=2,
+                                      max_retries=3, backoff=0.01)
+    prompts = [f"DENY {i}" for i in range(12)]
+    with pytest.raises(ServerDenied) as caught:
+        backend.generate([conv(p) for p in prompts], 2, SamplingParams())
+    message = str(caught.value)
+    assert isinstance(caught.value, EvaError) and "\n" not in message
+    assert "HTTP 401" in message and "Incorrect API key provided" in message and "$TEST_KEY" in message
+    assert "sk-wrong-key-123456" not in message and "<redacted:" in message
+    assert sum(server.seen.values()) <= 3  # never retried; the other prompts are not sent once refused
+
+
+def test_the_loop_stops_on_a_refusing_evolver_server(server, write_recipe):
+    from eva_plugin.dpo import run
+    from eva_plugin.errors import EvaError
+    from eva_plugin.recipe import load_recipe
+
+    eva = {"iterations": 1, "evolver_model": "denied",
+           "evolver_generation": {"backend": "openai", "options": {"base_url": server.base_url, "backoff": 0.01}}}
+    recipe = load_recipe(["--config", str(write_recipe(eva=eva))])
+    with pytest.raises(EvaError, match="HTTP 401.*Incorrect API key provided"):
+        run(recipe, stop_after="prompts")
+    assert not (recipe.output_dir / "iter_1" / "evolved" / "manifest.json").exists()

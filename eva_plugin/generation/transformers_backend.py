@@ -8,6 +8,10 @@ per call, so samples then depend on the batching).
 Prompts are grouped into ``generate`` calls by a token budget: a call's rows (prompts x n) times
 its longest prompt plus ``max_new_tokens`` stay within ``batch_tokens`` (the KV cache it can
 need), with at most ``batch_size`` prompts; a prompt over the budget gets a call of its own.
+
+A prompt whose tokens plus ``max_new_tokens`` exceed the model's context (``context_limit``: its
+position embeddings, or a finite ``tokenizer.model_max_length``) is never run: its ``n`` responses
+are empty, counted in ``Generations.failed`` and ``Generations.dropped_too_long``, with one warning.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from eva_plugin.generation import Conversation, Generations, SamplingParams, render_prompt
 from eva_plugin.generation.seeding import SeededSampling, prompt_seeds, sample_seed
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, pick_device, quantized, release, whole_weights
-from eva_plugin.rewards.batching import length_batches
+from eva_plugin.rewards.batching import context_limit, length_batches
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class TransformersBackend:
             self.model.to(self.device)
         self.model.eval()
         self.batch_tokens = max(1, int(batch_tokens)) if batch_tokens else auto_batch_tokens(self.model, self.device)
+        self.context = context_limit(self.model, self.tokenizer)
 
     def render(self, conversation: Conversation) -> str:
         """The prompt text the policy sees: its chat template with the generation prompt."""
@@ -89,7 +94,17 @@ class TransformersBackend:
         eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
         total_tokens, done_prompts = 0, 0
-        for idx in self.batches(lengths, n, params.max_new_tokens):
+        too_long = [i for i, length in enumerate(lengths)
+                    if self.context is not None and length + params.max_new_tokens > self.context]
+        if too_long:
+            logger.warning("%d of %d prompts have more than context %d - max_new_tokens %d tokens; dropped "
+                           "(empty responses)", len(too_long), len(lengths), self.context, params.max_new_tokens)
+            for i in too_long:
+                texts[i], finished[i] = [""] * n, [True] * n
+        dropped = set(too_long)
+        runs = [i for i in range(len(lengths)) if i not in dropped]
+        for sub in self.batches([lengths[i] for i in runs], n, params.max_new_tokens):
+            idx = [runs[j] for j in sub]
             batch = self.tokenizer(
                 [rendered[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(self.device)
@@ -119,7 +134,7 @@ class TransformersBackend:
                 finished[idx[row // n]].append(done)
             done_prompts += len(idx)
             logger.info("generated %d/%d prompts x %d", done_prompts, len(rendered), n)
-        return Generations(texts, total_tokens, finished)
+        return Generations(texts, total_tokens, finished, failed=len(too_long) * n, dropped_too_long=len(too_long))
 
     def batches(self, lengths: list[int], n: int, max_new_tokens: int) -> list[list[int]]:
         """Prompt indices per ``generate`` call, longest prompts first (see the class)."""

@@ -24,3 +24,20 @@ def length_batches(lengths: list[int], batch_size: int, max_tokens: int | None =
     if current:
         batches.append(current)
     return batches
+
+
+#: ``tokenizer.model_max_length`` of a tokenizer that sets no limit is a huge sentinel (1e30).
+NO_LIMIT = 10**9
+
+
+def context_limit(model, tokenizer=None) -> int | None:
+    """The most tokens ``model`` takes: the smallest of its config's position limit
+    (``max_position_embeddings``, ``n_positions``, ``max_sequence_length``) and a finite
+    ``tokenizer.model_max_length``; None when neither says."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    limits = [getattr(config, name, None) for name in ("max_position_embeddings", "n_positions", "max_sequence_length")]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    finite = [int(x) for x in limits if isinstance(x, (int, float)) and 0 < x < NO_LIMIT]
+    return min(finite) if finite else None

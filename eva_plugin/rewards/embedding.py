@@ -12,6 +12,7 @@ import torch
 
 from eva_plugin.generation import Conversation, last_user_turn
 from eva_plugin.modeling import load_tokenizer, pick_device, release, torch_dtype, whole_weights
+from eva_plugin.rewards.batching import context_limit
 
 
 def _trigrams(words: list[str]) -> set[tuple[str, ...]]:
@@ -70,6 +71,8 @@ class EmbeddingSimilarityReward:
                                                    dtype=torch_dtype(dtype, self.device))
         self.model.to(self.device).eval()
         self.device = str(self.model.device)
+        limit = context_limit(self.model, self.tokenizer)  # never past the model's positions
+        self.max_length = min(int(max_length), limit) if limit else int(max_length)
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:

@@ -11,13 +11,16 @@ averaging (``order: both``, default) or, at half the cost, in one seeded random 
 from __future__ import annotations
 
 import itertools
+import logging
 
 import numpy as np
 import torch
 
 from eva_plugin.generation import Conversation, last_user_turn
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, loading_options, pick_device, release, whole_weights
-from eva_plugin.rewards.batching import length_batches
+from eva_plugin.rewards.batching import context_limit, length_batches
+
+logger = logging.getLogger(__name__)
 
 TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {a} [RESPONSE B] {b} \n"
 
@@ -53,6 +56,7 @@ class PairwisePreferenceReward:
                                         **loading_options(revision=revision, attn_implementation=attn_implementation))
         self.model.to(self.device).eval()
         self.device = str(self.model.device)
+        self.max_length = context_limit(self.model, self.tokenizer)
         ids = [self.tokenizer.encode(label, add_special_tokens=False) for label in labels]
         if any(len(i) != 1 for i in ids):
             raise ValueError(f"labels {labels} must be single tokens for this tokenizer")
@@ -69,11 +73,15 @@ class PairwisePreferenceReward:
         """P("A") against P("B") at the answer position, per rendered comparison."""
         if not texts:
             return []
-        lengths = [len(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        if self.max_length and any(len(x) > self.max_length for x in ids):
+            # keep the end: the answer position and the responses; the start of the context goes
+            logger.warning("%d of %d comparisons are longer than the judge's %d tokens; their start is cut",
+                           sum(len(x) > self.max_length for x in ids), len(ids), self.max_length)
+            ids = [x[-self.max_length:] for x in ids]
         out = [0.0] * len(texts)
-        for batch in length_batches(lengths, self.batch_size, self.max_batch_tokens):
-            enc = self.tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True,
-                                 add_special_tokens=False).to(self.model.device)
+        for batch in length_batches([len(x) for x in ids], self.batch_size, self.max_batch_tokens):
+            enc = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(self.model.device)
             logits = self.model(**enc).logits[:, -1]
             labels = torch.tensor(self.label_ids, device=logits.device)
             logits = logits.index_select(-1, labels).float()

@@ -6,7 +6,7 @@ import torch
 
 from eva_plugin.generation import Conversation
 from eva_plugin.modeling import load_tokenizer, loading_options, pick_device, release, torch_dtype, whole_weights
-from eva_plugin.rewards.batching import length_batches
+from eva_plugin.rewards.batching import context_limit, length_batches
 
 
 class SequenceClassificationReward:
@@ -49,6 +49,8 @@ class SequenceClassificationReward:
         self.pad_id = self.model.config.pad_token_id
         self.model.to(self.device).eval()
         self.device = str(self.model.device)
+        limit = context_limit(self.model, self.tokenizer)  # never past the model's positions
+        self.max_length = min(int(max_length), limit) if limit else int(max_length)
 
     def render(self, conversation: Conversation, response: str) -> str:
         messages = [*conversation, {"role": "assistant", "content": response}]
