@@ -154,15 +154,16 @@ class Iteration:
     def params(self, gen, purpose: str) -> SamplingParams:
         return self.run.params(gen, self.t, purpose)
 
-    def sample(self, prompts: list[str], n: int, purpose: str) -> tuple[list[list[str]], int]:
-        """``n`` responses of the policy per prompt (shared across the processes) and the tokens generated."""
+    def sample(self, prompts: list[str], n: int, purpose: str) -> tuple[list[list[str]], dict[str, int]]:
+        """``n`` responses of the policy per prompt (shared across the processes) and the counts for the
+        stage's manifest: tokens generated, prompts too long for the model (answered by empty texts)."""
         if not prompts:  # everything reused: no model to load
-            return [], 0
+            return [], {"tokens_generated": 0, "prompts_too_long": 0}
         self.make_room(self.policy)
         backend = self.run.runtime.shards.together(self.policy.get)
         gens = shared_generate(self.run.runtime.shards, backend, [user_turn(p) for p in prompts], n,
                                self.params(self.eva.generation, purpose))
-        return gens.texts, gens.num_tokens
+        return gens.texts, {"tokens_generated": gens.num_tokens, "prompts_too_long": gens.dropped_too_long}
 
     def score(self, prompts: list[str], responses: list[list[str]]) -> list[list[float]]:
         """Rewards of the reward model (shared across the processes), length-penalised (RLHF

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from eva_plugin.artifacts import fingerprint
+from eva_plugin.errors import EvaError
 from eva_plugin.generation import Conversation, Generations, SamplingParams
 from eva_plugin.generation.seeding import prompt_seeds
 
@@ -37,7 +38,7 @@ def assignment(n: int, rank: int, world: int, group_size: int = 1) -> list[int]:
     return list(range(rank // group_size, n, groups))
 
 
-class ProcessFailed(RuntimeError):
+class ProcessFailed(EvaError, RuntimeError):
     """Another process failed during a shared step; this one stops too."""
 
 
@@ -182,13 +183,15 @@ def generate(shards: Shards, backend, conversations: list[Conversation], n: int,
         extra = {"seeds": [seeds[i] for i in idx]} if seeded else {}
         gens = backend.generate(convs, n, params, **extra)
         finished = gens.finished or [None] * len(gens.texts)
-        return list(zip(gens.texts, finished)), {"num_tokens": gens.num_tokens, "failed": gens.failed}
+        return list(zip(gens.texts, finished)), {"num_tokens": gens.num_tokens, "failed": gens.failed,
+                                                 "dropped_too_long": gens.dropped_too_long}
 
     results, counts = shards.run(len(conversations), work, getattr(backend, "ranks_per_engine", 1),
                                  key=fingerprint([conversations, n, params.as_dict()]))
     texts = [list(texts) for texts, _ in results]
     finished = [] if any(f is None for _, f in results) else [list(f) for _, f in results]
-    return Generations(texts, counts.get("num_tokens", 0), finished, counts.get("failed", 0))
+    return Generations(texts, counts.get("num_tokens", 0), finished, counts.get("failed", 0),
+                       dropped_too_long=counts.get("dropped_too_long", 0))
 
 
 def score(shards: Shards, reward_model, conversations: list[Conversation],

@@ -103,3 +103,18 @@ def test_reuse_pool_wraps_around_when_asked(write_recipe):
     run(recipe, stop_after="iter_2/prompts")
     pool = list(data(recipe.output_dir, 0, "prompts")["prompt_id"])
     assert list(data(recipe.output_dir, 2, "prompts")["prompt_id"]) == [pool[(8 + i) % 12] for i in range(8)]
+
+
+def test_a_prompt_too_long_for_the_policy_is_answered_empty_and_counted(write_recipe, tmp_path, prompts_file):
+    """One 20 k-word prompt among ordinary ones: no crash, the sampling manifest counts it."""
+    long_file = tmp_path / "long.jsonl"
+    rows = [json.loads(line) for line in prompts_file.read_text().splitlines()]
+    rows.append({"prompt": "tell me " + "very " * 20000 + "long story"})
+    long_file.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    recipe = load_recipe(["--config", str(write_recipe(eva={"prompts": str(long_file)}))])
+    run(recipe, stop_after="iter_1/creator_samples")
+    out = recipe.output_dir
+    assert manifest(out, 1, "creator_samples")["prompts_too_long"] == 1
+    sampled = data(out, 1, "creator_samples")
+    too_long = [r for r in sampled if r["prompt"].startswith("tell me very")]
+    assert len(sampled) == 13 and too_long[0]["responses"] == [""] * 4

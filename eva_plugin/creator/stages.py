@@ -21,6 +21,7 @@ from eva_plugin.creator.proxies import weights as proxy_weights
 from eva_plugin.generation.completions import Completions
 from eva_plugin.prompt_sets import creator_input, creator_input_id
 from eva_plugin.runtime import SHARED
+from eva_plugin.secrets import redact
 
 
 def _sampling(it: Iteration) -> dict:
@@ -37,9 +38,9 @@ class CreatorSamples(Stage):
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         prev = creator_input(it)
-        texts, tokens = it.sample(list(prev["prompt"]), it.eva.num_samples, self.name)
+        texts, counts = it.sample(list(prev["prompt"]), it.eva.num_samples, self.name)
         return StageResult(prev.add_column("responses", texts),
-                           {"tokens_generated": tokens, "generations": len(prev) * it.eva.num_samples})
+                           {**counts, "generations": len(prev) * it.eva.num_samples})
 
 
 class CreatorRewards(Stage):
@@ -110,7 +111,7 @@ class Evolved(Stage):
                   "evolver_generation": as_dict(eva.evolver_generation),
                   "policy_generation": as_dict(eva.generation) if eva.evolver_model is None else None}
         if eva.evolver_options:
-            config["evolver_options"] = eva.evolver_options
+            config["evolver_options"] = redact(eva.evolver_options)
         return config
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:

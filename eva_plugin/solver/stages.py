@@ -89,7 +89,7 @@ class SolverSamples(Stage):
         n = it.eva.solver_samples
         xt, reusable = it.load("prompts"), reusable_samples(it)
         todo = [i for i, r in enumerate(xt) if r["prompt_id"] not in reusable]
-        texts, tokens = it.sample([xt[i]["prompt"] for i in todo], n, self.name)
+        texts, counts = it.sample([xt[i]["prompt"] for i in todo], n, self.name)
         fresh = dict(zip(todo, texts))
         responses, rewards, reused = [], [], []
         for i, row in enumerate(xt):
@@ -99,7 +99,7 @@ class SolverSamples(Stage):
             reused.append(old is not None)
         ds = xt.add_column("responses", responses).add_column("reused_rewards", rewards)
         ds = ds.add_column("reused", reused)
-        return StageResult(ds, {"tokens_generated": tokens, "generations": len(todo) * n,
+        return StageResult(ds, {**counts, "generations": len(todo) * n,
                                 "generations_saved": sum(reused) * n})
 
 
