@@ -33,6 +33,9 @@ def check_plugins(eva: EvaArguments) -> None:
     from eva_plugin.creator.proxies import WEIGHTINGS
     from eva_plugin.solver.losses import loss_knobs
 
+    for key, value in eva.loss_args.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"`eva.loss_args.{key}` must be a number, got {value!r}")
     if eva.loss is not None:  # null: settled against the recipe's `loss_type` (recipe.read_eva_side)
         loss_knobs(eva.loss, eva.loss_args)
     if eva.weighting not in WEIGHTINGS:
@@ -44,6 +47,7 @@ def check_plugins(eva: EvaArguments) -> None:
             raise RecipeError(f"unknown eva.{key} {name!r}; known: {known} (`eva plugins` lists them)")
     plugins.check_options("evolvers", eva.evolver, eva.evolver_options, "eva.evolver_options")
     check_inline_secrets(eva)
+    check_options(eva)
 
 
 def check_inline_secrets(eva: EvaArguments) -> None:
@@ -59,3 +63,134 @@ def check_inline_secrets(eva: EvaArguments) -> None:
             raise RecipeError(f"eva.{where}.{found[0]}: secrets are not read from a recipe (they would be "
                               "written to manifests); put it in an environment variable and name that "
                               "variable with api_key_env (e.g. api_key_env: OPENAI_API_KEY)")
+
+
+#: Known keys of ``reward_options`` / ``generation.options`` / ``evolver_generation.options`` (read by
+#: the built-in reward models and backends) → (type, lower bound, lower bound included, upper bound,
+#: null allowed). Unknown keys pass through to plugins and vLLM untouched.
+_INT, _NUM, _BOOL, _STR = "an int", "a number", "true or false", "a string"
+OPTION_RULES: dict[str, tuple[str, float | None, bool, float | None, bool]] = {
+    "batch_size": (_INT, 1, True, None, True),
+    "max_length": (_INT, 1, True, None, False),
+    "max_batch_tokens": (_INT, 1, True, None, True),
+    "batch_tokens": (_INT, 1, True, None, True),
+    "tensor_parallel_size": (_INT, 1, True, None, False),
+    "pipeline_parallel_size": (_INT, 1, True, None, False),
+    "max_model_len": (_INT, 1, True, None, True),
+    "max_num_seqs": (_INT, 1, True, None, False),
+    "gpu_memory_utilization": (_NUM, 0, False, 1, False),
+    "concurrency": (_INT, 1, True, None, False),
+    "timeout": (_NUM, 0, False, None, False),
+    "max_retries": (_INT, 0, True, None, False),
+    "backoff": (_NUM, 0, True, None, False),
+    "min_words": (_INT, 0, True, None, False),
+    "max_echo": (_NUM, 0, True, 1, False),
+    "floor": (_NUM, None, True, None, False),
+    "seed": (_INT, None, True, None, False),
+    "trust_remote_code": (_BOOL, None, True, None, False),
+    "enable_prefix_caching": (_BOOL, None, True, None, False),
+    "guard": (_BOOL, None, True, None, False),
+    "dtype": (_STR, None, True, None, True),
+    "base_url": (_STR, None, True, None, False),
+    "model": (_STR, None, True, None, True),
+    "api_key_env": (_STR, None, True, None, False),
+}
+
+
+def _option_problem(value, rule) -> str | None:
+    kind, low, low_in, high, nullable = rule
+    if value is None:
+        return None if nullable else "must not be null"
+    ok = {_INT: isinstance(value, int), _NUM: isinstance(value, (int, float)), _BOOL: isinstance(value, bool),
+          _STR: isinstance(value, str)}[kind]
+    if kind in (_INT, _NUM) and isinstance(value, bool):
+        ok = False
+    if not ok:
+        return f"must be {kind}, got {value!r}"
+    if low is not None and (value < low or (value == low and not low_in)):
+        return f"must be {'>=' if low_in else '>'} {low}, got {value!r}"
+    if high is not None and value > high:
+        return f"must be <= {high}, got {value!r}"
+    return None
+
+
+def check_options(eva: EvaArguments) -> None:
+    """Types and ranges of the known keys of every options mapping, before any model loads."""
+    for where, options in (("reward_options", eva.reward_options),
+                           ("generation.options", eva.generation.options),
+                           ("evolver_generation.options", eva.evolver_generation.options)):
+        for key, value in (options or {}).items():
+            rule = OPTION_RULES.get(str(key))
+            problem = rule and _option_problem(value, rule)
+            if problem:
+                raise RecipeError(f"`eva.{where}.{key}` {problem}")
+    if eva.reward_options.get("order") not in (None, "random", "both"):
+        raise RecipeError(f"`eva.reward_options.order` must be random or both, got {eva.reward_options['order']!r}")
+
+
+def hub_offline() -> bool:
+    import os
+
+    return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+#: Reward types whose ``eva.reward_model`` is a model folder (a plugin's may name something else).
+BUILTIN_REWARD_TYPES = ("sequence_classification", "embedding", "pairwise")
+
+
+def check_model_paths(recipe_model: str | None, eva: EvaArguments, creator: str | None, *,
+                      hub: bool = True) -> None:
+    """Every model the run will load (policy, reward model, evolver), before the first one loads.
+    ``eva_plugin.dpo.main`` calls it once the recipe is read (``load_recipe`` alone only parses, so
+    shipped recipes parse on any machine); offline (HF_HUB_OFFLINE), a hub id must be in the local
+    cache. A plain DPO round (no ``creator:``) leaves a policy hub id to TRL."""
+    check_model_path(recipe_model, "model_name_or_path", hub=hub and creator is not None)
+    if creator is not None and eva.reward_type in BUILTIN_REWARD_TYPES:
+        check_model_path(eva.reward_model, "eva.reward_model", hub=hub)
+    if eva.evolver_model is not None:
+        if eva.evolver_generation.backend == "openai":  # the model name the server knows
+            if not str(eva.evolver_model).strip():
+                raise RecipeError("`eva.evolver_model` is empty; name the server's model or leave it null")
+        else:
+            check_model_path(eva.evolver_model, "eva.evolver_model", hub=hub)
+
+
+def check_model_path(path: str | None, where: str, *, hub: bool = True) -> None:
+    """A model a run will load: a local folder with ``config.json`` (``embedded:`` names are resolved
+    to one before this check), or a hub id: online it is fetched when it loads; with HF_HUB_OFFLINE /
+    TRANSFORMERS_OFFLINE set it must already be in the local Hugging Face cache."""
+    from pathlib import Path
+
+    if path is None:
+        return
+    if not isinstance(path, str) or not path.strip():
+        raise RecipeError(f"`{where}` is empty; set it to a model folder (with config.json)")
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise RecipeError(f"`{where}`: {path} holds no config.json; point it at a saved model folder")
+        return
+    if local.exists():
+        raise RecipeError(f"`{where}`: {path} is a file; point it at a model folder (with config.json)")
+    looks_local = path.startswith(("/", "./", "../", "~")) or path.count("/") > 1 or os_sep_in(path)
+    if looks_local:
+        raise RecipeError(f"`{where}`: {path} does not exist; point it at a model folder (with config.json)")
+    if hub and hub_offline() and not _in_hub_cache(path):
+        raise RecipeError(f"`{where}`: {path} is not a local folder and not in the Hugging Face cache, and "
+                          "HF_HUB_OFFLINE is set; download it first or point it at a model folder")
+
+
+def os_sep_in(path: str) -> bool:
+    import os
+
+    return os.sep != "/" and os.sep in path
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # not a valid repo id
+        return False

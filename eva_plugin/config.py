@@ -336,6 +336,10 @@ def validate(args: EvaArguments) -> None:
         (args.evolver_generation.temperature >= 0, "eva.evolver_generation.temperature must be >= 0"),
         *[(gen.sampling in ("seeded", "native"), f"eva.{key}.sampling must be seeded or native")
           for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation))],
+        *[(gen.max_new_tokens >= 1, f"eva.{key}.max_new_tokens must be >= 1")
+          for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation))],
+        *[(gen.batch_size >= 1, f"eva.{key}.batch_size must be >= 1")
+          for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation))],
         *[(gen.batch_tokens is None or gen.batch_tokens >= 1, f"eva.{key}.batch_tokens must be >= 1 or null")
           for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation))],
     ]

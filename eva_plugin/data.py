@@ -8,6 +8,8 @@ loads and mixes a TRL ``datasets:`` list whenever it can read every entry; local
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,8 @@ from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, l
 
 from eva_plugin.errors import RecipeError
 from eva_plugin.mixture import HANDBOOK, TRL, DatasetSpec, dialect, handbook_row_count, trl_row_counts
+
+logger = logging.getLogger(__name__)
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 CHAT_COLUMNS = ("messages", "chosen", "conversations", "conversation")
@@ -44,7 +48,13 @@ def load_spec(spec: DatasetSpec) -> Dataset:
         if builder is None:
             raise RecipeError(f"cannot read {spec.path}: use one of {', '.join(FILE_BUILDERS)} or a save_to_disk "
                               "folder")
-        ds = load_dataset(builder, data_files=spec.path, split="train")
+        _check_not_empty(spec.path)
+        if builder in ("json", "csv"):
+            _check_utf8(spec.path, builder)
+        try:
+            ds = load_dataset(builder, data_files=spec.path, split="train")
+        except Exception as err:  # datasets wraps the reader's error; find the real cause
+            raise RecipeError(_diagnose_file(spec.path, builder, err)) from None
     else:
         try:
             ds = load_dataset(spec.path, spec.config, data_dir=spec.data_dir, data_files=spec.data_files,
@@ -52,6 +62,59 @@ def load_spec(spec: DatasetSpec) -> Dataset:
         except Exception as err:  # datasets raises many types for "not found / offline"
             raise RecipeError(_unreadable(spec, err)) from None
     return _select_columns(ds, spec)
+
+
+def _check_not_empty(path: str) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if not head.strip():
+        raise RecipeError(f"data file {path} is empty (no rows); fill it or drop it from the recipe")
+
+
+def _check_utf8(path: str, builder: str) -> None:
+    """Text data must be UTF-8 (Arrow would take other bytes in and fail when the rows are read)."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as fh:
+        try:
+            while chunk := fh.read(1 << 20):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as err:
+            raise RecipeError(_diagnose_file(path, builder, err)) from None
+
+
+def _diagnose_file(path: str, builder: str, err: Exception) -> str:
+    """One line naming what is wrong with a local data file that ``load_dataset`` could not read:
+    bytes that are not UTF-8, a JSONL line that is not a JSON object (with its line number), …"""
+    if builder in ("json", "csv"):
+        with open(path, "rb") as fh:
+            for number, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as bad:
+                    return (f"data file {path} is not UTF-8 text: line {number}, byte {bad.start + 1} "
+                            f"({raw[bad.start:bad.start + 1]!r}); save it as UTF-8")
+                if builder == "json" and Path(path).suffix.lower() == ".jsonl" and line.strip():
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as bad:
+                        return f"data file {path}: line {number} is not valid JSON ({bad.msg}, column {bad.colno})"
+                    if not isinstance(row, dict):
+                        return f"data file {path}: line {number} is not a JSON object (one row per line)"
+    if builder == "json" and Path(path).suffix.lower() == ".json":
+        try:
+            with open(path, encoding="utf-8") as fh:
+                json.load(fh)
+        except json.JSONDecodeError as bad:
+            if "Extra data" in bad.msg:
+                return (f"data file {path}: line {bad.lineno} holds a second JSON value; use one JSON "
+                        "array/object or name the file .jsonl (one object per line)")
+            return f"data file {path}: line {bad.lineno} is not valid JSON ({bad.msg}, column {bad.colno})"
+    cause = err.__cause__ or err.__context__ or err
+    text = str(cause).splitlines()[0][:200] if str(cause) else ""
+    return f"cannot read data file {path} as {builder} ({type(cause).__name__}: {text})"
 
 
 def _unreadable(spec: DatasetSpec, err: Exception) -> str:
@@ -149,23 +212,40 @@ def prompt_id(text: str) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:16]
 
 
-def load_prompts(specs: list[DatasetSpec], column: str | None = None, seed: int = 0) -> Dataset:
+def load_prompts(specs: list[DatasetSpec], column: str | None = None, seed: int = 0,
+                 counts: dict[str, int] | None = None) -> Dataset:
     """Seed prompts from the mixture: ``prompt_id``, ``prompt``, ``source`` (+ ``category``).
 
     The rows are the mixture's (``mixture_parts``), in the sources' order; duplicate
-    prompts are dropped.
+    prompts are dropped, counted (one log line) in ``counts["duplicates_dropped"]``.
     """
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for spec, part in zip(specs, mixture_parts(specs, seed)):
-        _add_prompts(rows, seen, part, spec.path, column)
+    tally = {"duplicates_dropped": 0, "rows_without_prompt": 0}
+    parts = mixture_parts(specs, seed)
+    for spec, part in zip(specs, parts):
+        _add_prompts(rows, seen, part, spec.path, column, tally)
+    if not rows and sum(len(p) for p in parts) == 0:
+        zero = [s.path for s in specs if s.weight == 0 or s.fraction == 0]
+        why = f" (weight 0: {', '.join(zero)})" if zero else ""
+        raise RecipeError(f"the recipe's dataset mixture selects no rows{why}; give a dataset a weight > 0")
+    if tally["duplicates_dropped"]:
+        logger.warning("seed prompts: %d duplicate prompt(s) dropped (%d kept)", tally["duplicates_dropped"], len(rows))
+    if counts is not None:
+        counts.update(tally)
     return _prompt_set(rows, column)
 
 
-def _add_prompts(rows: list[dict[str, Any]], seen: set[str], ds: Dataset, source: str, column: str | None) -> None:
+def _add_prompts(rows: list[dict[str, Any]], seen: set[str], ds: Dataset, source: str, column: str | None,
+                 tally: dict[str, int] | None = None) -> None:
+    tally = tally if tally is not None else {"duplicates_dropped": 0, "rows_without_prompt": 0}
     for row in ds:
         text = prompt_text(row, column)
-        if text is None or text in seen:
+        if text is None:
+            tally["rows_without_prompt"] += 1
+            continue
+        if text in seen:
+            tally["duplicates_dropped"] += 1
             continue
         seen.add(text)
         rows.append({"prompt_id": prompt_id(text), "prompt": text, "source": source,
@@ -175,7 +255,8 @@ def _add_prompts(rows: list[dict[str, Any]], seen: set[str], ds: Dataset, source
 def _prompt_set(rows: list[dict[str, Any]], column: str | None) -> Dataset:
     if not rows:
         where = column or f"one of {', '.join(TEXT_COLUMNS + CHAT_COLUMNS)}"
-        raise RecipeError(f"no prompts found in the recipe's datasets; set `eva.prompt_column` (looked at {where})")
+        raise RecipeError(f"no prompts found in the recipe's datasets (no row has a non-empty prompt); set "
+                          f"`eva.prompt_column` (looked at {where})")
     return Dataset.from_list(rows)
 
 

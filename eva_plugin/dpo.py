@@ -142,10 +142,14 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m eva_plugin.dpo
         print(trl_help(), end="")
         return 0
     setup_logging()
-    stop_after = _pop_option(argv, "--stop_after")
-    overwrite_stale = _pop_flag(argv, "--overwrite_stale")
     try:
+        stop_after = _pop_option(argv, "--stop_after")
+        overwrite_stale = _pop_flag(argv, "--overwrite_stale")
         recipe = load_recipe(argv)
+        check_stop_after(recipe, stop_after)
+        from eva_plugin.checks import check_model_paths
+
+        check_model_paths(recipe.model.model_name_or_path or None, recipe.eva, recipe.creator)  # before any model loads
         setup_logging(recipe)
         run(recipe, stop_after=stop_after, overwrite_stale=overwrite_stale)
     except EvaError as err:
@@ -155,8 +159,31 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m eva_plugin.dpo
     return 0
 
 
+def check_stop_after(recipe: Recipe, stop_after: str | None) -> None:
+    """``--stop_after`` names a stage this run has: ``STAGE`` or ``iter_T/STAGE`` (T <= eva.iterations),
+    or ``iter_0/prompts``; anything else is refused with the names, before anything runs."""
+    if stop_after is None:
+        return
+    from eva_plugin.errors import RecipeError
+
+    if recipe.creator is None:
+        raise RecipeError("--stop_after needs an EVA run (`creator: eva` or `none`); a plain DPO round has no stages")
+    from eva_plugin.loop import stages_for
+
+    stages = stages_for(recipe.creator, recipe.eva.rewriter)
+    iterations = recipe.eva.iterations
+    valid = {"iter_0/prompts", *stages, *(f"iter_{t}/{s}" for t in range(1, iterations + 1) for s in stages)}
+    if stop_after not in valid:
+        raise RecipeError(f"--stop_after {stop_after!r} is not a stage of this run; use STAGE or iter_T/STAGE "
+                          f"(T = 1..{iterations}) with STAGE one of {', '.join(stages)}, or iter_0/prompts")
+
+
 def _pop_option(argv: list[str], name: str) -> str | None:
     for i, arg in enumerate(argv):
+        if arg == name and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
+            from eva_plugin.errors import RecipeError
+
+            raise RecipeError(f"{name} needs a value")
         if arg == name and i + 1 < len(argv):
             value = argv[i + 1]
             del argv[i : i + 2]

@@ -34,9 +34,11 @@ class SeedPool(Stage):
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         recipe = it.run.recipe
-        pool = load_prompts(recipe.datasets, it.eva.prompt_column, seed=recipe.mixture_seed)
+        counts: dict[str, int] = {}
+        pool = load_prompts(recipe.datasets, it.eva.prompt_column, seed=recipe.mixture_seed, counts=counts)
         pool = pool.shuffle(seed=it.run.seed)
-        return StageResult(pool.flatten_indices(), {"pool_size": len(pool)})
+        return StageResult(pool.flatten_indices(), {"pool_size": len(pool),
+                                                    "duplicates_dropped": counts.get("duplicates_dropped", 0)})
 
 
 def takes_split(run: Run, t: int) -> bool:

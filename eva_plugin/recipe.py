@@ -202,6 +202,9 @@ def read_yaml(config_path: str | None) -> dict[str, Any]:
         raise RecipeError(f"recipe {config_path} is a folder; pass --config PATH to a YAML file") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"recipe {config_path} is not valid YAML: {_first_line(err)}") from None
+    except UnicodeDecodeError as err:
+        raise RecipeError(f"recipe {config_path} is not UTF-8 text (byte {err.start}: "
+                          f"{err.object[err.start:err.start + 1]!r}); save it as UTF-8") from None
     if not isinstance(cfg, dict):
         raise RecipeError(f"recipe {config_path} must be a YAML mapping")
     return cfg
@@ -306,16 +309,20 @@ def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None
         cfg["report_to"] = _installed_reporters(cfg["report_to"], notes)
     dataclass_types = (ScriptArguments, DPOConfig, ModelConfig)
     known = {f.name for t in dataclass_types for f in dataclasses.fields(t)}
-    for key in sorted(set(cfg) - known):
-        cfg.pop(key)
-        notes.append(f"`{key}` ignored: not a ScriptArguments/DPOConfig/ModelConfig field")
+    _unknown_keys(cfg, known)
     explicit = set(cfg) | cli_keys
     parser = TrlParser(dataclass_types)
+
+    def refuse(message: str):  # argparse would print its usage and exit: one line instead
+        raise RecipeError(f"recipe {config_path}: {message.splitlines()[0]}")
+
+    parser.error = refuse  # type: ignore[method-assign]
     parser.set_defaults_with_config(**cfg)
     try:
         script, training, model = parser.parse_args_into_dataclasses(args=rest)
     except (ValueError, TypeError) as err:
         raise RecipeError(f"recipe {config_path}: {str(err).splitlines()[0] if str(err) else err!r}") from None
+    _check_output_dir(training.output_dir)
     _attention_fallback(model, notes)
     _hub_push(training, notes)
     specs, mixture_dialect, mixture_seed = mixture.datasets, mixture.dialect, mixture.seed
@@ -345,6 +352,39 @@ def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None
         mixture_seed=mixture_seed, test_split_size=mixture.test_split_size, mixture_dialect=mixture_dialect,
         source=config_path, notes=notes, explicit=explicit,
     )
+
+
+def _unknown_keys(cfg: dict[str, Any], known: set[str]) -> None:
+    """A top-level key that no TRL dataclass has is an error, as in TRL's own parser (legacy keys in
+    ``RENAMED``/``DROPPED`` were mapped or dropped before); the message names close matches."""
+    import difflib
+
+    unknown = sorted(set(map(str, cfg)) - known)
+    if not unknown:
+        return
+    key = unknown[0]
+    close = difflib.get_close_matches(key, sorted(known | {"eva", "creator", "env", "dataset_mixture"}), n=3)
+    hint = f"; did you mean {' or '.join(f'`{c}`' for c in close)}?" if close else \
+        " (`--help` lists every key; eva keys go under `eva:`)"
+    more = f" (and {len(unknown) - 1} more: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
+    raise RecipeError(f"unknown recipe key `{key}`{more}: not a ScriptArguments/DPOConfig/ModelConfig "
+                      f"field{hint}")
+
+
+def _check_output_dir(output_dir: str | None) -> None:
+    """``output_dir`` must be a folder this process can create and write, checked before any model loads."""
+    if not output_dir:
+        raise RecipeError("recipe has no `output_dir`; set it to the run's folder")
+    path = Path(output_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise RecipeError(f"`output_dir` {output_dir} is a file; point it at a folder")
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise RecipeError(f"`output_dir` {output_dir} cannot be created: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RecipeError(f"`output_dir` {output_dir} is not writable ({probe} denies it); pick another folder")
 
 
 def _beside_recipe(path: str, recipe_dir: Path) -> str:

@@ -60,7 +60,6 @@ def test_old_handbook_mixer_format_and_legacy_keys(tmp_path):
         "use_flash_attention_2": True,
         "chat_template": "{{ messages }}",
         "rpo_alpha": 1.0,
-        "some_future_key": 3,
         "output_dir": str(tmp_path / "o"),
     }))
     recipe = load_recipe(["--config", str(path)])
@@ -70,8 +69,13 @@ def test_old_handbook_mixer_format_and_legacy_keys(tmp_path):
     assert recipe.training.dataset_num_proc == 4
     assert recipe.training.eval_strategy == "no"
     notes = "\n".join(recipe.notes)
-    for key in ("use_flash_attention_2", "chat_template", "rpo_alpha", "some_future_key"):
+    for key in ("use_flash_attention_2", "chat_template", "rpo_alpha"):
         assert f"`{key}` ignored" in notes
+
+
+def test_unknown_top_level_key_is_an_error_with_close_matches(write_recipe):
+    with pytest.raises(RecipeError, match="unknown recipe key `learning_rte`.*`learning_rate`"):
+        load_recipe(["--config", str(write_recipe(learning_rte=1e-3))])
 
 
 def test_cli_overrides_trl_and_eva_keys(write_recipe):
