@@ -111,8 +111,12 @@ def setup_logging(recipe: Recipe | None = None) -> None:
     deprecation warnings are left as they are.
     """
     if recipe is None:
+        from eva_plugin.secrets import RedactingFilter
+
+        handler = logging.StreamHandler(sys.stdout)
+        handler.addFilter(RedactingFilter())  # a registered secret (an API key) never reaches the log
         logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-                            datefmt="%Y-%m-%d %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
+                            datefmt="%Y-%m-%d %H:%M:%S", handlers=[handler])
         logger.setLevel(logging.INFO)  # the recipe's notes, before its own level is known
         return
     import datasets

@@ -115,3 +115,23 @@ def test_env_sets_allowed_keys(write_recipe, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     load_recipe(["--config", str(write_recipe(env={"TOKENIZERS_PARALLELISM": "true", "OMP_NUM_THREADS": 1}))])
     assert os.environ["TOKENIZERS_PARALLELISM"] == "true" and os.environ["OMP_NUM_THREADS"] == "1"
+
+
+def test_the_run_log_masks_a_registered_secret(capsys):
+    """``eva run`` logs through a handler that masks every registered key value."""
+    import logging
+
+    from eva_plugin import secrets
+    from eva_plugin.dpo import setup_logging
+
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = []
+    try:
+        setup_logging()
+        secrets.register("sk-live-0123456789abcdef")
+        logging.getLogger("eva_plugin.test").warning("server said: bad key sk-live-0123456789abcdef")
+    finally:
+        root.handlers = saved
+    out = capsys.readouterr().out
+    assert "server said: bad key <redacted:" in out and "sk-live-0123456789abcdef" not in out
