@@ -10,6 +10,7 @@ work (``work``), which reads upstream artifacts from the store and returns a
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 
 from eva_plugin import plugins
 from eva_plugin.artifacts import StageResult, StageStore
+from eva_plugin.content import local_id
 from eva_plugin.data import user_turn
 from eva_plugin.generation import SamplingParams
 from eva_plugin.generation.seeding import derive_seed
@@ -72,9 +74,10 @@ class Run:
         return str(self.store.path(iteration - 1, "policy"))
 
     def policy_id(self, iteration: int) -> str:
-        """What identifies that checkpoint in fingerprints."""
+        """What identifies that checkpoint in fingerprints: the initial model's path and content
+        (a model replaced at the same path is another model), a trained one's stage fingerprint."""
         if iteration <= 1:
-            return str(self.recipe.model.model_name_or_path)
+            return local_id(str(self.recipe.model.model_name_or_path))
         return (self.store.manifest(iteration - 1, "policy") or {}).get("fingerprint", "missing")
 
     def reference_path(self, iteration: int) -> str:
@@ -109,7 +112,7 @@ class Run:
         return factory(self.eva.reward_model, **self.device_options(factory, self.eva.reward_options))
 
     def reward_config(self) -> dict:
-        return {"reward_model": self.eva.reward_model, "reward_type": self.eva.reward_type,
+        return {"reward_model": local_id(self.eva.reward_model), "reward_type": self.eva.reward_type,
                 "reward_options": redact(self.eva.reward_options), "length_penalty": self.eva.length_penalty}
 
 
@@ -167,7 +170,8 @@ class Iteration:
 
     def score(self, prompts: list[str], responses: list[list[str]]) -> list[list[float]]:
         """Rewards of the reward model (shared across the processes), length-penalised (RLHF
-        Workflow) when ``length_penalty`` > 0."""
+        Workflow) when ``length_penalty`` > 0. A reward that is not finite (NaN, ±inf) stays as NaN:
+        the stages that use rewards drop it per response (``nonfinite_rewards``)."""
         self.make_room(self.rewarder)
         model = self.run.runtime.shards.together(self.rewarder.get)
         rewards = shared_score(self.run.runtime.shards, model, [user_turn(p) for p in prompts], responses)
@@ -208,10 +212,15 @@ class Stage:
 
 
 def length_penalised(rewards: list[list[float]], responses: list[list[str]], penalty: float) -> list[list[float]]:
-    """r − λ·|y| with |y| in characters (RLHF Workflow); λ = 0 returns the rewards unchanged."""
-    if not penalty:
-        return rewards
-    return [[r - penalty * len(y) for r, y in zip(rs, ys)] for rs, ys in zip(rewards, responses)]
+    """r − λ·|y| with |y| in characters (RLHF Workflow); λ = 0 leaves the rewards as they are.
+    Non-finite rewards (NaN, ±inf) come back as NaN, one marker for "no usable reward"."""
+    return [[float(r) - penalty * len(y) if math.isfinite(float(r)) else math.nan for r, y in zip(rs, ys)]
+            for rs, ys in zip(rewards, responses)]
+
+
+def count_nonfinite(rewards: list[list[float]]) -> int:
+    """How many rewards are not finite (NaN, ±inf)."""
+    return sum(not math.isfinite(float(r)) for rs in rewards for r in rs)
 
 
 def as_dict(gen) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 from datasets import Dataset
 
 from eva_plugin.artifacts import StageResult
+from eva_plugin.content import content_id
 from eva_plugin.context import Iteration, Run, Stage
 from eva_plugin.data import load_prompts
 from eva_plugin.errors import RecipeError
@@ -29,8 +30,13 @@ class SeedPool(Stage):
 
     def config(self, it: Iteration) -> dict:
         recipe = it.run.recipe
-        return {"datasets": [dataclasses.asdict(s) for s in recipe.datasets], "column": it.eva.prompt_column,
-                "seed": it.run.seed, "mixture_seed": recipe.mixture_seed}
+        config = {"datasets": [dataclasses.asdict(s) for s in recipe.datasets], "column": it.eva.prompt_column,
+                  "seed": it.run.seed, "mixture_seed": recipe.mixture_seed}
+        # a prompt file (or saved dataset) replaced at the same path is another pool
+        contents = {s.path: content_id(s.path) for s in recipe.datasets if Path(s.path).exists()}
+        if contents:
+            config["contents"] = contents
+        return config
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         recipe = it.run.recipe

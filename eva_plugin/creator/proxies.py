@@ -50,6 +50,21 @@ BUILTIN_PROXIES: dict[str, Proxy] = {
 }
 
 
+#: a prompt needs this many finite rewards to say anything about its informativeness
+MIN_FINITE = 2
+
+
+def finite(rewards: Sequence[float]) -> np.ndarray:
+    """The finite rewards of one prompt (NaN and ±inf dropped: a reward model that could not score)."""
+    r = np.asarray(rewards, dtype=np.float64)
+    return r[np.isfinite(r)]
+
+
+def usable(rewards: Sequence[float]) -> bool:
+    """Whether a prompt has enough finite rewards to be scored (``MIN_FINITE``)."""
+    return len(finite(rewards)) >= MIN_FINITE
+
+
 def proxy_bases(proxy: Proxy, rewards: Sequence[Sequence[float]]) -> np.ndarray:
     return np.array([float(proxy.base(np.asarray(r, dtype=np.float64))) for r in rewards])
 
@@ -62,12 +77,20 @@ def weights(proxy: Proxy, rewards: Sequence[Sequence[float]], weighting: str = "
     ``proportional``: ``w ∝ info``; an infinite value (an inverse proxy of 0) is capped at
     the largest finite one, and if any value is negative all are shifted so the smallest is 0.
     A zero weight stays zero unless every weight is zero, in which case all are equal.
+    Non-finite rewards are dropped per prompt; a prompt left with fewer than ``MIN_FINITE``
+    finite rewards is excluded (weight 0) and the others are weighted among themselves.
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; known: {', '.join(WEIGHTINGS)}")
+    keep = [i for i, r in enumerate(rewards) if usable(r)]
+    out = np.zeros(len(rewards))
+    if keep:
+        out[keep] = _weights(proxy, [finite(rewards[i]) for i in keep], weighting)
+    return out
+
+
+def _weights(proxy: Proxy, rewards: Sequence[np.ndarray], weighting: str) -> np.ndarray:
     n = len(rewards)
-    if n == 0:
-        return np.zeros(0)
     if weighting == "minmax":
         v = proxy_bases(proxy, rewards)
         span = v.max() - v.min()

@@ -7,6 +7,8 @@ solver's ``prompts`` stage.
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +16,19 @@ from datasets import Dataset
 
 from eva_plugin import plugins
 from eva_plugin.artifacts import StageResult
-from eva_plugin.context import Iteration, Stage, as_dict
+from eva_plugin.content import local_id
+from eva_plugin.context import Iteration, Stage, as_dict, count_nonfinite
 from eva_plugin.creator import hygiene
 from eva_plugin.creator.evolvers import STATUSES, Truncated
+from eva_plugin.creator.proxies import finite, usable
 from eva_plugin.creator.proxies import weights as proxy_weights
+from eva_plugin.errors import EvaError
 from eva_plugin.generation.completions import Completions
 from eva_plugin.prompt_sets import creator_input, creator_input_id
 from eva_plugin.runtime import SHARED
 from eva_plugin.secrets import redact
+
+logger = logging.getLogger(__name__)
 
 
 def _sampling(it: Iteration) -> dict:
@@ -55,7 +62,12 @@ class CreatorRewards(Stage):
         sampled = it.load("creator_samples")
         responses = list(sampled["responses"])
         scores = it.score(list(sampled["prompt"]), responses)
-        return StageResult(sampled.add_column("rewards", scores), {"scored": sum(map(len, responses))})
+        bad = count_nonfinite(scores)
+        if bad:
+            logger.warning("iteration %d: %d of %d creator rewards are not finite (NaN or inf); they are dropped",
+                           it.t, bad, sum(map(len, scores)))
+        return StageResult(sampled.add_column("rewards", scores),
+                           {"scored": sum(map(len, responses)), "nonfinite_rewards": bad})
 
 
 class Scores(Stage):
@@ -70,12 +82,19 @@ class Scores(Stage):
         scored = it.load("creator_rewards")
         proxy = plugins.get("proxies", it.eva.proxy)
         rewards = list(scored["rewards"])
-        info = [proxy.info(r) for r in rewards]
+        # a prompt with fewer than two finite rewards says nothing: excluded (weight 0), with its reason
+        ok = [usable(r) for r in rewards]
+        info = [proxy.info(finite(r)) if good else float("nan") for r, good in zip(rewards, ok)]
+        excluded = ["" if good else "nonfinite_rewards" for good in ok]
+        if not any(ok):
+            raise EvaError(f"iteration {it.t}: no prompt has two finite rewards (the reward model gave NaN or inf); "
+                           "check eva.reward_model and its options")
         w = proxy_weights(proxy, rewards, it.eva.weighting)
         ds = Dataset.from_dict({"prompt_id": list(scored["prompt_id"]), "prompt": list(scored["prompt"]),
-                                "info": info, "weight": w.tolist()})
-        finite = [v for v in info if np.isfinite(v)]
-        return StageResult(ds, {"mean_info": float(np.mean(finite)) if finite else None})
+                                "info": info, "weight": w.tolist(), "excluded": excluded})
+        finite_info = [v for v in info if np.isfinite(v)]
+        return StageResult(ds, {"mean_info": float(np.mean(finite_info)) if finite_info else None,
+                                "excluded_nonfinite": len(ok) - sum(ok)})
 
 
 class Selected(Stage):
@@ -91,7 +110,11 @@ class Selected(Stage):
         scores = it.load("scores")
         k = max(1, round(len(scores) * it.eva.subset_fraction))
         choose = plugins.get("selectors", it.eva.selector)
-        idx = [int(i) for i in choose(np.asarray(scores["weight"]), k, it.rng(self.name))]
+        # never an excluded prompt (no finite rewards to judge it by); older artifacts have no column
+        excluded = scores["excluded"] if "excluded" in scores.column_names else [""] * len(scores)
+        pool = [i for i, why in enumerate(excluded) if not why]
+        weights = np.asarray(scores["weight"], dtype=np.float64)[pool]
+        idx = [pool[int(i)] for i in choose(weights, min(k, len(pool)), it.rng(self.name))]
         return StageResult(scores.select(idx), {"selected": len(idx)})
 
 
@@ -107,7 +130,7 @@ class Evolved(Stage):
                   "feedback": eva.evolver_feedback, "min_words": eva.evolved_min_words,
                   "max_words": eva.evolved_max_words, "near_duplicate": eva.near_duplicate_threshold,
                   "drop_refusals": eva.evolved_drop_refusals,
-                  "llm": eva.evolver_model or it.run.policy_id(it.t),
+                  "llm": local_id(eva.evolver_model) or it.run.policy_id(it.t),
                   "evolver_generation": as_dict(eva.evolver_generation),
                   "policy_generation": as_dict(eva.generation) if eva.evolver_model is None else None}
         if eva.evolver_options:
@@ -147,8 +170,9 @@ def evolver_seeds(it: Iteration) -> list[dict]:
     for seed in seeds:
         row = by_id[seed["prompt_id"]]
         rewards = row["rewards"]
-        hi = max(range(len(rewards)), key=rewards.__getitem__)
-        lo = min(range(len(rewards)), key=rewards.__getitem__)
+        good = [i for i, r in enumerate(rewards) if math.isfinite(r)]  # selected prompts have two or more
+        hi = max(good, key=rewards.__getitem__)
+        lo = min(good, key=rewards.__getitem__)
         seed["feedback"] = {"best": row["responses"][hi], "best_reward": rewards[hi],
                             "worst": row["responses"][lo], "worst_reward": rewards[lo]}
     return seeds

@@ -38,14 +38,23 @@ def win_probability(rewards: list[float], i: int, pairwise: bool = False) -> flo
 
 def build_pairs(rows: Iterable[dict], *, pairwise: bool = False) -> tuple[list[dict], dict[str, int]]:
     """TRL conversational preference rows (+ rewards, win probabilities, origin); counts of what was
-    dropped and why. ``pairwise``: the rewards are a pair-wise model's win probabilities."""
+    dropped and why. ``pairwise``: the rewards are a pair-wise model's win probabilities.
+
+    Responses whose reward is not finite (NaN, ±inf) are left out before best/worst and the win
+    probabilities; a prompt with fewer than two finite rewards is dropped as ``nonfinite``."""
     pairs, dropped = [], Counter()
     for row in rows:
-        responses, rewards = row["responses"], row["rewards"]
+        kept = [i for i, r in enumerate(row["rewards"]) if math.isfinite(float(r))]
+        responses = [row["responses"][i] for i in kept]
+        rewards = [float(row["rewards"][i]) for i in kept]
         choice = best_worst(responses, rewards)
         if choice is None:
-            reason = "too_few" if len(responses) < 2 else (
-                "tie" if max(rewards) == min(rewards) else "identical")
+            if len(row["responses"]) < 2:
+                reason = "too_few"
+            elif len(responses) < 2:
+                reason = "nonfinite"
+            else:
+                reason = "tie" if max(rewards) == min(rewards) else "identical"
             dropped[reason] += 1
             continue
         hi, lo = choice
@@ -54,8 +63,8 @@ def build_pairs(rows: Iterable[dict], *, pairwise: bool = False) -> tuple[list[d
             "prompt": user_turn(row["prompt"]),
             "chosen": [{"role": "assistant", "content": responses[hi]}],
             "rejected": [{"role": "assistant", "content": responses[lo]}],
-            "chosen_reward": float(rewards[hi]),
-            "rejected_reward": float(rewards[lo]),
+            "chosen_reward": rewards[hi],
+            "rejected_reward": rewards[lo],
             "chosen_probability": win_probability(rewards, hi, pairwise),
             "rejected_probability": win_probability(rewards, lo, pairwise),
             "origin": row.get("origin", ""),

@@ -16,7 +16,8 @@ import numpy as np
 from datasets import Dataset
 
 from eva_plugin.artifacts import StageResult
-from eva_plugin.context import Iteration, Stage, as_dict
+from eva_plugin.content import local_id
+from eva_plugin.context import Iteration, Stage, as_dict, count_nonfinite
 from eva_plugin.creator.mixing import plan_mix
 from eva_plugin.data import prompt_id
 from eva_plugin.generation.completions import Completions
@@ -127,10 +128,14 @@ class SolverRewards(Stage):
         todo = [i for i, r in enumerate(sampled) if not r["reused"]]
         scores = it.score([sampled[i]["prompt"] for i in todo], [sampled[i]["responses"] for i in todo]) \
             if todo else []
+        bad = count_nonfinite(scores)  # reused rewards were counted by creator_rewards
+        if bad:
+            logger.warning("iteration %d: %d of %d solver rewards are not finite (NaN or inf); they are dropped",
+                           it.t, bad, sum(map(len, scores)))
         fresh = dict(zip(todo, scores))
         rewards = [fresh.get(i, r["reused_rewards"]) for i, r in enumerate(sampled)]
         ds = sampled.remove_columns("reused_rewards").add_column("rewards", rewards)
-        return StageResult(ds, {"scored": len(todo) * it.eva.solver_samples})
+        return StageResult(ds, {"scored": len(todo) * it.eva.solver_samples, "nonfinite_rewards": bad})
 
 
 class Pairs(Stage):
@@ -144,8 +149,9 @@ class Pairs(Stage):
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         rows, stats = build_pairs(it.load("solver_rewards"), pairwise=it.eva.reward_type == "pairwise")
         if not rows:
-            raise RuntimeError(f"iteration {it.t}: every prompt gave a tie or identical responses; no pairs "
-                               "to train on (raise eva.solver_samples or the sampling temperature)")
+            raise RuntimeError(f"iteration {it.t}: every prompt gave a tie, identical responses or fewer than two "
+                               "finite rewards; no pairs to train on (raise eva.solver_samples or the sampling "
+                               "temperature, or check the reward model)")
         ds = Dataset.from_list(rows)
         stats.update(mean_chosen_reward=float(np.mean(ds["chosen_reward"])),
                      mean_rejected_reward=float(np.mean(ds["rejected_reward"])))
@@ -164,7 +170,8 @@ class Rewritten(Stage):
 
     def config(self, it: Iteration) -> dict:
         return {**it.upstream("pairs"), "ratio": it.eva.rewriter_max_length_ratio,
-                "llm": it.eva.evolver_model or it.run.policy_id(it.t), "generation": as_dict(self.generation(it))}
+                "llm": local_id(it.eva.evolver_model) or it.run.policy_id(it.t),
+                "generation": as_dict(self.generation(it))}
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         it.make_room(it.evolver_llm)
@@ -183,7 +190,9 @@ class Policy(Stage):
 
     def config(self, it: Iteration) -> dict:
         recipe = it.run.recipe
+        reference = {"reference_model": it.run.policy_id(1)} if it.eva.reference == "initial" and it.t > 1 else {}
         return {**it.upstream(self.source(it)), "policy": it.run.policy_id(it.t), "reference": it.eva.reference,
+                **reference,
                 "loss": it.eva.loss, "knobs": recipe.loss_knobs(), "training": training_config(recipe.training),
                 "model": dataclasses.asdict(recipe.model)}
 
