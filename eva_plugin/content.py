@@ -4,7 +4,7 @@ Resuming trusts a stage only when its inputs are the same; a path says nothing a
 it now. ``content_id`` hashes a file, or a folder (its files' relative names and hashes), so a
 prompt file or a model's weights replaced at the same path make the stages that read it stale.
 Hashing is paid once per file version: the per-file hash is cached under the user's cache dir
-(``$XDG_CACHE_HOME/eva_plugin/hashes.json``, ``~/.cache`` by default) keyed by the file's path,
+(``hashes.json`` in ``$EVA_PLUGIN_CACHE``, else ``$XDG_CACHE_HOME/eva_plugin``) keyed by the file's path,
 size, mtime, ctime and inode, and written atomically (processes that race lose nothing but work).
 A name that is no local path (a hub id, a server name) is its own id.
 """
@@ -25,8 +25,11 @@ _loaded: set[str] = set()
 
 
 def cache_path() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(root) / "eva_plugin" / "hashes.json"
+    """The hash cache, beside the converted embedded checkpoints (``$EVA_PLUGIN_CACHE``, else
+    ``$XDG_CACHE_HOME/eva_plugin``)."""
+    from eva_plugin.embedded import cache_root
+
+    return cache_root() / "hashes.json"
 
 
 def _key(path: Path, st: os.stat_result) -> str:
