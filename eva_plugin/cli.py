@@ -1,4 +1,5 @@
-"""The ``eva`` command: ``eva run RECIPE [overrides]`` and ``eva plugins``."""
+"""The ``eva`` command: ``eva run RECIPE [overrides]``, ``eva plugins``, ``eva report RUN_DIR`` and
+``eva compare RUN_A RUN_B``."""
 
 from __future__ import annotations
 
@@ -25,6 +26,29 @@ def list_plugins() -> None:
         print(entry.line())
 
 
+def report_command(args) -> int:
+    """``eva report`` / ``eva compare``: matplotlib and datasets are imported only here."""
+    from pathlib import Path
+
+    from eva_plugin import run_report
+
+    if args.command == "compare":
+        for run in (args.run_a, args.run_b):
+            if not Path(run).is_dir():
+                print(f"eva compare: {run} is not a folder", file=sys.stderr)
+                return 2
+        print(run_report.compare_text(Path(args.run_a), Path(args.run_b)))
+        return 0
+    if not Path(args.run_dir).is_dir():
+        print(f"eva report: {args.run_dir} is not a folder", file=sys.stderr)
+        return 2
+    data = run_report.collect(Path(args.run_dir))
+    out = run_report.write_report(Path(args.run_dir), Path(args.out) if args.out else None, data)
+    print(run_report.text_report(data, Path(args.run_dir)))
+    print(f"\nreport: {out / 'report.md'} ({out / 'report.html'}, {out / 'report.json'})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="eva", description="EVA iterative preference optimisation for TRL recipes")
@@ -35,10 +59,21 @@ def main(argv: list[str] | None = None) -> int:
                                 "`eva run --help` lists every option")
     run_p.add_argument("recipe", nargs="?", help="recipe YAML")
     sub.add_parser("plugins", help="list every registered proxy, selector, evolver, reward model and backend")
+    report_p = sub.add_parser("report", help="write RUN_DIR/report/ (report.md, report.html, report.json, "
+                                             "PNG plots) from a run's artifacts, finished, stopped or crashed")
+    report_p.add_argument("run_dir", help="a run's output_dir")
+    report_p.add_argument("--out", help="the report folder (default: RUN_DIR/report)")
+    compare_p = sub.add_parser("compare", help="two runs side by side (e.g. EVA vs `creator: none`)")
+    compare_p.add_argument("run_a")
+    compare_p.add_argument("run_b")
     args, rest = parser.parse_known_args(argv)
     if args.command == "plugins":
         list_plugins()
         return 0
+    if args.command in ("report", "compare"):
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return report_command(args)
     from eva_plugin import dpo
 
     if args.recipe is None or args.recipe.startswith("-"):
