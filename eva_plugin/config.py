@@ -111,6 +111,19 @@ class EvaArguments:
         metadata={"help": "Column holding the prompt; default: `prompt`, else the first user turn of "
                   "`messages`/`chosen`/`conversations`."},
     )
+    eval_prompts: str | None = field(
+        default=None,
+        metadata={"help": "Held-out evaluation prompts (local JSONL/JSON/parquet/CSV file or `save_to_disk` "
+                  "folder, read like `prompts`), never trained on; null = the recipe's `test_split_size` "
+                  "share of the seed pool when it sets one, else no evaluation. Each round's policy (and the "
+                  "initial one, `iter_0/eval`) answers them and the reward model scores the answers."},
+    )
+    eval_samples: int = field(
+        default=1, metadata={"help": "Responses per evaluation prompt (their rewards are averaged per prompt)."}
+    )
+    eval_size: int | None = field(
+        default=None, metadata={"help": "Use at most this many evaluation prompts (null = all of them)."}
+    )
     num_samples: int = field(default=6, metadata={"help": "Creator: responses sampled per prompt for scoring."})
     proxy: str = field(
         default="a_min",
@@ -322,6 +335,8 @@ def validate(args: EvaArguments) -> None:
         (0 <= args.evolved_min_words <= (args.evolved_max_words if args.evolved_max_words is not None
                                          else args.evolved_min_words),
          "eva.evolved_min_words must be >= 0 and <= eva.evolved_max_words"),
+        (args.eval_samples >= 1, "eva.eval_samples must be >= 1"),
+        (args.eval_size is None or args.eval_size >= 1, "eva.eval_size must be >= 1 or null"),
         (args.prompts_per_iteration is None or args.prompts_per_iteration >= 1,
          "eva.prompts_per_iteration must be >= 1 or null"),
         (args.reference in REFERENCES, f"eva.reference must be one of: {', '.join(REFERENCES)}"),

@@ -2,11 +2,13 @@
 
     X_0 ← seed prompts
     for t = 1 … T:
+        [held-out eval of π_0]
         creator (``creator: eva``, after ``warmup_iterations`` plain rounds):
                    sample π_{t-1} on X_{t-1} (or a fresh seed split), reward, info(x) by the
                    proxy, select the informative subset, evolve it
         solver:    X_t ← evolved + buffer (or the next seed split in a plain round),
                    sample π_{t-1} on X_t, reward, best/worst pairs [, rewrite the chosen], train π_t
+        [held-out eval of π_t (``eval_stage.py``)]
 
 Each stage is a class in ``creator/stages.py``, ``solver/stages.py`` or ``prompt_sets.py``;
 ``runtime.py`` runs it once per output dir across the processes of the launch.
@@ -19,8 +21,9 @@ from collections.abc import Callable
 from eva_plugin.artifacts import StageStore
 from eva_plugin.context import Iteration, Run
 from eva_plugin.creator import stages as creator
+from eva_plugin.eval_stage import evaluate
 from eva_plugin.locking import run_lock
-from eva_plugin.prompt_sets import SeedPool, check_supply
+from eva_plugin.prompt_sets import EvalPrompts, SeedPool, check_supply, eval_on
 from eva_plugin.runtime import IterationReport, StageRuntime
 from eva_plugin.solver import stages as solver
 
@@ -55,11 +58,18 @@ class EvaLoop:
         facts.store.root.mkdir(parents=True, exist_ok=True)
         with run_lock(facts.store.root, self.runtime.is_main):  # one run per output dir
             self.runtime.begin(0)
+            evaluating = eval_on(facts)  # eva.eval_prompts, or the recipe's test_split_size
+            if evaluating:
+                Iteration(facts, 0).do(EvalPrompts())  # held-out prompts, never trained on
             pool = Iteration(facts, 0).do(SeedPool())  # the shuffled seed pool; X_0 is its first split
             check_supply(facts, len(pool))  # enough seed prompts for every round, before any model loads
+            if evaluating:
+                evaluate(facts, 0)  # iter_0/eval: the initial policy π_0 on the held-out prompts
             for t in range(1, facts.eva.iterations + 1):
                 self.runtime.begin(t)
                 self.iteration(Iteration(facts, t))
+                if evaluating:  # iter_t/eval: π_t, just trained (its own sampler, freed after)
+                    evaluate(facts, t)
             self.runtime.write_iteration_manifests(facts.creator)
         return self.reports
 

@@ -7,6 +7,8 @@ trains without the creator (``creator: none``, or a warm-up round) or when the c
 from fresh seeds (``creator_input: fresh``, paper Table 26). With ``creator_input: previous``
 the creator evolves X_{t-1}, the set the last round trained on (the first split in round 1).
 Running out of seed prompts is an error before any model loads, unless ``reuse_pool`` is set.
+Held-out evaluation prompts (``iter_0/eval_prompts``: ``eva.eval_prompts`` or the recipe's
+``test_split_size`` share) are left out of the seed pool.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from datasets import Dataset
 from eva_plugin.artifacts import StageResult
 from eva_plugin.content import content_id
 from eva_plugin.context import Iteration, Run, Stage
-from eva_plugin.data import load_prompts
+from eva_plugin.data import DatasetSpec, load_prompts
 from eva_plugin.errors import RecipeError
 
 
@@ -29,22 +31,84 @@ class SeedPool(Stage):
     name = "prompts"
 
     def config(self, it: Iteration) -> dict:
-        recipe = it.run.recipe
-        config = {"datasets": [dataclasses.asdict(s) for s in recipe.datasets], "column": it.eva.prompt_column,
-                  "seed": it.run.seed, "mixture_seed": recipe.mixture_seed}
-        # a prompt file (or saved dataset) replaced at the same path is another pool
-        contents = {s.path: content_id(s.path) for s in recipe.datasets if Path(s.path).exists()}
-        if contents:
-            config["contents"] = contents
+        config = pool_config(it)
+        if eval_on(it.run):  # the held-out evaluation prompts are never trained on (absent: older fingerprints)
+            config["held_out"] = it.run.upstream(0, EvalPrompts.name)[EvalPrompts.name]
         return config
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         recipe = it.run.recipe
         counts: dict[str, int] = {}
         pool = load_prompts(recipe.datasets, it.eva.prompt_column, seed=recipe.mixture_seed, counts=counts)
+        stats = {}
+        if eval_on(it.run):
+            held = set(it.run.store.load(0, EvalPrompts.name)["prompt_id"])
+            keep = [i for i, pid in enumerate(pool["prompt_id"]) if pid not in held]
+            stats["held_out"] = len(pool) - len(keep)
+            pool = pool.select(keep).flatten_indices(keep_in_memory=True)
         pool = pool.shuffle(seed=it.run.seed)
         return StageResult(pool.flatten_indices(), {"pool_size": len(pool),
-                                                    "duplicates_dropped": counts.get("duplicates_dropped", 0)})
+                                                    "duplicates_dropped": counts.get("duplicates_dropped", 0),
+                                                    **stats})
+
+
+def pool_config(it: Iteration) -> dict:
+    """What decides the seed pool before any held-out prompts leave it."""
+    recipe = it.run.recipe
+    config = {"datasets": [dataclasses.asdict(s) for s in recipe.datasets], "column": it.eva.prompt_column,
+              "seed": it.run.seed, "mixture_seed": recipe.mixture_seed}
+    # a prompt file (or saved dataset) replaced at the same path is another pool
+    contents = {s.path: content_id(s.path) for s in recipe.datasets if Path(s.path).exists()}
+    if contents:
+        config["contents"] = contents
+    return config
+
+
+def eval_on(run: Run) -> bool:
+    """Whether the run evaluates its policies: ``eva.eval_prompts``, or the recipe's ``test_split_size``."""
+    return bool(run.eva.eval_prompts) or bool(run.recipe.test_split_size)
+
+
+def eval_prompts_path(run: Run) -> str:
+    """``eva.eval_prompts``; a relative path that is not there from the working directory is read beside
+    the recipe (like the recipe's datasets)."""
+    path, source = run.eva.eval_prompts, run.recipe.source
+    if source and not Path(path).is_absolute() and not Path(path).exists() and (Path(source).parent / path).exists():
+        return str(Path(source).parent / path)
+    return path
+
+
+class EvalPrompts(Stage):
+    """``iter_0/eval_prompts``: the held-out evaluation prompts: ``eva.eval_prompts``, or the recipe's
+    ``test_split_size`` share of the seed prompts (split with the mixture seed, as the plain DPO round
+    does). The seed pool leaves all of them out; ``eva.eval_size`` caps how many are answered."""
+
+    name = "eval_prompts"
+
+    def config(self, it: Iteration) -> dict:
+        eva, recipe = it.eva, it.run.recipe
+        if eva.eval_prompts:
+            path = eval_prompts_path(it.run)
+            config = {"eval_prompts": path, "column": eva.prompt_column,
+                      "contents": content_id(path) if Path(path).exists() else None}
+        else:
+            config = {"pool": pool_config(it), "test_split_size": recipe.test_split_size}
+        return config
+
+    def work(self, it: Iteration, tmp: Path) -> StageResult:
+        eva, recipe = it.eva, it.run.recipe
+        if eva.eval_prompts:
+            held = load_prompts([DatasetSpec(path=eval_prompts_path(it.run), split="train")], eva.prompt_column)
+        else:
+            pool = load_prompts(recipe.datasets, eva.prompt_column, seed=recipe.mixture_seed)
+            size = recipe.test_split_size
+            if len(pool) < 2 or (size >= 1 and int(size) >= len(pool)):
+                raise RecipeError(f"test_split_size {size} leaves no seed prompts to train on (the pool has "
+                                  f"{len(pool)}); lower it or set eva.eval_prompts")
+            held = pool.train_test_split(test_size=size, seed=recipe.mixture_seed)["test"]
+        held = held.flatten_indices(keep_in_memory=True)
+        return StageResult(held, {"prompts": len(held), "source": "eval_prompts" if eva.eval_prompts
+                                  else "test_split_size"})
 
 
 def takes_split(run: Run, t: int) -> bool:

@@ -1,0 +1,104 @@
+"""Held-out evaluation (``iter_<t>/eval``): π_t answers the held-out prompts, the run's reward model scores them.
+
+``iter_0/eval`` is the initial policy, ``iter_t/eval`` the policy trained in round t. Every round
+samples with the same seed (the ``eval`` purpose of iteration 0), so differences between rounds
+come from the policy. The manifest holds ``mean_reward`` (over prompts of the per-prompt mean),
+its standard error ``stderr``, ``win_rate`` against the initial policy's answers on the same
+prompts (per-prompt means compared, ties half; 0.5 at iteration 0) and ``prompts``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset
+
+from eva_plugin.artifacts import StageResult
+from eva_plugin.context import Iteration, Run, Stage, as_dict, count_nonfinite, exclusive
+from eva_plugin.generation import SamplingParams
+from eva_plugin.prompt_sets import EvalPrompts
+from eva_plugin.runtime import SHARED, Lazy
+
+
+class EvalRound(Iteration):
+    """The models of iteration ``t``'s evaluation: the sampler is π_t, the policy trained in round t
+    (``run.policy_path(t + 1)``; the initial model at t = 0), not the π_{t-1} a round samples with."""
+
+    def __init__(self, run: Run, t: int) -> None:
+        super().__init__(run, t)
+        self.policy = Lazy(lambda: run.backend(run.policy_path(t + 1), run.eva.generation))
+        self._exclusive[id(self.policy)] = exclusive(run.eva.generation.backend)
+
+    def params(self, gen, purpose: str) -> SamplingParams:
+        return self.run.params(gen, 0, purpose)  # one seed for every round: only the policy differs
+
+
+def evaluate(run: Run, t: int) -> dict:
+    """Run ``iter_<t>/eval`` (skipped when done) and free its models; returns its manifest."""
+    it = EvalRound(run, t)
+    try:
+        it.do(Eval())
+    finally:
+        it.close()
+    return run.store.manifest(t, Eval.name) or {}
+
+
+class Eval(Stage):
+    """``iter_<t>/eval``: ``eval_samples`` answers of π_t per held-out prompt, their rewards and summary."""
+
+    name, mode = "eval", SHARED
+
+    def config(self, it: Iteration) -> dict:
+        config = {**it.run.upstream(0, EvalPrompts.name), "size": it.eva.eval_size, "n": it.eva.eval_samples,
+                  "policy": it.run.policy_id(it.t + 1), "generation": as_dict(it.eva.generation),
+                  **it.run.reward_config(), "seed": it.run.seed}
+        if it.t > 0:  # the win rate compares with the initial policy's answers
+            config["initial"] = it.run.upstream(0, self.name)[self.name]
+        return config
+
+    def work(self, it: Iteration, tmp: Path) -> StageResult:
+        held = it.run.store.load(0, EvalPrompts.name)
+        if it.eva.eval_size is not None and it.eva.eval_size < len(held):
+            held = held.select(range(it.eva.eval_size))
+        prompts = list(held["prompt"])
+        responses, counts = it.sample(prompts, it.eva.eval_samples, self.name)
+        rewards = it.score(prompts, responses) if prompts else []
+        means = [prompt_mean(rs) for rs in rewards]
+        initial = None
+        if it.t > 0:
+            first = it.run.store.load(0, self.name)
+            initial = dict(zip(first["prompt_id"], first["mean_reward"]))
+        ds = Dataset.from_dict({"prompt_id": list(held["prompt_id"]), "prompt": prompts, "responses": responses,
+                                "rewards": rewards, "mean_reward": means})
+        stats = {**summary(list(held["prompt_id"]), means, initial), **counts,
+                 "nonfinite_rewards": count_nonfinite(rewards)}
+        note = f"mean reward {fmt(stats['mean_reward'])} ± {fmt(stats['stderr'])}, win rate {fmt(stats['win_rate'])}"
+        return StageResult(ds, stats, note=note)
+
+
+def fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def prompt_mean(rewards: list[float]) -> float:
+    """The mean of a prompt's finite rewards (NaN when none is finite)."""
+    finite = [float(r) for r in rewards if math.isfinite(float(r))]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def summary(ids: list[str], means: list[float], initial: dict[str, float] | None) -> dict:
+    """``mean_reward`` and ``stderr`` over the prompts with a finite mean; ``win_rate`` against ``initial``
+    (per prompt: 1 better, 0.5 tie, 0 worse; prompts without a finite reward on either side are left out);
+    None where nothing is left to average."""
+    finite = np.array([m for m in means if math.isfinite(m)], dtype=float)
+    mean = float(finite.mean()) if len(finite) else None
+    stderr = float(finite.std(ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else (0.0 if len(finite) else None)
+    if initial is None:
+        win_rate = 0.5
+    else:
+        wins = [1.0 if m > initial[i] else 0.5 if m == initial[i] else 0.0 for i, m in zip(ids, means)
+                if math.isfinite(m) and math.isfinite(initial.get(i, math.nan))]
+        win_rate = float(np.mean(wins)) if wins else None
+    return {"prompts": len(ids), "mean_reward": mean, "stderr": stderr, "win_rate": win_rate}

@@ -1,0 +1,94 @@
+"""Held-out evaluation (``iter_<t>/eval``): π_0 and every trained π_t on prompts never trained on."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from datasets import load_from_disk
+
+from eva_plugin.dpo import run
+from eva_plugin.eval_stage import summary
+from eva_plugin.recipe import load_recipe
+
+FIELDS = {"mean_reward", "stderr", "win_rate", "prompts"}
+
+
+def manifest(out: Path, t: int, stage: str) -> dict:
+    return json.loads((out / f"iter_{t}" / stage / "manifest.json").read_text())
+
+
+def data(out: Path, t: int, stage: str):
+    return load_from_disk(str(out / f"iter_{t}" / stage / "data"))
+
+
+def trained_ids(out: Path, iterations: int) -> set[str]:
+    ids = set(data(out, 0, "prompts")["prompt_id"])
+    for t in range(1, iterations + 1):
+        ids |= set(data(out, t, "prompts")["prompt_id"])
+    return ids
+
+
+def test_eval_prompts_file_is_evaluated_every_round_and_never_trained_on(write_recipe, tmp_path, prompts_file):
+    shared = json.loads(prompts_file.read_text().splitlines()[0])["prompt"]  # also a seed prompt
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in
+                             [shared, "describe a quiet morning", "name three rivers", "explain rain"]))
+    path = write_recipe(eva={"eval_prompts": str(evals), "eval_samples": 2, "num_evolutions": 1})
+    recipe = load_recipe(["--config", str(path)])
+    run(recipe)
+    out = recipe.output_dir
+    held = set(data(out, 0, "eval_prompts")["prompt_id"])
+    assert len(held) == 4
+    assert not held & trained_ids(out, 2)
+    assert manifest(out, 0, "prompts")["held_out"] == 1  # the shared prompt left the seed pool
+    for t in (0, 1, 2):
+        m = manifest(out, t, "eval")
+        assert set(m) >= FIELDS and m["prompts"] == 4
+        assert math.isfinite(m["mean_reward"]) and m["stderr"] >= 0
+        assert 0 <= m["win_rate"] <= 1
+        rows = data(out, t, "eval")
+        assert set(rows["prompt_id"]) == held and all(len(r) == 2 for r in rows["rewards"])
+    assert manifest(out, 0, "eval")["win_rate"] == 0.5
+    # iteration t is answered by the policy trained in round t: different checkpoints, different fingerprints
+    assert len({manifest(out, t, "eval")["fingerprint"] for t in (0, 1, 2)}) == 3
+
+    seconds = {t: manifest(out, t, "eval")["seconds"] for t in (0, 1, 2)}
+    run(load_recipe(["--config", str(path)]))  # resume: every eval is skipped
+    assert {t: manifest(out, t, "eval")["seconds"] for t in (0, 1, 2)} == seconds
+
+
+def test_test_split_size_holds_a_share_of_the_seed_pool_out(write_recipe, prompts_file):
+    path = write_recipe(creator="none", eva={"iterations": 1, "eval_size": 2},
+                        dataset_mixture={"datasets": [{"id": str(prompts_file), "split": "train", "weight": 1.0}],
+                                         "seed": 0, "test_split_size": 3})
+    recipe = load_recipe(["--config", str(path)])
+    assert recipe.test_split_size == 3
+    run(recipe)
+    out = recipe.output_dir
+    held = set(data(out, 0, "eval_prompts")["prompt_id"])
+    n_seed = len(prompts_file.read_text().splitlines())
+    assert len(held) == 3 and manifest(out, 0, "prompts")["pool_size"] == n_seed - 3
+    assert not held & trained_ids(out, 1)
+    assert manifest(out, 0, "eval")["win_rate"] == 0.5 and manifest(out, 0, "eval")["prompts"] == 2
+    assert manifest(out, 1, "eval")["prompts"] == 2 and set(manifest(out, 1, "eval")) >= FIELDS
+
+
+def test_eval_off_keeps_the_seed_pool_fingerprint(write_recipe):
+    from eva_plugin.context import Iteration, Run
+    from eva_plugin.prompt_sets import SeedPool, eval_on
+
+    recipe = load_recipe(["--config", str(write_recipe())])
+    facts = Run(recipe, runtime=None)
+    assert not eval_on(facts)
+    it = Iteration.__new__(Iteration)
+    it.run, it.t = facts, 0
+    assert set(SeedPool().config(it)) == {"datasets", "column", "seed", "mixture_seed", "contents"}
+
+
+def test_summary_win_rate_counts_ties_half_and_skips_nan():
+    ids = ["a", "b", "c", "d"]
+    s = summary(ids, [1.0, 2.0, 0.0, math.nan], {"a": 0.0, "b": 2.0, "c": 1.0, "d": 0.0})
+    assert s["win_rate"] == pytest.approx(0.5)  # win, tie, loss; d has no finite reward
+    assert s["mean_reward"] == pytest.approx(1.0) and s["stderr"] == pytest.approx(1.0 / math.sqrt(3))
+    assert summary(ids, [1.0] * 4, None)["win_rate"] == 0.5
