@@ -57,10 +57,12 @@ def run(recipe: Recipe, *, stop_after: str | None = None, overwrite_stale: bool 
     if recipe.creator is None:
         plain_dpo(recipe)
         return
+    from eva_plugin import progress
     from eva_plugin.errors import StopAfterStage
     from eva_plugin.loop import EvaLoop
     from eva_plugin.report import print_summary
 
+    progress.configure(recipe.training.disable_tqdm)
     loop = EvaLoop(recipe, stop_after=stop_after, overwrite_stale=overwrite_stale)
     # the libraries loaded so far stay for the whole run: keep them out of the full collections
     # that free each round's sampling models (each took ~0.3 s on CPU)

@@ -26,6 +26,7 @@ from eva_plugin import secrets
 from eva_plugin.errors import EvaError
 from eva_plugin.generation import Conversation, Generations, SamplingParams
 from eva_plugin.generation.seeding import prompt_seeds
+from eva_plugin.progress import bar
 
 logger = logging.getLogger(__name__)
 
@@ -141,11 +142,18 @@ class OpenAICompatibleBackend:
         """``n`` completions per conversation; ``seeds`` go out as each request's ``seed``."""
         seeds = seeds if seeds is not None else prompt_seeds(params.seed, conversations)
         pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        progress = bar(len(conversations), "requests", "request")
+
+        def one(i: int):
+            result = self._one(conversations[i], n, params, i, seeds[i])
+            progress.update(1)
+            return result
+
         try:
-            results = list(pool.map(lambda i: self._one(conversations[i], n, params, i, seeds[i]),
-                                    range(len(conversations))))
+            results = list(pool.map(one, range(len(conversations))))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            progress.close()
         return Generations(
             texts=[r[0] for r in results],
             num_tokens=sum(r[2] for r in results),

@@ -23,6 +23,7 @@ import torch
 from eva_plugin.generation import Conversation, Generations, SamplingParams, render_prompt
 from eva_plugin.generation.seeding import SeededSampling, prompt_seeds, sample_seed
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, pick_device, quantized, release, whole_weights
+from eva_plugin.progress import bar
 from eva_plugin.rewards.batching import context_limit, length_batches
 
 logger = logging.getLogger(__name__)
@@ -103,37 +104,39 @@ class TransformersBackend:
                 texts[i], finished[i] = [""] * n, [True] * n
         dropped = set(too_long)
         runs = [i for i in range(len(lengths)) if i not in dropped]
-        for sub in self.batches([lengths[i] for i in runs], n, params.max_new_tokens):
-            idx = [runs[j] for j in sub]
-            batch = self.tokenizer(
-                [rendered[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
-            ).to(self.device)
-            rows = {k: v.repeat_interleave(n, dim=0) for k, v in batch.items()}  # row b*n + j: prompt b, sample j
-            processors = LogitsProcessorList()
-            sampling: dict = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-            if params.temperature > 0 and self.sampling == "native":
-                torch.manual_seed(params.seed)
-                sampling.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-            elif params.temperature > 0:  # greedy decoding on Gumbel-perturbed scores = exact sampling
-                row_seeds = [sample_seed(seeds[i], j) for i in idx for j in range(n)]
-                processors.append(SeededSampling(row_seeds, params.temperature, params.top_p))
-            out = self.model.generate(
-                **rows,
-                **sampling,
-                logits_processor=processors,
-                max_new_tokens=params.max_new_tokens,
-                eos_token_id=eos_ids,
-                pad_token_id=pad_id,
-                synced_gpus=False,  # each process samples its own prompts, never in lockstep
-            )
-            new = out[:, batch["input_ids"].shape[1] :]
-            for row, tokens in enumerate(new):
-                keep, done = _until_eos(tokens.tolist(), eos_ids, pad_id)
-                total_tokens += len(keep)
-                texts[idx[row // n]].append(self.tokenizer.decode(keep, skip_special_tokens=True).strip())
-                finished[idx[row // n]].append(done)
-            done_prompts += len(idx)
-            logger.info("generated %d/%d prompts x %d", done_prompts, len(rendered), n)
+        with bar(len(runs), "sampling", "prompt") as progress:
+            for sub in self.batches([lengths[i] for i in runs], n, params.max_new_tokens):
+                idx = [runs[j] for j in sub]
+                batch = self.tokenizer(
+                    [rendered[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
+                ).to(self.device)
+                rows = {k: v.repeat_interleave(n, dim=0) for k, v in batch.items()}  # row b*n + j: prompt b, sample j
+                processors = LogitsProcessorList()
+                sampling: dict = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+                if params.temperature > 0 and self.sampling == "native":
+                    torch.manual_seed(params.seed)
+                    sampling.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
+                elif params.temperature > 0:  # greedy decoding on Gumbel-perturbed scores = exact sampling
+                    row_seeds = [sample_seed(seeds[i], j) for i in idx for j in range(n)]
+                    processors.append(SeededSampling(row_seeds, params.temperature, params.top_p))
+                out = self.model.generate(
+                    **rows,
+                    **sampling,
+                    logits_processor=processors,
+                    max_new_tokens=params.max_new_tokens,
+                    eos_token_id=eos_ids,
+                    pad_token_id=pad_id,
+                    synced_gpus=False,  # each process samples its own prompts, never in lockstep
+                )
+                new = out[:, batch["input_ids"].shape[1] :]
+                for row, tokens in enumerate(new):
+                    keep, done = _until_eos(tokens.tolist(), eos_ids, pad_id)
+                    total_tokens += len(keep)
+                    texts[idx[row // n]].append(self.tokenizer.decode(keep, skip_special_tokens=True).strip())
+                    finished[idx[row // n]].append(done)
+                done_prompts += len(idx)
+                logger.info("generated %d/%d prompts x %d", done_prompts, len(rendered), n)
+                progress.update(len(idx))
         return Generations(texts, total_tokens, finished, failed=len(too_long) * n, dropped_too_long=len(too_long))
 
     def batches(self, lengths: list[int], n: int, max_new_tokens: int) -> list[list[int]]:

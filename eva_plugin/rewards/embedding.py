@@ -12,6 +12,7 @@ import torch
 
 from eva_plugin.generation import Conversation, last_user_turn
 from eva_plugin.modeling import load_tokenizer, pick_device, release, torch_dtype, whole_weights
+from eva_plugin.progress import bar
 from eva_plugin.rewards.batching import context_limit
 
 
@@ -78,18 +79,20 @@ class EmbeddingSimilarityReward:
     def embed(self, texts: list[str]) -> torch.Tensor:
         """Unit-norm mean-pooled embeddings, one row per text."""
         rows = []
-        for start in range(0, len(texts), self.batch_size):
-            batch = self.tokenizer(
-                texts[start : start + self.batch_size],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-            ).to(self.model.device)
-            hidden = self.model(**batch).last_hidden_state.float()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            rows.append(torch.nn.functional.normalize(pooled, dim=-1))
+        with bar(len(texts), "scoring", "text") as progress:
+            for start in range(0, len(texts), self.batch_size):
+                batch = self.tokenizer(
+                    texts[start : start + self.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                ).to(self.model.device)
+                hidden = self.model(**batch).last_hidden_state.float()
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+                rows.append(torch.nn.functional.normalize(pooled, dim=-1))
+                progress.update(len(texts[start : start + self.batch_size]))
         return torch.cat(rows) if rows else torch.zeros(0, device=self.model.device)
 
     def score(self, conversations: list[Conversation], responses: list[list[str]]) -> list[list[float]]:

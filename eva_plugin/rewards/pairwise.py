@@ -18,6 +18,7 @@ import torch
 
 from eva_plugin.generation import Conversation, last_user_turn
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, loading_options, pick_device, release, whole_weights
+from eva_plugin.progress import bar
 from eva_plugin.rewards.batching import context_limit, length_batches
 
 logger = logging.getLogger(__name__)
@@ -80,13 +81,16 @@ class PairwisePreferenceReward:
                            sum(len(x) > self.max_length for x in ids), len(ids), self.max_length)
             ids = [x[-self.max_length:] for x in ids]
         out = [0.0] * len(texts)
-        for batch in length_batches([len(x) for x in ids], self.batch_size, self.max_batch_tokens):
-            enc = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt").to(self.model.device)
-            logits = self.model(**enc).logits[:, -1]
-            labels = torch.tensor(self.label_ids, device=logits.device)
-            logits = logits.index_select(-1, labels).float()
-            for i, p in zip(batch, torch.softmax(logits, -1)[:, 0].tolist()):
-                out[i] = p
+        with bar(len(ids), "scoring", "comparison") as progress:
+            for batch in length_batches([len(x) for x in ids], self.batch_size, self.max_batch_tokens):
+                enc = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]},
+                                         return_tensors="pt").to(self.model.device)
+                logits = self.model(**enc).logits[:, -1]
+                labels = torch.tensor(self.label_ids, device=logits.device)
+                logits = logits.index_select(-1, labels).float()
+                for i, p in zip(batch, torch.softmax(logits, -1)[:, 0].tolist()):
+                    out[i] = p
+                progress.update(len(batch))
         return out
 
     def score(self, conversations: list[Conversation], responses: list[list[str]]) -> list[list[float]]:

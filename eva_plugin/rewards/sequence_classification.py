@@ -6,6 +6,7 @@ import torch
 
 from eva_plugin.generation import Conversation
 from eva_plugin.modeling import load_tokenizer, loading_options, pick_device, release, torch_dtype, whole_weights
+from eva_plugin.progress import bar
 from eva_plugin.rewards.batching import context_limit, length_batches
 
 
@@ -66,10 +67,12 @@ class SequenceClassificationReward:
         ids = self.tokenizer([t for _, t in flat], truncation=True, max_length=self.max_length,
                              add_special_tokens=False)["input_ids"]
         values: list[float] = [0.0] * len(flat)
-        for batch in length_batches([len(x) for x in ids], self.batch_size, self.max_batch_tokens):
-            values_of = self._forward([ids[i] for i in batch])
-            for i, v in zip(batch, values_of):
-                values[i] = v
+        with bar(len(ids), "scoring", "response") as progress:
+            for batch in length_batches([len(x) for x in ids], self.batch_size, self.max_batch_tokens):
+                values_of = self._forward([ids[i] for i in batch])
+                for i, v in zip(batch, values_of):
+                    values[i] = v
+                progress.update(len(batch))
         result: list[list[float]] = [[] for _ in conversations]
         for (i, _), v in zip(flat, values):
             result[i].append(v)
