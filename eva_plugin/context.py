@@ -10,6 +10,7 @@ work (``work``), which reads upstream artifacts from the store and returns a
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from eva_plugin.secrets import redact
 from eva_plugin.sharding import accepts
 from eva_plugin.sharding import generate as shared_generate
 from eva_plugin.sharding import score as shared_score
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -168,14 +171,23 @@ class Iteration:
                                self.params(self.eva.generation, purpose))
         return gens.texts, {"tokens_generated": gens.num_tokens, "prompts_too_long": gens.dropped_too_long}
 
-    def score(self, prompts: list[str], responses: list[list[str]]) -> list[list[float]]:
+    def score(self, prompts: list[str], responses: list[list[str]],
+              what: str) -> tuple[list[list[float]], dict[str, int]]:
         """Rewards of the reward model (shared across the processes), length-penalised (RLHF
-        Workflow) when ``length_penalty`` > 0. A reward that is not finite (NaN, ±inf) stays as NaN:
-        the stages that use rewards drop it per response (``nonfinite_rewards``)."""
+        Workflow) when ``length_penalty`` > 0, and the counts for the stage's manifest: responses
+        ``scored`` and ``nonfinite_rewards``. A reward that is not finite (NaN, ±inf) stays as NaN
+        (the stages that use rewards drop it per response) and is said once, naming ``what``."""
+        if not prompts:  # everything reused: no model to load
+            return [], {"scored": 0, "nonfinite_rewards": 0}
         self.make_room(self.rewarder)
         model = self.run.runtime.shards.together(self.rewarder.get)
         rewards = shared_score(self.run.runtime.shards, model, [user_turn(p) for p in prompts], responses)
-        return length_penalised(rewards, responses, self.eva.length_penalty)
+        rewards = length_penalised(rewards, responses, self.eva.length_penalty)
+        scored, bad = sum(map(len, rewards)), count_nonfinite(rewards)
+        if bad:
+            logger.warning("iteration %d: %d of %d %s rewards are not finite (NaN or inf); they are dropped",
+                           self.t, bad, scored, what)
+        return rewards, {"scored": scored, "nonfinite_rewards": bad}
 
     def make_room(self, needed: Lazy) -> None:
         """Before ``needed`` is used: free the other models if it, or one of them, must have the GPU

@@ -16,7 +16,7 @@ import numpy as np
 from datasets import Dataset
 
 from eva_plugin.artifacts import StageResult
-from eva_plugin.context import Iteration, Run, Stage, as_dict, count_nonfinite, exclusive
+from eva_plugin.context import Iteration, Run, Stage, as_dict, exclusive
 from eva_plugin.generation import SamplingParams
 from eva_plugin.prompt_sets import EvalPrompts
 from eva_plugin.runtime import SHARED, Lazy
@@ -64,7 +64,7 @@ class Eval(Stage):
             held = held.select(range(it.eva.eval_size))
         prompts = list(held["prompt"])
         responses, counts = it.sample(prompts, it.eva.eval_samples, self.name)
-        rewards = it.score(prompts, responses) if prompts else []
+        rewards, scored = it.score(prompts, responses, "eval")
         means = [prompt_mean(rs) for rs in rewards]
         initial = None
         if it.t > 0:
@@ -73,7 +73,7 @@ class Eval(Stage):
         ds = Dataset.from_dict({"prompt_id": list(held["prompt_id"]), "prompt": prompts, "responses": responses,
                                 "rewards": rewards, "mean_reward": means})
         stats = {**summary(list(held["prompt_id"]), means, initial), **counts,
-                 "nonfinite_rewards": count_nonfinite(rewards)}
+                 "nonfinite_rewards": scored["nonfinite_rewards"]}
         note = f"mean reward {fmt(stats['mean_reward'])} ± {fmt(stats['stderr'])}, win rate {fmt(stats['win_rate'])}"
         return StageResult(ds, stats, note=note)
 

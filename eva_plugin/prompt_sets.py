@@ -149,16 +149,19 @@ def seed_split(it: Iteration, index: int) -> Dataset:
     return with_origin(pool.select([(index * n + i) % len(pool) for i in range(n)]), "seed")
 
 
+def previous_set(it: Iteration) -> Dataset:
+    """X_{t-1}: the first seed split in round 1, else the set the previous round trained on."""
+    return seed_split(it, 0) if it.t == 1 else it.run.store.load(it.t - 1, "prompts")
+
+
 def creator_input(it: Iteration) -> Dataset:
-    """What the creator scores and evolves: a seed split, or X_{t-1}."""
-    if it.eva.creator_input == "fresh" or it.t == 1:
-        return seed_split(it, split_index(it.run, it.t))
-    return it.run.store.load(it.t - 1, "prompts")
+    """What the creator scores and evolves: the seed split this round draws, or X_{t-1}."""
+    return seed_split(it, split_index(it.run, it.t)) if takes_split(it.run, it.t) else previous_set(it)
 
 
 def creator_input_id(it: Iteration) -> str:
     """What identifies the creator's input in fingerprints."""
-    if it.eva.creator_input == "fresh" or it.t == 1:
+    if takes_split(it.run, it.t):
         return f"{it.run.upstream(0, 'prompts')['prompts']}:split {split_index(it.run, it.t)}:" \
                f"{it.eva.prompts_per_iteration}"
     return it.run.upstream(it.t - 1, "prompts")["prompts"]
@@ -168,7 +171,7 @@ def buffer_source(it: Iteration) -> Dataset:
     """Where the non-evolved share of X_t is drawn from: the seed split the creator's prompts descend
     from (``buffer: seed``, the paper's original data), or X_{t-1} (``buffer: previous``)."""
     if it.eva.buffer == "previous":
-        return creator_input(it) if it.t == 1 else it.run.store.load(it.t - 1, "prompts")
+        return previous_set(it)
     return seed_split(it, split_index(it.run, it.t))
 
 

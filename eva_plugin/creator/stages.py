@@ -7,7 +7,6 @@ solver's ``prompts`` stage.
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from datasets import Dataset
 from eva_plugin import plugins
 from eva_plugin.artifacts import StageResult
 from eva_plugin.content import local_id
-from eva_plugin.context import Iteration, Stage, as_dict, count_nonfinite
+from eva_plugin.context import Iteration, Stage, as_dict
 from eva_plugin.creator import hygiene
 from eva_plugin.creator.evolvers import STATUSES, Truncated
 from eva_plugin.creator.proxies import finite, usable
@@ -27,8 +26,6 @@ from eva_plugin.generation.completions import Completions
 from eva_plugin.prompt_sets import creator_input, creator_input_id
 from eva_plugin.runtime import SHARED
 from eva_plugin.secrets import redact
-
-logger = logging.getLogger(__name__)
 
 
 def _sampling(it: Iteration) -> dict:
@@ -60,14 +57,8 @@ class CreatorRewards(Stage):
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         sampled = it.load("creator_samples")
-        responses = list(sampled["responses"])
-        scores = it.score(list(sampled["prompt"]), responses)
-        bad = count_nonfinite(scores)
-        if bad:
-            logger.warning("iteration %d: %d of %d creator rewards are not finite (NaN or inf); they are dropped",
-                           it.t, bad, sum(map(len, scores)))
-        return StageResult(sampled.add_column("rewards", scores),
-                           {"scored": sum(map(len, responses)), "nonfinite_rewards": bad})
+        scores, counts = it.score(list(sampled["prompt"]), list(sampled["responses"]), "creator")
+        return StageResult(sampled.add_column("rewards", scores), counts)
 
 
 class Scores(Stage):

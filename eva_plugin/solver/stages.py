@@ -17,7 +17,7 @@ from datasets import Dataset
 
 from eva_plugin.artifacts import StageResult
 from eva_plugin.content import local_id
-from eva_plugin.context import Iteration, Stage, as_dict, count_nonfinite
+from eva_plugin.context import Iteration, Stage, as_dict
 from eva_plugin.creator.mixing import plan_mix
 from eva_plugin.data import prompt_id
 from eva_plugin.generation.completions import Completions
@@ -83,7 +83,7 @@ class SolverSamples(Stage):
 
     def config(self, it: Iteration) -> dict:
         return {**it.upstream("prompts"), "n": it.eva.solver_samples, "policy": it.run.policy_id(it.t),
-                "reuse": it.upstream("creator_rewards") if reusable_samples(it) else None,
+                "reuse": it.upstream("creator_rewards") if can_reuse(it) else None,
                 "generation": as_dict(it.eva.generation), "seed": it.run.seed}
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
@@ -104,12 +104,17 @@ class SolverSamples(Stage):
                                 "generations_saved": sum(reused) * n})
 
 
-def reusable_samples(it: Iteration) -> dict[str, dict]:
-    """Creator samples that can stand in for solver samples (same policy and sampling, enough of them)."""
+def can_reuse(it: Iteration) -> bool:
+    """Whether this round's creator samples can stand in for solver samples (same policy and
+    sampling, enough of them)."""
     eva = it.eva
-    if not it.creator_on or not eva.reuse_creator_samples or eva.num_samples < eva.solver_samples:
-        return {}
-    if not (it.run.store.path(it.t, "creator_rewards") / "data").exists():
+    return (it.creator_on and eva.reuse_creator_samples and eva.num_samples >= eva.solver_samples
+            and (it.run.store.path(it.t, "creator_rewards") / "data").exists())
+
+
+def reusable_samples(it: Iteration) -> dict[str, dict]:
+    """The creator samples and rewards by prompt id, where ``can_reuse``."""
+    if not can_reuse(it):
         return {}
     return {r["prompt_id"]: {"responses": r["responses"], "rewards": r["rewards"]}
             for r in it.load("creator_rewards")}
@@ -126,16 +131,13 @@ class SolverRewards(Stage):
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         sampled = it.load("solver_samples")
         todo = [i for i, r in enumerate(sampled) if not r["reused"]]
-        scores = it.score([sampled[i]["prompt"] for i in todo], [sampled[i]["responses"] for i in todo]) \
-            if todo else []
-        bad = count_nonfinite(scores)  # reused rewards were counted by creator_rewards
-        if bad:
-            logger.warning("iteration %d: %d of %d solver rewards are not finite (NaN or inf); they are dropped",
-                           it.t, bad, sum(map(len, scores)))
+        # reused rewards were scored (and their non-finite ones counted) by creator_rewards
+        scores, counts = it.score([sampled[i]["prompt"] for i in todo], [sampled[i]["responses"] for i in todo],
+                                  "solver")
         fresh = dict(zip(todo, scores))
         rewards = [fresh.get(i, r["reused_rewards"]) for i, r in enumerate(sampled)]
         ds = sampled.remove_columns("reused_rewards").add_column("rewards", rewards)
-        return StageResult(ds, {"scored": len(todo) * it.eva.solver_samples, "nonfinite_rewards": bad})
+        return StageResult(ds, counts)
 
 
 class Pairs(Stage):
