@@ -92,23 +92,22 @@ class Run:
         """The fingerprints of finished stages (a stage's config includes its inputs')."""
         return {s: (self.store.manifest(iteration, s) or {}).get("fingerprint", "") for s in stages}
 
-    def device_options(self, factory: Callable, options: dict) -> dict:
-        """Backend / reward-model options with this process's device, for factories that take one
-        (the recipe's own ``device`` wins)."""
-        device = str(self.runtime.state.device)
-        return {"device": device, **options} if accepts(factory, "device") else dict(options)
+    def device_options(self, factory: Callable, options: dict, offered: dict | None = None) -> dict:
+        """Backend / reward-model keywords: what the run offers — this process's ``device``, and
+        ``offered`` — where the factory takes it, then the recipe's own ``options``, which win."""
+        offered = {"device": str(self.runtime.state.device), **(offered or {})}
+        return {**{k: v for k, v in offered.items() if accepts(factory, k)}, **options}
 
     def backend(self, model_path: str, gen) -> Any:
         factory = plugins.get("backends", gen.backend)
-        loading = {}
+        offered: dict[str, Any] = {"sampling": gen.sampling, "batch_tokens": gen.batch_tokens}
         if accepts(factory, "model_kwargs"):  # the recipe's revision / attention / quantization
             from eva_plugin.modeling import model_kwargs
 
-            loading["model_kwargs"] = model_kwargs(self.recipe.model, model_path)
+            offered["model_kwargs"] = model_kwargs(self.recipe.model, model_path)
         return factory(model_path, batch_size=gen.batch_size, dtype=gen.dtype or self.recipe.model.dtype,
                        trust_remote_code=self.recipe.training.trust_remote_code,
-                       **{**{k: getattr(gen, k) for k in ("sampling", "batch_tokens") if accepts(factory, k)},
-                          **loading, **self.device_options(factory, gen.options)})
+                       **self.device_options(factory, gen.options, offered))
 
     def reward_model(self) -> Any:
         factory = plugins.get("reward_models", self.eva.reward_type)
