@@ -129,6 +129,7 @@ def check_options(eva: EvaArguments) -> None:
 
 
 def hub_offline() -> bool:
+    """Whether the Hugging Face hub is switched off (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
     import os
 
     return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from eva_plugin.checks import check_plugins
+from eva_plugin.checks import check_plugins, hub_offline
 from eva_plugin.config import CREATORS, EvaArguments, eva_arguments
 from eva_plugin.errors import RecipeError
 from eva_plugin.mixture import HANDBOOK, TRL, DatasetSpec, read_mixture
@@ -168,16 +168,11 @@ def _attention_fallback(model, notes: list[str]) -> None:
     model.attn_implementation = "sdpa"
 
 
-def _hub_offline() -> bool:
-    return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
-               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def _hub_push(training, notes: list[str]) -> None:
     """``push_to_hub: true`` is honoured at the end of the run (``eva_plugin.dpo``); with
     HF_HUB_OFFLINE set it cannot be, so it is turned off here with one note (the policy stays
     in ``output_dir``) instead of failing after training."""
-    if training.push_to_hub and _hub_offline():
+    if training.push_to_hub and hub_offline():
         notes.append("`push_to_hub: true` turned off: HF_HUB_OFFLINE is set (the final policy stays in output_dir)")
         training.push_to_hub = False
 
