@@ -91,7 +91,8 @@ def test_demo_recipe_path_on_the_real_models(smollm2, cache, tmp_path):
     cmd = [str(Path(sys.executable).parent / "eva"), "run", "recipes/demo/config_eva.yaml",
            "--output_dir", str(out), "--eva.iterations", "1", "--eva.prompts_per_iteration", "6",
            "--eva.num_samples", "2", "--eva.solver_samples", "2", "--eva.num_evolutions", "1",
-           "--eva.generation.max_new_tokens", "16", "--eva.evolver_generation.max_new_tokens", "32"]
+           "--eva.generation.max_new_tokens", "16", "--eva.evolver_generation.max_new_tokens", "32",
+           "--eva.eval_size", "4", "--eva.eval_samples", "1"]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "EVA_PLUGIN_CACHE": str(cache)}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -104,11 +105,14 @@ def test_demo_recipe_path_on_the_real_models(smollm2, cache, tmp_path):
     assert stages["policy"]["steps"] >= 1
     assert (out / "iter_1" / "policy" / "model.safetensors").exists()
     assert stages["policy"]["policy_from"] == str(smollm2)
+    held_out = json.loads((out / "iter_1" / "eval" / "manifest.json").read_text())
+    assert held_out["prompts"] == 4 and held_out["mean_reward"] is not None  # the recipe's 40 held out, 4 used
 
 
 SHORT = ["--eva.iterations", "1", "--eva.prompts_per_iteration", "4", "--eva.num_samples", "2",
          "--eva.solver_samples", "2", "--eva.num_evolutions", "1", "--eva.evolver_candidates", "2",
-         "--eva.generation.max_new_tokens", "16", "--eva.evolver_generation.max_new_tokens", "48"]
+         "--eva.generation.max_new_tokens", "16", "--eva.evolver_generation.max_new_tokens", "48",
+         "--eva.eval_size", "2", "--eva.eval_samples", "1"]
 
 
 @pytest.mark.parametrize("evolver", ["evol_complexity", "evol_quality", "self_instruct"])
