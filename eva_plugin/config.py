@@ -70,6 +70,11 @@ def _evolver_generation() -> GenerationArguments:
     return GenerationArguments(temperature=0.88, top_p=1.0, max_new_tokens=666)
 
 
+def _judge_generation() -> GenerationArguments:
+    # a rating is one number: greedy, a few tokens of room for a model that writes "Rating: 4"
+    return GenerationArguments(temperature=0.0, top_p=1.0, max_new_tokens=16)
+
+
 @dataclass
 class EvaArguments:
     """The EVA loop. Defaults are the paper's (EVA §4, SPEC §2)."""
@@ -123,6 +128,17 @@ class EvaArguments:
     )
     eval_size: int | None = field(
         default=None, metadata={"help": "Use at most this many evaluation prompts (null = all of them)."}
+    )
+    judge_model: str | None = field(
+        default=None,
+        metadata={"help": "LLM that rates each prompt's complexity and quality on 1-5 scales (the paper's "
+                  "§E.1) for the seed pool (`iter_0/judged`) and every X_t (`iter_<t>/judged`): a local path, "
+                  "or the model name on a server (judge_generation.backend: openai); null = no judging."},
+    )
+    judge_size: int | None = field(
+        default=200,
+        metadata={"help": "Rate at most this many prompts per set (a seeded random subset; the paper rated "
+                  "10K per iteration); null = every prompt."},
     )
     num_samples: int = field(default=6, metadata={"help": "Creator: responses sampled per prompt for scoring."})
     proxy: str = field(
@@ -263,9 +279,19 @@ class EvaArguments:
         default_factory=_evolver_generation,
         metadata={"help": "Sampling for the evolver LLM."},
     )
+    judge_generation: GenerationArguments = field(
+        default_factory=_judge_generation,
+        metadata={"help": "Sampling for the judge LLM (`judge_model`); default greedy, 16 new tokens."},
+    )
 
 
-NESTED = {"generation": GenerationArguments, "evolver_generation": GenerationArguments}
+NESTED = {"generation": GenerationArguments, "evolver_generation": GenerationArguments,
+          "judge_generation": GenerationArguments}
+
+
+def generations(args: EvaArguments) -> list[tuple[str, GenerationArguments]]:
+    """Every ``eva.*generation`` block with its key: the policy's, the evolver's and the judge's."""
+    return [(key, getattr(args, key)) for key in NESTED]
 
 
 #: The YAML types each annotation accepts (an int is a valid float; a bool is not an int).
@@ -346,22 +372,20 @@ def validate(args: EvaArguments) -> None:
         (args.buffer in BUFFERS, f"eva.buffer must be one of: {', '.join(BUFFERS)}"),
         (args.generation.temperature > 0,
          "eva.generation.temperature must be > 0: several responses per prompt need sampling"),
-        *[(0 < gen.top_p <= 1, f"eva.{key}.top_p must be in (0, 1]")
-          for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation))],
-        (args.evolver_generation.temperature >= 0, "eva.evolver_generation.temperature must be >= 0"),
+        *[(0 < gen.top_p <= 1, f"eva.{key}.top_p must be in (0, 1]") for key, gen in generations(args)],
+        *[(gen.temperature >= 0, f"eva.{key}.temperature must be >= 0") for key, gen in generations(args)],
         *[(gen.sampling in ("seeded", "native"), f"eva.{key}.sampling must be seeded or native")
-          for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation))],
-        *[(gen.max_new_tokens >= 1, f"eva.{key}.max_new_tokens must be >= 1")
-          for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation))],
-        *[(gen.batch_size >= 1, f"eva.{key}.batch_size must be >= 1")
-          for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation))],
+          for key, gen in generations(args)],
+        *[(gen.max_new_tokens >= 1, f"eva.{key}.max_new_tokens must be >= 1") for key, gen in generations(args)],
+        *[(gen.batch_size >= 1, f"eva.{key}.batch_size must be >= 1") for key, gen in generations(args)],
         *[(gen.batch_tokens is None or gen.batch_tokens >= 1, f"eva.{key}.batch_tokens must be >= 1 or null")
-          for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation))],
+          for key, gen in generations(args)],
+        (args.judge_size is None or args.judge_size >= 1, "eva.judge_size must be >= 1 or null"),
     ]
     for ok, message in checks:
         if not ok:
             raise RecipeError(message)
-    for key, gen in (("generation", args.generation), ("evolver_generation", args.evolver_generation)):
+    for key, gen in generations(args):
         if gen.backend == "openai" and not gen.options.get("base_url"):
             raise RecipeError(f"eva.{key}.backend openai needs eva.{key}.options.base_url "
                               "(the server's /v1 address)")

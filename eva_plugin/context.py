@@ -207,6 +207,16 @@ class Iteration:
             held.close()
 
 
+def run_alone(it: Iteration, stage: Stage) -> dict:
+    """Run ``stage`` in ``it`` (skipped when done), then free ``it``'s models; returns the stage's manifest.
+    For the stages outside a round's own models: held-out evaluation, the prompt judge."""
+    try:
+        it.do(stage)
+    finally:
+        it.close()
+    return it.run.store.manifest(it.t, stage.name) or {}
+
+
 class Stage:
     """One step of Algorithm 1 that writes ``iter_<t>/<name>/``."""
 

@@ -16,7 +16,7 @@ import numpy as np
 from datasets import Dataset
 
 from eva_plugin.artifacts import StageResult
-from eva_plugin.context import Iteration, Run, Stage, as_dict, exclusive
+from eva_plugin.context import Iteration, Run, Stage, as_dict, exclusive, run_alone
 from eva_plugin.generation import SamplingParams
 from eva_plugin.prompt_sets import EvalPrompts
 from eva_plugin.runtime import SHARED, Lazy
@@ -37,12 +37,7 @@ class EvalRound(Iteration):
 
 def evaluate(run: Run, t: int) -> dict:
     """Run ``iter_<t>/eval`` (skipped when done) and free its models; returns its manifest."""
-    it = EvalRound(run, t)
-    try:
-        it.do(Eval())
-    finally:
-        it.close()
-    return run.store.manifest(t, Eval.name) or {}
+    return run_alone(EvalRound(run, t), Eval())
 
 
 class Eval(Stage):
@@ -102,3 +97,18 @@ def summary(ids: list[str], means: list[float], initial: dict[str, float] | None
                 if math.isfinite(m) and math.isfinite(initial.get(i, math.nan))]
         win_rate = float(np.mean(wins)) if wins else None
     return {"prompts": len(ids), "mean_reward": mean, "stderr": stderr, "win_rate": win_rate}
+
+
+def paired_difference(a: dict[str, float], b: dict[str, float]) -> dict:
+    """Policy A vs policy B on the held-out prompts both answered (``{prompt_id: mean reward}``):
+    ``difference`` = mean over prompts of A − B, its standard error ``stderr`` (over the per-prompt
+    differences, so the prompts' own difficulty cancels), ``win_rate`` of A (ties half) and ``prompts``;
+    None where no prompt has a finite reward on both sides."""
+    shared = [i for i in a if i in b and math.isfinite(a[i]) and math.isfinite(b[i])]
+    diffs = np.array([a[i] - b[i] for i in shared], dtype=float)
+    if not len(diffs):
+        return {"difference": None, "stderr": None, "win_rate": None, "prompts": 0}
+    stderr = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
+    wins = np.where(diffs > 0, 1.0, np.where(diffs == 0, 0.5, 0.0))
+    return {"difference": float(diffs.mean()), "stderr": stderr, "win_rate": float(wins.mean()),
+            "prompts": len(shared)}

@@ -9,6 +9,7 @@
         solver:    X_t ← evolved + buffer (or the next seed split in a plain round),
                    sample π_{t-1} on X_t, reward, best/worst pairs [, rewrite the chosen], train π_t
         [held-out eval of π_t (``eval_stage.py``)]
+        [complexity and quality of X_t by an LLM judge (``judge.py``; X_0 = the seed pool)]
 
 Each stage is a class in ``creator/stages.py``, ``solver/stages.py`` or ``prompt_sets.py``;
 ``runtime.py`` runs it once per output dir across the processes of the launch.
@@ -22,6 +23,7 @@ from eva_plugin.artifacts import StageStore
 from eva_plugin.context import Iteration, Run
 from eva_plugin.creator import stages as creator
 from eva_plugin.eval_stage import evaluate
+from eva_plugin.judge import judge
 from eva_plugin.locking import run_lock
 from eva_plugin.prompt_sets import EvalPrompts, SeedPool, check_supply, eval_on
 from eva_plugin.runtime import IterationReport, StageRuntime
@@ -63,11 +65,16 @@ class EvaLoop:
                 Iteration(facts, 0).do(EvalPrompts())  # held-out prompts, never trained on
             pool = Iteration(facts, 0).do(SeedPool())  # the shuffled seed pool; X_0 is its first split
             check_supply(facts, len(pool))  # enough seed prompts for every round, before any model loads
+            judging = facts.eva.judge_model is not None
+            if judging:
+                judge(facts, 0)  # iter_0/judged: complexity and quality of the seed prompts (§E.1)
             if evaluating:
                 evaluate(facts, 0)  # iter_0/eval: the initial policy π_0 on the held-out prompts
             for t in range(1, facts.eva.iterations + 1):
                 self.runtime.begin(t)
                 self.iteration(Iteration(facts, t))
+                if judging:
+                    judge(facts, t)  # iter_t/judged: complexity and quality of X_t
                 if evaluating:  # iter_t/eval: π_t, just trained (its own sampler, freed after)
                     evaluate(facts, t)
             self.runtime.write_iteration_manifests(facts.creator)

@@ -336,6 +336,7 @@ def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None
     model.model_name_or_path = resolve(model.model_name_or_path)
     eva.reward_model = resolve(eva.reward_model)
     eva.evolver_model = resolve(eva.evolver_model)
+    eva.judge_model = resolve(eva.judge_model)
     if creator is not None and not model.model_name_or_path:
         raise RecipeError("recipe has no `model_name_or_path`; set it to the policy checkpoint")
     if not specs:

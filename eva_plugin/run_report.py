@@ -22,7 +22,7 @@ from typing import Any
 # the order stages run in within an iteration (iter_0 has the seed pool `prompts` alone, iter_t's
 # `prompts` is X_t); stages not listed follow, by finishing time
 STAGE_ORDER = ["creator_samples", "creator_rewards", "scores", "selected", "evolved", "prompts",
-               "solver_samples", "solver_rewards", "pairs", "rewritten", "policy", "eval"]
+               "solver_samples", "solver_rewards", "pairs", "rewritten", "policy", "judged", "eval"]
 EVOLVED_STATUSES = ("kept", "empty", "truncated", "unusable", "too_short", "too_long", "refusal", "duplicate",
                     "near_duplicate")
 ORIGINS = ("seed", "buffer", "evolved")
@@ -225,6 +225,11 @@ def _eval(manifests) -> dict:
     return {t: {k: stages["eval"].get(k) for k in keys} for t, stages in manifests.items() if "eval" in stages}
 
 
+def _judged(manifests) -> dict:
+    keys = ("prompts", "mean_complexity", "stderr_complexity", "mean_quality", "stderr_quality", "by_origin")
+    return {t: {k: stages["judged"].get(k) for k in keys} for t, stages in manifests.items() if "judged" in stages}
+
+
 def _costs(manifests) -> dict:
     return {t: {s: {"seconds": m.get("seconds"), "tokens_generated": m.get("tokens_generated")}
                 for s, m in stages.items()} for t, stages in manifests.items()}
@@ -259,6 +264,7 @@ def collect(run_dir: Path) -> dict:
         "prompt_length": lengths,
         "categories": categories,
         "eval": _eval(manifests),
+        "judged": _judged(manifests),
         "stage_costs": _costs(manifests),
         "manifests": manifests,
     }
@@ -335,6 +341,17 @@ def text_sections(data: dict) -> list[tuple[str, str]]:
                 for t, e in data["eval"].items()]
         sections.append(("Held-out evaluation",
                          _table(["iter", "mean reward", "stderr", "win rate", "prompts"], rows)))
+    rows = []
+    for t, j in data.get("judged", {}).items():
+        rows.append([str(t), "seed pool" if t == 0 else "X_t", _fmt(j["mean_complexity"], 2),
+                     _fmt(j["stderr_complexity"], 2), _fmt(j["mean_quality"], 2), _fmt(j["stderr_quality"], 2),
+                     _fmt(j["prompts"])])
+        for origin, o in sorted((j.get("by_origin") or {}).items()) if t > 0 else []:
+            rows.append([str(t), f"  {origin}", _fmt(o.get("complexity"), 2), "", _fmt(o.get("quality"), 2), "",
+                         _fmt(o.get("prompts"))])
+    if rows:
+        header = ["iter", "prompts of", "complexity", "stderr", "quality", "stderr", "n"]
+        sections.append(("Prompt complexity and quality (LLM judge, 1-5)", _table(header, rows)))
     rows = []
     for t, entry in data["rewards_by_origin"].items():
         for origin, r in entry.items():
@@ -544,6 +561,8 @@ COMPARE_ROWS = [
     ("reward acc", lambda d, t: _row(d, t).get("reward acc")),
     ("eval mean reward", lambda d, t: d["eval"].get(t, {}).get("mean_reward")),
     ("eval win rate", lambda d, t: d["eval"].get(t, {}).get("win_rate")),
+    ("prompt complexity", lambda d, t: d.get("judged", {}).get(t, {}).get("mean_complexity")),
+    ("prompt quality", lambda d, t: d.get("judged", {}).get(t, {}).get("mean_quality")),
     ("mean prompt chars", lambda d, t: d["prompt_length"].get(t, {}).get("mean_chars")),
     ("seconds", lambda d, t: _total(d, t, "seconds")),
     ("tokens", lambda d, t: _total(d, t, "tokens_generated")),
@@ -577,7 +596,44 @@ def compare_text(run_a: Path, run_b: Path) -> str:
             rows.append([str(t), name, _fmt(va), _fmt(vb)])
     lines = [f"A: {run_a} ({a['status']})", f"B: {run_b} ({b['status']})", "",
              _table(["iter", "metric", name_a, name_b], rows)]
+    paired = held_out_difference(Path(run_a), Path(run_b))
+    if paired:
+        lines += ["", "held-out reward, A − B, paired over the prompts both answered "
+                  "(stderr of the per-prompt differences; win rate = share of prompts where A's mean is higher, "
+                  "ties half):",
+                  _table(["iter", "A", "B", "A − B", "stderr", "A wins", "prompts"],
+                         [[str(t), _fmt(d["a"]), _fmt(d["b"]), _signed(d["difference"]), _fmt(d["stderr"]),
+                           _fmt(d["win_rate"]), str(d["prompts"])] for t, d in paired.items()])]
     return "\n".join(lines)
+
+
+def _eval_means(run_dir: Path, t: int) -> dict[str, float] | None:
+    got = _load(run_dir / f"iter_{t}" / "eval", ["prompt_id", "mean_reward"])
+    if not got or "mean_reward" not in got:
+        return None
+    return {str(i): float(m) if m is not None else math.nan for i, m in zip(got["prompt_id"], got["mean_reward"])}
+
+
+def held_out_difference(run_a: Path, run_b: Path) -> dict[int, dict]:
+    """Per iteration both runs evaluated: their mean held-out rewards over the shared prompts and
+    ``eval_stage.paired_difference`` of A against B."""
+    from eva_plugin.eval_stage import paired_difference
+
+    out = {}
+    for t in sorted({t for t, _ in _iter_dirs(run_a)} & {t for t, _ in _iter_dirs(run_b)}):
+        a, b = _eval_means(run_a, t), _eval_means(run_b, t)
+        if a is None or b is None:
+            continue
+        diff = paired_difference(a, b)
+        if not diff["prompts"]:
+            continue
+        shared = [i for i in a if i in b and math.isfinite(a[i]) and math.isfinite(b[i])]
+        out[t] = {"a": mean(a[i] for i in shared), "b": mean(b[i] for i in shared), **diff}
+    return out
+
+
+def _signed(value) -> str:
+    return "-" if value is None else f"{value:+.3f}"
 
 
 def _label(data: dict, path: Path) -> str:

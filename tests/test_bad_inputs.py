@@ -199,6 +199,11 @@ CASES: dict[str, tuple] = {
     "reward-model-is-file": (_reward_model_is_file, "eva.reward_model"),
     "reward-model-hub-offline": (_recipe(eva={"reward_model": "nobody-xyz/no-such-rm"}), "eva.reward_model"),
     "evolver-model-missing": (_recipe(eva={"evolver_model": "/no/such/evolver"}), "eva.evolver_model"),
+    "judge-model-missing": (_recipe(eva={"judge_model": "/no/such/judge"}), "eva.judge_model"),
+    "judge-size-zero": (_recipe(eva={"judge_size": 0}), "eva.judge_size"),
+    "judge-backend-unknown": (_recipe(eva={"judge_generation": {"backend": "nope"}}), "judge_generation.backend"),
+    "judge-openai-no-base-url": (_recipe(eva={"judge_model": "gpt-x", "judge_generation": {"backend": "openai"}}),
+                                 "eva.judge_generation.backend openai needs"),
     "embedded-unknown": (_recipe(eva={"reward_model": "embedded:no-such-model"}), "embedded"),
     # top-level TRL keys and command line
     "top-level-typo": (_recipe(learning_rte=1e-3), "learning_rate"),

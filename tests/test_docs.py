@@ -32,9 +32,10 @@ def test_the_generator_rewrites_a_stale_table(tmp_path):
 
 def test_every_eva_key_is_listed_with_help_and_default():
     keys = {k.name: k for k in docs.eva_keys()}
-    top = {f.name for f in dataclasses.fields(EvaArguments)} - {"generation", "evolver_generation"}
+    top = {f.name for f in dataclasses.fields(EvaArguments)} - {"generation", "evolver_generation", "judge_generation"}
     assert top <= set(keys)
     assert keys["evolver_generation.temperature"].default == 0.88 and keys["generation.temperature"].default == 0.7
+    assert keys["judge_generation.temperature"].default == 0.0
     assert all(k.help for k in keys.values())
     text = docs.help_text()
     for name, key in keys.items():

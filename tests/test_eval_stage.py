@@ -2,13 +2,15 @@
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
 from datasets import load_from_disk
 
+from eva_plugin import cli
 from eva_plugin.dpo import run
-from eva_plugin.eval_stage import summary
+from eva_plugin.eval_stage import paired_difference, summary
 from eva_plugin.recipe import load_recipe
 
 FIELDS = {"mean_reward", "stderr", "win_rate", "prompts"}
@@ -92,3 +94,39 @@ def test_summary_win_rate_counts_ties_half_and_skips_nan():
     assert s["win_rate"] == pytest.approx(0.5)  # win, tie, loss; d has no finite reward
     assert s["mean_reward"] == pytest.approx(1.0) and s["stderr"] == pytest.approx(1.0 / math.sqrt(3))
     assert summary(ids, [1.0] * 4, None)["win_rate"] == 0.5
+
+
+def test_paired_difference_is_over_shared_finite_prompts():
+    a = {"p": 1.0, "q": 0.5, "r": 0.2, "s": math.nan, "only_a": 9.0}
+    b = {"p": 0.5, "q": 0.5, "r": 0.4, "s": 0.1}
+    d = paired_difference(a, b)
+    diffs = [0.5, 0.0, -0.2]
+    assert d["prompts"] == 3 and d["difference"] == pytest.approx(sum(diffs) / 3)
+    assert d["stderr"] == pytest.approx(statistics.stdev(diffs) / math.sqrt(3))
+    assert d["win_rate"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert paired_difference({"p": math.nan}, b) == {"difference": None, "stderr": None, "win_rate": None,
+                                                      "prompts": 0}
+
+
+def test_compare_shows_the_paired_held_out_difference(write_recipe, tmp_path, prompts_file, capsys):
+    mixture = {"datasets": [{"id": str(prompts_file), "split": "train", "weight": 1.0}], "seed": 0,
+               "test_split_size": 4}
+    eva_run = write_recipe("a.yaml", output_dir=str(tmp_path / "a"), dataset_mixture=mixture,
+                           eva={"iterations": 1, "eval_samples": 2, "num_evolutions": 1})
+    base = write_recipe("b.yaml", output_dir=str(tmp_path / "b"), dataset_mixture=mixture, creator="none",
+                        eva={"iterations": 1, "eval_samples": 2})
+    for path in (eva_run, base):
+        run(load_recipe(["--config", str(path)]))
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("held-out reward, A − B"):].splitlines()
+    for t in (0, 1):
+        a = dict(zip(data(tmp_path / "a", t, "eval")["prompt_id"], data(tmp_path / "a", t, "eval")["mean_reward"]))
+        b = dict(zip(data(tmp_path / "b", t, "eval")["prompt_id"], data(tmp_path / "b", t, "eval")["mean_reward"]))
+        assert set(a) == set(b) and len(a) == 4  # the same held-out prompts in both runs
+        want = paired_difference(a, b)
+        row = next(line.split() for line in table if line.split()[:1] == [str(t)])
+        assert row[3] == f"{want['difference']:+.3f}" and row[4] == f"{want['stderr']:.3f}"
+        assert row[5] == f"{want['win_rate']:.3f}" and row[6] == "4"
+    # iteration 0 is the same initial policy, sampled with the same seed: no difference at all
+    assert next(line.split() for line in table if line.split()[:1] == ["0"])[3] == "+0.000"

@@ -84,6 +84,8 @@ class Server:
             original = text.split("#Given Response#:\n", 1)[1].split("\n#Rewritten Response#", 1)[0]
             choices = [{"message": {"content": "#Rewritten Response#:\n" + original.upper()},
                         "finish_reason": "stop"} for _ in range(n)]
+        elif "Reply with the rating only" in text:  # the judge: a rating that test_judge.py can recompute
+            choices = [{"message": {"content": judge_reply(text)}, "finish_reason": "stop"} for _ in range(n)]
         elif "#The Given Prompt#" in text or "#Given Prompt#" in text:
             choices = [{"message": {"content": f"#Rewritten Prompt#:\nExplain {TOPICS[next(self.counter) % 12]} "
                                                "with a worked example."}, "finish_reason": "stop"}
@@ -96,6 +98,17 @@ class Server:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def judge_reply(request: str) -> str:
+    """What the loopback judge answers: complexity = 1 + words of the rated prompt mod 5, quality =
+    1 + its characters mod 5, in a different wording each; prompts holding "tell" get no rating."""
+    prompt = request.split("Request:\n", 1)[1].rsplit("\n\nReply with the rating only", 1)[0]
+    if "tell" in prompt.lower():
+        return "I cannot rate this."
+    if request.startswith("How difficult"):
+        return f"Rating: {1 + len(prompt.split()) % 5}/5"
+    return f"**{1 + len(prompt) % 5}**"
 
 
 @pytest.fixture
