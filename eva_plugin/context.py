@@ -14,6 +14,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,6 +31,7 @@ from eva_plugin.secrets import redact
 from eva_plugin.sharding import accepts
 from eva_plugin.sharding import generate as shared_generate
 from eva_plugin.sharding import score as shared_score
+from eva_plugin.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,11 @@ class Run:
     @property
     def store(self) -> StageStore:
         return self.runtime.store
+
+    @cached_property
+    def tracker(self) -> Tracker:
+        """The run's experiment trackers (``report_to``; nothing with ``none``), shared by every round."""
+        return Tracker(self.recipe.training, self.store.root, self.runtime.is_main)
 
     @property
     def seed(self) -> int:

@@ -58,7 +58,7 @@ class EvaLoop:
     def run(self) -> list[IterationReport]:
         facts = self.run_facts
         facts.store.root.mkdir(parents=True, exist_ok=True)
-        with run_lock(facts.store.root, self.runtime.is_main):  # one run per output dir
+        with run_lock(facts.store.root, self.runtime.is_main), facts.tracker:  # one run per output dir
             self.runtime.begin(0)
             evaluating = eval_on(facts)  # eva.eval_prompts, or the recipe's test_split_size
             if evaluating:
@@ -70,6 +70,7 @@ class EvaLoop:
                 judge(facts, 0)  # iter_0/judged: complexity and quality of the seed prompts (§E.1)
             if evaluating:
                 evaluate(facts, 0)  # iter_0/eval: the initial policy π_0 on the held-out prompts
+            facts.tracker.log_iteration(0)  # report_to: π_0's eval, at step 0
             for t in range(1, facts.eva.iterations + 1):
                 self.runtime.begin(t)
                 self.iteration(Iteration(facts, t))
@@ -77,6 +78,7 @@ class EvaLoop:
                     judge(facts, t)  # iter_t/judged: complexity and quality of X_t
                 if evaluating:  # iter_t/eval: π_t, just trained (its own sampler, freed after)
                     evaluate(facts, t)
+                facts.tracker.log_iteration(t)  # report_to: eva/* at the step that ended round t's training
             self.runtime.write_iteration_manifests(facts.creator)
         return self.reports
 

@@ -235,6 +235,27 @@ def _costs(manifests) -> dict:
                 for s, m in stages.items()} for t, stages in manifests.items()}
 
 
+def iteration_metrics(manifests: dict[int, dict[str, dict]], t: int) -> dict[str, float]:
+    """Iteration ``t``'s numbers as flat ``eva/…`` scalars (for experiment trackers): the summary
+    table's numeric columns (``eva/mean_info``, ``eva/pairs``, …), ``eva/evolved/<outcome>`` and
+    ``eva/evolved/dropped``, ``eva/eval/<key>``, ``eva/seconds/<stage>``, ``eva/tokens/<stage>`` and
+    ``eva/tokens_generated``; what the iteration has not published is left out."""
+    one = {t: manifests.get(t, {})}
+    flat: dict[str, Any] = {"iteration": t}
+    for row in summary_rows(one):
+        flat.update({name.replace(" ", "_"): value for name, value in row.items() if name != "iter"})
+    outcomes = _evolved_outcomes(one).get(t)
+    if outcomes:
+        flat.update({f"evolved/{outcome}": count for outcome, count in outcomes.items()})
+        flat["evolved/dropped"] = sum(c for s, c in outcomes.items() if s != "kept")
+    flat.update({f"eval/{k}": v for k, v in _eval(one).get(t, {}).items()})
+    for stage, cost in _costs(one)[t].items():
+        flat[f"seconds/{stage}"], flat[f"tokens/{stage}"] = cost["seconds"], cost["tokens_generated"]
+    flat["tokens_generated"] = _total({"stage_costs": _costs(one)}, t, "tokens_generated")
+    return {f"eva/{k}": float(v) for k, v in flat.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
 def _status(manifests) -> str:
     if not manifests:
         return "empty: no published stage"

@@ -206,7 +206,7 @@ class Policy(Stage):
         recipe = it.run.recipe
         stats = train_round(pairs, policy_path=it.run.policy_path(it.t), reference_path=it.run.reference_path(it.t),
                             training=recipe.training, model_args=recipe.model, save_dir=tmp, loss=it.eva.loss,
-                            knobs=recipe.loss_knobs())
+                            knobs=recipe.loss_knobs(), attach=lambda trainer: it.run.tracker.attach(trainer, it.t))
         shutil.rmtree(tmp / "trainer_state", ignore_errors=True)
         return StageResult(None, {"rows": len(pairs), **stats},
                            note=f"trained on {len(pairs)} pairs (loss {stats['train_loss']:.4f})")

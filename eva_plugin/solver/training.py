@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from datasets import Dataset
 
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, model_kwargs, pick_device, quantized, release
 from eva_plugin.solver.losses import loss_knobs, pair_columns, round_config, spec, trainer_class, trainer_kwargs
+from eva_plugin.tracking import continued
 
 logger = logging.getLogger(__name__)
 
@@ -80,9 +83,11 @@ def train_round(
     save_dir: Path,
     loss: str | None = "dpo",
     knobs: dict[str, float] | None = None,
+    attach: Callable[[Any], None] | None = None,
 ) -> dict:
     """Train on ``pairs`` from ``policy_path`` with ``loss`` (against ``reference_path`` where the
-    loss has a reference; ``None``: the recipe's own DPOConfig loss); save a checkpoint in ``save_dir``."""
+    loss has a reference; ``None``: the recipe's own DPOConfig loss); save a checkpoint in ``save_dir``.
+    ``attach`` sees the trainer before it trains (the run's trackers and step offset, ``tracking.py``)."""
     from trl import get_peft_config
 
     knobs = knobs if knobs is not None else loss_knobs(loss, {})
@@ -97,7 +102,7 @@ def train_round(
     if spec(loss).uses_reference:
         ref_model = kwargs["ref_model"] = _reference(model, policy_path, reference_path, dtype, trust,
                                                      model_args)
-    trainer = trainer_class(loss)(
+    trainer = continued(trainer_class(loss))(
         model=model,
         args=args,
         train_dataset=pairs.select_columns(pair_columns(loss)),
@@ -105,6 +110,8 @@ def train_round(
         peft_config=get_peft_config(model_args),
         **kwargs,
     )
+    if attach is not None:
+        attach(trainer)
     ref = getattr(trainer, "ref_model", None)
     reference_checksum = parameter_checksum(ref) if ref is not None else None
     # the reference's log-prob of the first pair's chosen response: shows which model it is
