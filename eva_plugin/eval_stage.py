@@ -98,17 +98,3 @@ def summary(ids: list[str], means: list[float], initial: dict[str, float] | None
         win_rate = float(np.mean(wins)) if wins else None
     return {"prompts": len(ids), "mean_reward": mean, "stderr": stderr, "win_rate": win_rate}
 
-
-def paired_difference(a: dict[str, float], b: dict[str, float]) -> dict:
-    """Policy A vs policy B on the held-out prompts both answered (``{prompt_id: mean reward}``):
-    ``difference`` = mean over prompts of A − B, its standard error ``stderr`` (over the per-prompt
-    differences, so the prompts' own difficulty cancels), ``win_rate`` of A (ties half) and ``prompts``;
-    None where no prompt has a finite reward on both sides."""
-    shared = [i for i in a if i in b and math.isfinite(a[i]) and math.isfinite(b[i])]
-    diffs = np.array([a[i] - b[i] for i in shared], dtype=float)
-    if not len(diffs):
-        return {"difference": None, "stderr": None, "win_rate": None, "prompts": 0}
-    stderr = float(diffs.std(ddof=1) / math.sqrt(len(diffs))) if len(diffs) > 1 else 0.0
-    wins = np.where(diffs > 0, 1.0, np.where(diffs == 0, 0.5, 0.0))
-    return {"difference": float(diffs.mean()), "stderr": stderr, "win_rate": float(wins.mean()),
-            "prompts": len(shared)}

@@ -16,7 +16,7 @@ import json
 import math
 import re
 from pathlib import Path
-from statistics import mean, median
+from statistics import mean, median, stdev
 from typing import Any
 
 # the order stages run in within an iteration (iter_0 has the seed pool `prompts` alone, iter_t's
@@ -238,8 +238,8 @@ def _costs(manifests) -> dict:
 def iteration_metrics(manifests: dict[int, dict[str, dict]], t: int) -> dict[str, float]:
     """Iteration ``t``'s numbers as flat ``eva/…`` scalars (for experiment trackers): the summary
     table's numeric columns (``eva/mean_info``, ``eva/pairs``, …), ``eva/evolved/<outcome>`` and
-    ``eva/evolved/dropped``, ``eva/eval/<key>``, ``eva/seconds/<stage>``, ``eva/tokens/<stage>`` and
-    ``eva/tokens_generated``; what the iteration has not published is left out."""
+    ``eva/evolved/dropped``, ``eva/eval/<key>``, ``eva/judged/<key>``, ``eva/seconds/<stage>``,
+    ``eva/tokens/<stage>`` and ``eva/tokens_generated``; what the iteration has not published is left out."""
     one = {t: manifests.get(t, {})}
     flat: dict[str, Any] = {"iteration": t}
     for row in summary_rows(one):
@@ -249,6 +249,7 @@ def iteration_metrics(manifests: dict[int, dict[str, dict]], t: int) -> dict[str
         flat.update({f"evolved/{outcome}": count for outcome, count in outcomes.items()})
         flat["evolved/dropped"] = sum(c for s, c in outcomes.items() if s != "kept")
     flat.update({f"eval/{k}": v for k, v in _eval(one).get(t, {}).items()})
+    flat.update({f"judged/{k}": v for k, v in _judged(one).get(t, {}).items()})  # by_origin (a dict) drops out
     for stage, cost in _costs(one)[t].items():
         flat[f"seconds/{stage}"], flat[f"tokens/{stage}"] = cost["seconds"], cost["tokens_generated"]
     flat["tokens_generated"] = _total({"stage_costs": _costs(one)}, t, "tokens_generated")
@@ -635,11 +636,23 @@ def _eval_means(run_dir: Path, t: int) -> dict[str, float] | None:
     return {str(i): float(m) if m is not None else math.nan for i, m in zip(got["prompt_id"], got["mean_reward"])}
 
 
+def paired_difference(a: dict[str, float], b: dict[str, float]) -> dict:
+    """Policy A vs policy B on the held-out prompts both answered (``{prompt_id: mean reward}``):
+    ``difference`` = mean over prompts of A − B, its standard error ``stderr`` (over the per-prompt
+    differences, so the prompts' own difficulty cancels), ``win_rate`` of A (ties half) and ``prompts``;
+    None where no prompt has a finite reward on both sides."""
+    shared = [i for i in a if i in b and math.isfinite(a[i]) and math.isfinite(b[i])]
+    diffs = [a[i] - b[i] for i in shared]
+    if not diffs:
+        return {"difference": None, "stderr": None, "win_rate": None, "prompts": 0}
+    spread = stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
+    wins = [1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in diffs]
+    return {"difference": mean(diffs), "stderr": spread, "win_rate": mean(wins), "prompts": len(shared)}
+
+
 def held_out_difference(run_a: Path, run_b: Path) -> dict[int, dict]:
     """Per iteration both runs evaluated: their mean held-out rewards over the shared prompts and
-    ``eval_stage.paired_difference`` of A against B."""
-    from eva_plugin.eval_stage import paired_difference
-
+    ``paired_difference`` of A against B."""
     out = {}
     for t in sorted({t for t, _ in _iter_dirs(run_a)} & {t for t, _ in _iter_dirs(run_b)}):
         a, b = _eval_means(run_a, t), _eval_means(run_b, t)
