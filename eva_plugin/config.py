@@ -129,6 +129,11 @@ class EvaArguments:
     eval_size: int | None = field(
         default=None, metadata={"help": "Use at most this many evaluation prompts (null = all of them)."}
     )
+    eval_temperature: float | None = field(
+        default=None,
+        metadata={"help": "Sampling temperature of the evaluation answers; null = generation.temperature; "
+                  "0 = greedy (one deterministic answer per prompt: set eval_samples to 1)."},
+    )
     judge_model: str | None = field(
         default=None,
         metadata={"help": "LLM that rates each prompt's complexity and quality on 1-5 scales (the paper's "
@@ -381,6 +386,7 @@ def validate(args: EvaArguments) -> None:
         *[(gen.batch_tokens is None or gen.batch_tokens >= 1, f"eva.{key}.batch_tokens must be >= 1 or null")
           for key, gen in generations(args)],
         (args.judge_size is None or args.judge_size >= 1, "eva.judge_size must be >= 1 or null"),
+        (args.eval_temperature is None or args.eval_temperature >= 0, "eva.eval_temperature must be >= 0 or null"),
     ]
     for ok, message in checks:
         if not ok:

@@ -2,13 +2,15 @@
 
 ``iter_0/eval`` is the initial policy, ``iter_t/eval`` the policy trained in round t. Every round
 samples with the same seed (the ``eval`` purpose of iteration 0), so differences between rounds
-come from the policy. The manifest holds ``mean_reward`` (over prompts of the per-prompt mean),
-its standard error ``stderr``, ``win_rate`` against the initial policy's answers on the same
-prompts (per-prompt means compared, ties half; 0.5 at iteration 0) and ``prompts``.
+come from the policy; ``eval_temperature`` 0 answers greedily. The manifest holds ``mean_reward``
+(over prompts of the per-prompt mean), its standard error ``stderr``, ``win_rate`` against the
+initial policy's answers on the same prompts (per-prompt means compared, ties half; 0.5 at
+iteration 0) and ``prompts``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -32,7 +34,10 @@ class EvalRound(Iteration):
         self._exclusive[id(self.policy)] = exclusive(run.eva.generation.backend)
 
     def params(self, gen, purpose: str) -> SamplingParams:
-        return self.run.params(gen, 0, purpose)  # one seed for every round: only the policy differs
+        params = self.run.params(gen, 0, purpose)  # one seed for every round: only the policy differs
+        if self.eva.eval_temperature is not None:
+            params = dataclasses.replace(params, temperature=self.eva.eval_temperature)
+        return params
 
 
 def evaluate(run: Run, t: int) -> dict:
@@ -49,6 +54,8 @@ class Eval(Stage):
         config = {**it.run.upstream(0, EvalPrompts.name), "size": it.eva.eval_size, "n": it.eva.eval_samples,
                   "policy": it.run.policy_id(it.t + 1), "generation": as_dict(it.eva.generation),
                   **it.run.reward_config(), "seed": it.run.seed}
+        if it.eva.eval_temperature is not None:
+            config["temperature"] = it.eva.eval_temperature
         if it.t > 0:  # the win rate compares with the initial policy's answers
             config["initial"] = it.run.upstream(0, self.name)[self.name]
         return config

@@ -504,6 +504,9 @@ def _plots(data: dict, folder: Path) -> list[tuple[str, str]]:
         ax2.plot(its, [evals[t]["win_rate"] for t in its], marker="s", color="#d62728", label="win rate")
         ax2.set_ylabel("win rate vs initial")
         ax2.set_ylim(0, 1)
+        ax.set_xticks(its)  # whole iterations
+        handles = [h for a in (ax, ax2) for h in a.get_legend_handles_labels()[0]]
+        ax.legend(handles, ["mean reward ± stderr", "win rate vs initial"], fontsize=7, loc="lower right")
         save(fig, "eval.png", "Held-out reward and win rate by iteration")
 
     costs = {t: c for t, c in data["stage_costs"].items() if c}

@@ -131,3 +131,22 @@ def test_compare_shows_the_paired_held_out_difference(write_recipe, tmp_path, pr
         assert row[5] == f"{want['win_rate']:.3f}" and row[6] == "4"
     # iteration 0 is the same initial policy, sampled with the same seed: no difference at all
     assert next(line.split() for line in table if line.split()[:1] == ["0"])[3] == "+0.000"
+
+
+def test_eval_temperature_zero_answers_greedily(write_recipe, prompts_file):
+    mixture = {"datasets": [{"id": str(prompts_file), "split": "train", "weight": 1.0}], "seed": 0,
+               "test_split_size": 3}
+    path = write_recipe(creator="none", dataset_mixture=mixture,
+                        eva={"iterations": 1, "eval_samples": 2, "eval_temperature": 0.0})
+    recipe = load_recipe(["--config", str(path)])
+    run(recipe)
+    for t in (0, 1):
+        rows = data(recipe.output_dir, t, "eval")
+        assert all(len(set(r)) == 1 for r in rows["responses"])  # greedy: both answers the same text
+        config = json.loads((recipe.output_dir / f"iter_{t}" / "eval" / "manifest.json").read_text())["config"]
+        assert config["temperature"] == 0.0
+    sampled = write_recipe("sampled.yaml", creator="none", dataset_mixture=mixture,
+                           eva={"iterations": 1, "eval_samples": 2}, output_dir=str(recipe.output_dir) + "-sampled")
+    sampled = load_recipe(["--config", str(sampled)])
+    run(sampled)
+    assert any(len(set(r)) == 2 for r in data(sampled.output_dir, 0, "eval")["responses"])  # T 0.7: they differ
