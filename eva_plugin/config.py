@@ -30,7 +30,7 @@ class GenerationArguments:
     )
     temperature: float = field(
         default=0.7,
-        metadata={"help": "Sampling temperature; 0 = greedy (evolver only: responses need > 0)."},
+        metadata={"help": "Sampling temperature; 0 = greedy (evolver and judge; the policy's responses need > 0)."},
     )
     top_p: float = field(default=0.9, metadata={"help": "Nucleus sampling probability mass."})
     max_new_tokens: int = field(default=2048, metadata={"help": "Maximum new tokens per response."})
