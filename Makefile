@@ -1,4 +1,4 @@
-# `make demo`: set up .venv and run EVA for real (SmolLM2-135M + MiniLM, 2 iterations, CPU).
+# `make demo`: set up .venv and run EVA for real (SmolLM2-135M + MiniLM, 3 iterations + held-out evaluation, CPU).
 # `make test`: set up .venv and run the test suite (offline).
 VENV ?= .venv
 PY := $(VENV)/bin/python
