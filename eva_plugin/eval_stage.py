@@ -22,6 +22,7 @@ from eva_plugin.context import Iteration, Run, Stage, as_dict, exclusive, run_al
 from eva_plugin.generation import SamplingParams
 from eva_plugin.prompt_sets import EvalPrompts
 from eva_plugin.runtime import SHARED, Lazy
+from eva_plugin.stats import mean_stderr, paired_difference
 
 
 class EvalRound(Iteration):
@@ -94,14 +95,7 @@ def summary(ids: list[str], means: list[float], initial: dict[str, float] | None
     """``mean_reward`` and ``stderr`` over the prompts with a finite mean; ``win_rate`` against ``initial``
     (per prompt: 1 better, 0.5 tie, 0 worse; prompts without a finite reward on either side are left out);
     None where nothing is left to average."""
-    finite = np.array([m for m in means if math.isfinite(m)], dtype=float)
-    mean = float(finite.mean()) if len(finite) else None
-    stderr = float(finite.std(ddof=1) / math.sqrt(len(finite))) if len(finite) > 1 else (0.0 if len(finite) else None)
-    if initial is None:
-        win_rate = 0.5
-    else:
-        wins = [1.0 if m > initial[i] else 0.5 if m == initial[i] else 0.0 for i, m in zip(ids, means)
-                if math.isfinite(m) and math.isfinite(initial.get(i, math.nan))]
-        win_rate = float(np.mean(wins)) if wins else None
+    mean, stderr = mean_stderr(means)
+    win_rate = 0.5 if initial is None else paired_difference(dict(zip(ids, means)), initial)["win_rate"]
     return {"prompts": len(ids), "mean_reward": mean, "stderr": stderr, "win_rate": win_rate}
 

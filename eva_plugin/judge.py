@@ -10,17 +10,16 @@ prompt origin (seed / buffer / evolved), and how many replies held no rating.
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 
-import numpy as np
 from datasets import Dataset
 
 from eva_plugin.artifacts import StageResult
 from eva_plugin.content import local_id
 from eva_plugin.context import Iteration, Run, Stage, as_dict, exclusive, run_alone
 from eva_plugin.runtime import SHARED, Lazy
+from eva_plugin.stats import mean_stderr
 
 #: Our two rubrics (the scales of §E.1, worded by us); ``{prompt}`` is the rated prompt.
 RUBRICS = {
@@ -82,12 +81,12 @@ class Judged(Stage):
         prompts = list(rows["prompt"])
         requests = [RUBRICS[scale].format(prompt=p) for scale in SCALES for p in prompts]
         replies, counts = it.sample(requests, 1, self.name)
-        ratings = {scale: [parse_rating(r[0] if r else "") for r in replies[i * len(prompts):(i + 1) * len(prompts)]]
-                   for i, scale in enumerate(SCALES)}
+        texts = [r[0] if r else "" for r in replies]
+        answers = {scale: texts[i * len(prompts):(i + 1) * len(prompts)] for i, scale in enumerate(SCALES)}
+        ratings = {scale: [parse_rating(text) for text in answers[scale]] for scale in SCALES}
         origins = list(rows["origin"]) if "origin" in rows.column_names else ["seed"] * len(prompts)
         columns = {"prompt_id": list(rows["prompt_id"]), "prompt": prompts, "origin": origins, **ratings,
-                   **{f"{scale}_reply": [r[0] if r else "" for r in replies[i * len(prompts):(i + 1) * len(prompts)]]
-                      for i, scale in enumerate(SCALES)}}
+                   **{f"{scale}_reply": answers[scale] for scale in SCALES}}
         stats = {"prompts": len(prompts), **summary(ratings, origins), **counts}
         note = ", ".join(f"{s} {_fmt(stats[f'mean_{s}'])} ± {_fmt(stats[f'stderr_{s}'])}" for s in SCALES)
         return StageResult(Dataset.from_dict(columns), stats, note=note)
@@ -107,14 +106,6 @@ def summary(ratings: dict[str, list[float | None]], origins: list[str]) -> dict:
                     for scale, values in ratings.items()}}
         for origin in sorted(set(origins))}
     return out
-
-
-def mean_stderr(values: list[float | None]) -> tuple[float | None, float | None]:
-    rated = np.array([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if not len(rated):
-        return None, None
-    stderr = float(rated.std(ddof=1) / math.sqrt(len(rated))) if len(rated) > 1 else 0.0
-    return float(rated.mean()), stderr
 
 
 def _fmt(value: float | None) -> str:

@@ -16,8 +16,10 @@ import json
 import math
 import re
 from pathlib import Path
-from statistics import mean, median, stdev
+from statistics import mean, median
 from typing import Any
+
+from eva_plugin.stats import paired_difference
 
 # the order stages run in within an iteration (iter_0 has the seed pool `prompts` alone, iter_t's
 # `prompts` is X_t); stages not listed follow, by finishing time
@@ -220,14 +222,13 @@ def _length(prompts) -> dict:
     return {"mean_chars": mean(chars), "median_chars": median(chars), "mean_words": mean(words)}
 
 
-def _eval(manifests) -> dict:
-    keys = ("mean_reward", "stderr", "win_rate", "prompts")
-    return {t: {k: stages["eval"].get(k) for k in keys} for t, stages in manifests.items() if "eval" in stages}
+EVAL_KEYS = ("mean_reward", "stderr", "win_rate", "prompts")
+JUDGED_KEYS = ("prompts", "mean_complexity", "stderr_complexity", "mean_quality", "stderr_quality", "by_origin")
 
 
-def _judged(manifests) -> dict:
-    keys = ("prompts", "mean_complexity", "stderr_complexity", "mean_quality", "stderr_quality", "by_origin")
-    return {t: {k: stages["judged"].get(k) for k in keys} for t, stages in manifests.items() if "judged" in stages}
+def _fields(manifests, stage: str, keys: tuple[str, ...]) -> dict:
+    """``{iteration: {key: value}}`` of ``stage``'s manifest, for the iterations that published it."""
+    return {t: {k: stages[stage].get(k) for k in keys} for t, stages in manifests.items() if stage in stages}
 
 
 def _costs(manifests) -> dict:
@@ -248,8 +249,8 @@ def iteration_metrics(manifests: dict[int, dict[str, dict]], t: int) -> dict[str
     if outcomes:
         flat.update({f"evolved/{outcome}": count for outcome, count in outcomes.items()})
         flat["evolved/dropped"] = sum(c for s, c in outcomes.items() if s != "kept")
-    flat.update({f"eval/{k}": v for k, v in _eval(one).get(t, {}).items()})
-    flat.update({f"judged/{k}": v for k, v in _judged(one).get(t, {}).items()})  # by_origin (a dict) drops out
+    for stage, keys in (("eval", EVAL_KEYS), ("judged", JUDGED_KEYS)):  # judged's by_origin (a dict) drops out
+        flat.update({f"{stage}/{k}": v for k, v in _fields(one, stage, keys).get(t, {}).items()})
     for stage, cost in _costs(one)[t].items():
         flat[f"seconds/{stage}"], flat[f"tokens/{stage}"] = cost["seconds"], cost["tokens_generated"]
     flat["tokens_generated"] = _total({"stage_costs": _costs(one)}, t, "tokens_generated")
@@ -285,8 +286,8 @@ def collect(run_dir: Path) -> dict:
         "evolved_outcomes": _evolved_outcomes(manifests),
         "prompt_length": lengths,
         "categories": categories,
-        "eval": _eval(manifests),
-        "judged": _judged(manifests),
+        "eval": _fields(manifests, "eval", EVAL_KEYS),
+        "judged": _fields(manifests, "judged", JUDGED_KEYS),
         "stage_costs": _costs(manifests),
         "manifests": manifests,
     }
@@ -637,20 +638,6 @@ def _eval_means(run_dir: Path, t: int) -> dict[str, float] | None:
     if not got or "mean_reward" not in got:
         return None
     return {str(i): float(m) if m is not None else math.nan for i, m in zip(got["prompt_id"], got["mean_reward"])}
-
-
-def paired_difference(a: dict[str, float], b: dict[str, float]) -> dict:
-    """Policy A vs policy B on the held-out prompts both answered (``{prompt_id: mean reward}``):
-    ``difference`` = mean over prompts of A − B, its standard error ``stderr`` (over the per-prompt
-    differences, so the prompts' own difficulty cancels), ``win_rate`` of A (ties half) and ``prompts``;
-    None where no prompt has a finite reward on both sides."""
-    shared = [i for i in a if i in b and math.isfinite(a[i]) and math.isfinite(b[i])]
-    diffs = [a[i] - b[i] for i in shared]
-    if not diffs:
-        return {"difference": None, "stderr": None, "win_rate": None, "prompts": 0}
-    spread = stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else 0.0
-    wins = [1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in diffs]
-    return {"difference": mean(diffs), "stderr": spread, "win_rate": mean(wins), "prompts": len(shared)}
 
 
 def held_out_difference(run_a: Path, run_b: Path) -> dict[int, dict]:
