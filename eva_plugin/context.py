@@ -133,6 +133,7 @@ class Iteration:
         self.run, self.t = run, t
         eva = run.eva
         self.policy = Lazy(lambda: run.backend(run.policy_path(t), eva.generation))
+        self.generation = eva.generation  # how ``sample`` samples ``policy``
         self.rewarder = Lazy(run.reward_model)
         own = eva.evolver_model is not None or eva.evolver_generation.backend != eva.generation.backend
         self.evolver_llm = Lazy(lambda: run.backend(eva.evolver_model or run.policy_path(t),
@@ -140,6 +141,13 @@ class Iteration:
         #: models whose backend reserves most of the GPU (vLLM): no other model is held beside them
         self._exclusive = {id(self.policy): exclusive(eva.generation.backend),
                            id(self.evolver_llm): exclusive(eva.evolver_generation.backend)}
+
+    def sample_with(self, model_path: str, gen) -> None:
+        """``sample`` answers with ``model_path`` under ``gen`` instead of π_{t-1} under ``eva.generation``
+        (the held-out evaluation's π_t, the prompt judge)."""
+        self.policy = Lazy(lambda: self.run.backend(model_path, gen))
+        self._exclusive[id(self.policy)] = exclusive(gen.backend)
+        self.generation = gen
 
     @property
     def eva(self):
@@ -174,7 +182,7 @@ class Iteration:
         self.make_room(self.policy)
         backend = self.run.runtime.shards.together(self.policy.get)
         gens = shared_generate(self.run.runtime.shards, backend, [user_turn(p) for p in prompts], n,
-                               self.params(self.eva.generation, purpose))
+                               self.params(self.generation, purpose))
         return gens.texts, {"tokens_generated": gens.num_tokens, "prompts_too_long": gens.dropped_too_long}
 
     def score(self, prompts: list[str], responses: list[list[str]],

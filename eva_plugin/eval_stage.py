@@ -18,10 +18,10 @@ import numpy as np
 from datasets import Dataset
 
 from eva_plugin.artifacts import StageResult
-from eva_plugin.context import Iteration, Run, Stage, as_dict, exclusive, run_alone
+from eva_plugin.context import Iteration, Run, Stage, as_dict, run_alone
 from eva_plugin.generation import SamplingParams
 from eva_plugin.prompt_sets import EvalPrompts
-from eva_plugin.runtime import SHARED, Lazy
+from eva_plugin.runtime import SHARED
 from eva_plugin.stats import mean_stderr, paired_difference
 
 
@@ -31,8 +31,7 @@ class EvalRound(Iteration):
 
     def __init__(self, run: Run, t: int) -> None:
         super().__init__(run, t)
-        self.policy = Lazy(lambda: run.backend(run.policy_path(t + 1), run.eva.generation))
-        self._exclusive[id(self.policy)] = exclusive(run.eva.generation.backend)
+        self.sample_with(run.policy_path(t + 1), run.eva.generation)
 
     def params(self, gen, purpose: str) -> SamplingParams:
         params = self.run.params(gen, 0, purpose)  # one seed for every round: only the policy differs

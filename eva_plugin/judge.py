@@ -17,8 +17,8 @@ from datasets import Dataset
 
 from eva_plugin.artifacts import StageResult
 from eva_plugin.content import local_id
-from eva_plugin.context import Iteration, Run, Stage, as_dict, exclusive, run_alone
-from eva_plugin.runtime import SHARED, Lazy
+from eva_plugin.context import Iteration, Run, Stage, as_dict, run_alone
+from eva_plugin.runtime import SHARED
 from eva_plugin.stats import mean_stderr
 
 #: Our two rubrics (the scales of §E.1, worded by us); ``{prompt}`` is the rated prompt.
@@ -45,21 +45,11 @@ def parse_rating(reply: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
-class JudgeRound(Iteration):
-    """Iteration ``t`` with the judge LLM in the sampler's place (sampled with ``judge_generation``)."""
-
-    def __init__(self, run: Run, t: int) -> None:
-        super().__init__(run, t)
-        self.policy = Lazy(lambda: run.backend(run.eva.judge_model, run.eva.judge_generation))
-        self._exclusive[id(self.policy)] = exclusive(run.eva.judge_generation.backend)
-
-    def params(self, gen, purpose: str):
-        return self.run.params(self.eva.judge_generation, self.t, purpose)
-
-
 def judge(run: Run, t: int) -> dict:
     """Run ``iter_<t>/judged`` (skipped when done) and free the judge; returns its manifest."""
-    return run_alone(JudgeRound(run, t), Judged())
+    it = Iteration(run, t)
+    it.sample_with(run.eva.judge_model, run.eva.judge_generation)  # the judge LLM in the sampler's place
+    return run_alone(it, Judged())
 
 
 class Judged(Stage):
