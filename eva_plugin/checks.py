@@ -1,7 +1,6 @@
-"""Recipe checks that need more than ``config.py``'s value ranges: plugin names, weightings, loss knobs.
-
-They run in ``eva_plugin.recipe.load_recipe`` before TRL, transformers or any model is
-imported, and fail with one line that lists the valid choices.
+"""Recipe checks that need the plugin registry or the file system: plugin names and options, weightings,
+loss knobs, model paths. ``EvaArguments.__post_init__`` runs the plugin checks; the model paths are
+checked once the recipe is read, before any model loads. Each failure is one line listing the choices.
 """
 
 from __future__ import annotations
@@ -46,9 +45,16 @@ def check_plugins(eva: EvaArguments) -> None:
         if name not in plugins.registry(kind):
             known = ", ".join(plugins.names(kind))
             raise RecipeError(f"unknown eva.{key} {name!r}; known: {known} (`eva plugins` lists them)")
-    plugins.check_options("evolvers", eva.evolver, eva.evolver_options, "eva.evolver_options")
     check_inline_secrets(eva)
-    check_options(eva)
+    for kind, name, values, where in plugin_options(eva):
+        plugins.parse_options(kind, name, values, where)
+
+
+def plugin_options(eva: EvaArguments) -> list[tuple[str, str, dict, str]]:
+    """Every options mapping of the recipe: (plugin kind, plugin name, the mapping, its recipe key)."""
+    return [("evolvers", eva.evolver, eva.evolver_options, "eva.evolver_options"),
+            ("reward_models", eva.reward_type, eva.reward_options, "eva.reward_options"),
+            *(("backends", gen.backend, gen.options, f"eva.{key}.options") for key, gen in generations(eva))]
 
 
 def check_inline_secrets(eva: EvaArguments) -> None:
@@ -63,68 +69,6 @@ def check_inline_secrets(eva: EvaArguments) -> None:
             raise RecipeError(f"eva.{where}.{found[0]}: secrets are not read from a recipe (they would be "
                               "written to manifests); put it in an environment variable and name that "
                               "variable with api_key_env (e.g. api_key_env: OPENAI_API_KEY)")
-
-
-#: Known keys of ``reward_options`` / ``generation.options`` / ``evolver_generation.options`` (read by
-#: the built-in reward models and backends) → (type, lower bound, lower bound included, upper bound,
-#: null allowed). Unknown keys pass through to plugins and vLLM untouched.
-_INT, _NUM, _BOOL, _STR = "an int", "a number", "true or false", "a string"
-OPTION_RULES: dict[str, tuple[str, float | None, bool, float | None, bool]] = {
-    "batch_size": (_INT, 1, True, None, True),
-    "max_length": (_INT, 1, True, None, False),
-    "max_batch_tokens": (_INT, 1, True, None, True),
-    "batch_tokens": (_INT, 1, True, None, True),
-    "tensor_parallel_size": (_INT, 1, True, None, False),
-    "pipeline_parallel_size": (_INT, 1, True, None, False),
-    "max_model_len": (_INT, 1, True, None, True),
-    "max_num_seqs": (_INT, 1, True, None, False),
-    "gpu_memory_utilization": (_NUM, 0, False, 1, False),
-    "concurrency": (_INT, 1, True, None, False),
-    "timeout": (_NUM, 0, False, None, False),
-    "max_retries": (_INT, 0, True, None, False),
-    "backoff": (_NUM, 0, True, None, False),
-    "min_words": (_INT, 0, True, None, False),
-    "max_echo": (_NUM, 0, True, 1, False),
-    "floor": (_NUM, None, True, None, False),
-    "seed": (_INT, None, True, None, False),
-    "trust_remote_code": (_BOOL, None, True, None, False),
-    "enable_prefix_caching": (_BOOL, None, True, None, False),
-    "guard": (_BOOL, None, True, None, False),
-    "dtype": (_STR, None, True, None, True),
-    "base_url": (_STR, None, True, None, False),
-    "model": (_STR, None, True, None, True),
-    "api_key_env": (_STR, None, True, None, False),
-}
-
-
-def _option_problem(value, rule) -> str | None:
-    kind, low, low_in, high, nullable = rule
-    if value is None:
-        return None if nullable else "must not be null"
-    ok = {_INT: isinstance(value, int), _NUM: isinstance(value, (int, float)), _BOOL: isinstance(value, bool),
-          _STR: isinstance(value, str)}[kind]
-    if kind in (_INT, _NUM) and isinstance(value, bool):
-        ok = False
-    if not ok:
-        return f"must be {kind}, got {value!r}"
-    if low is not None and (value < low or (value == low and not low_in)):
-        return f"must be {'>=' if low_in else '>'} {low}, got {value!r}"
-    if high is not None and value > high:
-        return f"must be <= {high}, got {value!r}"
-    return None
-
-
-def check_options(eva: EvaArguments) -> None:
-    """Types and ranges of the known keys of every options mapping, before any model loads."""
-    for where, options in (("reward_options", eva.reward_options),
-                           *((f"{key}.options", gen.options) for key, gen in generations(eva))):
-        for key, value in (options or {}).items():
-            rule = OPTION_RULES.get(str(key))
-            problem = rule and _option_problem(value, rule)
-            if problem:
-                raise RecipeError(f"`eva.{where}.{key}` {problem}")
-    if eva.reward_options.get("order") not in (None, "random", "both"):
-        raise RecipeError(f"`eva.reward_options.order` must be random or both, got {eva.reward_options['order']!r}")
 
 
 def hub_offline() -> bool:

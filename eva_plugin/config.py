@@ -8,15 +8,17 @@ imports): every field's ``help`` and default feed ``--help`` and the README tabl
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from eva_plugin.errors import RecipeError
+from eva_plugin.typed import check_fields, from_mapping, short_repr, unknown_keys
 
 CREATORS = ("eva", "none")
 REFERENCES = ("previous", "initial")
 CREATOR_INPUTS = ("previous", "fresh")
 BUFFERS = ("seed", "previous")
+SAMPLINGS = ("seeded", "native")
 
 
 @dataclass
@@ -59,20 +61,42 @@ class GenerationArguments:
     )
     options: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"help": "Extra keyword arguments for the backend (vllm: tensor_parallel_size, "
-                  "gpu_memory_utilization, max_model_len; openai: base_url, api_key_env, "
-                  "concurrency, timeout, max_retries, backoff)."},
+        metadata={"help": "The backend's own options, checked against the options it declares (`eva plugins "
+                  "--options` lists them; vllm: tensor_parallel_size, gpu_memory_utilization, max_model_len, "
+                  "…, engine_args; openai: base_url, api_key_env, concurrency, timeout, max_retries, backoff)."},
     )
+    #: the recipe key of this block, for messages (``eva.generation``, ``eva.evolver_generation``, …)
+    key: InitVar[str] = "eva.generation"
+
+    def __post_init__(self, key: str) -> None:
+        check_fields(self, key)
+        checks = [
+            (0 < self.top_p <= 1, f"{key}.top_p must be in (0, 1]"),
+            (self.temperature >= 0, f"{key}.temperature must be >= 0"),
+            (self.sampling in SAMPLINGS, f"{key}.sampling must be seeded or native"),
+            (self.max_new_tokens >= 1, f"{key}.max_new_tokens must be >= 1"),
+            (self.batch_size >= 1, f"{key}.batch_size must be >= 1"),
+            (self.batch_tokens is None or self.batch_tokens >= 1, f"{key}.batch_tokens must be >= 1 or null"),
+            (self.backend != "openai" or bool(self.options.get("base_url")),
+             f"{key}.backend openai needs {key}.options.base_url (the server's /v1 address)"),
+        ]
+        _raise_first(checks)
 
 
 def _evolver_generation() -> GenerationArguments:
     # the authors' evolving settings: temperature 0.88, at most 666 new tokens
-    return GenerationArguments(temperature=0.88, top_p=1.0, max_new_tokens=666)
+    return GenerationArguments(temperature=0.88, top_p=1.0, max_new_tokens=666, key="eva.evolver_generation")
 
 
 def _judge_generation() -> GenerationArguments:
     # a rating is one number: greedy, a few tokens of room for a model that writes "Rating: 4"
-    return GenerationArguments(temperature=0.0, top_p=1.0, max_new_tokens=16)
+    return GenerationArguments(temperature=0.0, top_p=1.0, max_new_tokens=16, key="eva.judge_generation")
+
+
+def _raise_first(checks: list[tuple[bool, str]]) -> None:
+    for ok, message in checks:
+        if not ok:
+            raise RecipeError(message)
 
 
 @dataclass
@@ -289,6 +313,17 @@ class EvaArguments:
         metadata={"help": "Sampling for the judge LLM (`judge_model`); default greedy, 16 new tokens."},
     )
 
+    def __post_init__(self) -> None:
+        """Types, ranges, plugin names and every plugin's options: an ``EvaArguments`` that exists is valid."""
+        check_fields(self, "eva")
+        for key, cls in NESTED.items():
+            if not isinstance(getattr(self, key), cls):
+                raise RecipeError(f"`eva.{key}` must be a mapping, got {short_repr(getattr(self, key))}")
+        check_values(self)
+        from eva_plugin.checks import check_plugins
+
+        check_plugins(self)
+
 
 NESTED = {"generation": GenerationArguments, "evolver_generation": GenerationArguments,
           "judge_generation": GenerationArguments}
@@ -299,60 +334,28 @@ def generations(args: EvaArguments) -> list[tuple[str, GenerationArguments]]:
     return [(key, getattr(args, key)) for key in NESTED]
 
 
-#: The YAML types each annotation accepts (an int is a valid float; a bool is not an int).
-_TYPES: dict[str, tuple[type, ...]] = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
-
-
-def _type_error(annotation: str, value: Any) -> str | None:
-    """Why ``value`` does not fit a simple field annotation (``int``, ``str | None``, ``dict[...]``), or None."""
-    options = [a.strip() for a in annotation.split("|")]
-    if value is None:
-        return None if "None" in options else "must not be null"
-    for option in options:
-        if option.startswith("dict"):
-            if isinstance(value, dict):
-                return None
-        elif option in _TYPES and isinstance(value, _TYPES[option]) and not (
-                option != "bool" and isinstance(value, bool)):
-            return None
-        elif option not in _TYPES and option != "None":
-            return None  # a nested dataclass: checked on its own
-    names = {"int": "an int", "float": "a number", "bool": "true or false", "str": "a string", "None": "null"}
-    wanted = " or ".join("a mapping" if o.startswith("dict") else names.get(o, o) for o in options)
-    return f"must be {wanted}, got {value!r}"
-
-
-def _build(cls, values: dict[str, Any], where: str):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise RecipeError(f"unknown key(s) {', '.join(unknown)} in `{where}`; known: {', '.join(sorted(fields))}")
-    for name, value in values.items():
-        problem = _type_error(str(fields[name].type), value)
-        if problem:
-            raise RecipeError(f"`{where}.{name}` {problem}")
-    return cls(**values)
-
-
 def eva_arguments(block: dict[str, Any] | None) -> EvaArguments:
-    """Build ``EvaArguments`` from the recipe's ``eva:`` mapping (missing keys = defaults)."""
+    """``EvaArguments`` from the recipe's ``eva:`` mapping (missing keys = defaults; a generation block
+    given in part keeps its other defaults)."""
+    if block is not None and not isinstance(block, dict):
+        raise RecipeError(f"`eva` must be a mapping of eva keys, got {short_repr(block)}")
     block = dict(block or {})
-    for key, cls in NESTED.items():
+    unknown_keys(EvaArguments, block, "eva")
+    defaults = {f.name: f.default_factory() for f in dataclasses.fields(EvaArguments) if f.name in NESTED}
+    for key in NESTED:
         if key in block:
-            base = dataclasses.asdict(EvaArguments().__getattribute__(key))
-            given = block[key] or {}
+            given = {} if block[key] is None else block[key]
             if not isinstance(given, dict):
-                raise RecipeError(f"`eva.{key}` must be a mapping, got {given!r}")
-            _build(cls, given, f"eva.{key}")
-            block[key] = cls(**{**base, **given})
-    args = _build(EvaArguments, block, "eva")
-    validate(args)
-    return args
+                raise RecipeError(f"`eva.{key}` must be a mapping, got {short_repr(given)}")
+            base = dataclasses.asdict(defaults[key])
+            unknown_keys(GenerationArguments, given, f"eva.{key}")
+            block[key] = from_mapping(GenerationArguments, {**base, **given}, f"eva.{key}", key=f"eva.{key}")
+    return from_mapping(EvaArguments, block, "eva")
 
 
-def validate(args: EvaArguments) -> None:
-    """Check value ranges (plugin names, weightings and loss knobs: ``eva_plugin.checks``)."""
-    checks = [
+def check_values(args: EvaArguments) -> None:
+    """Value ranges and settings that depend on each other (plugin names and options: ``checks``)."""
+    _raise_first([
         (args.iterations >= 1, "eva.iterations must be >= 1"),
         (args.num_samples >= 2, "eva.num_samples must be >= 2 (the proxies compare responses)"),
         (args.solver_samples >= 2, "eva.solver_samples must be >= 2 (a pair needs two responses)"),
@@ -377,21 +380,6 @@ def validate(args: EvaArguments) -> None:
         (args.buffer in BUFFERS, f"eva.buffer must be one of: {', '.join(BUFFERS)}"),
         (args.generation.temperature > 0,
          "eva.generation.temperature must be > 0: several responses per prompt need sampling"),
-        *[(0 < gen.top_p <= 1, f"eva.{key}.top_p must be in (0, 1]") for key, gen in generations(args)],
-        *[(gen.temperature >= 0, f"eva.{key}.temperature must be >= 0") for key, gen in generations(args)],
-        *[(gen.sampling in ("seeded", "native"), f"eva.{key}.sampling must be seeded or native")
-          for key, gen in generations(args)],
-        *[(gen.max_new_tokens >= 1, f"eva.{key}.max_new_tokens must be >= 1") for key, gen in generations(args)],
-        *[(gen.batch_size >= 1, f"eva.{key}.batch_size must be >= 1") for key, gen in generations(args)],
-        *[(gen.batch_tokens is None or gen.batch_tokens >= 1, f"eva.{key}.batch_tokens must be >= 1 or null")
-          for key, gen in generations(args)],
         (args.judge_size is None or args.judge_size >= 1, "eva.judge_size must be >= 1 or null"),
         (args.eval_temperature is None or args.eval_temperature >= 0, "eva.eval_temperature must be >= 0 or null"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise RecipeError(message)
-    for key, gen in generations(args):
-        if gen.backend == "openai" and not gen.options.get("base_url"):
-            raise RecipeError(f"eva.{key}.backend openai needs eva.{key}.options.base_url "
-                              "(the server's /v1 address)")
+    ])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -26,9 +25,9 @@ from eva_plugin.content import local_id
 from eva_plugin.data import user_turn
 from eva_plugin.generation import SamplingParams
 from eva_plugin.generation.seeding import derive_seed
+from eva_plugin.options import EvolverContext, ModelContext
 from eva_plugin.runtime import MAIN, Lazy, StageRuntime
 from eva_plugin.secrets import redact
-from eva_plugin.sharding import accepts
 from eva_plugin.sharding import generate as shared_generate
 from eva_plugin.sharding import score as shared_score
 from eva_plugin.tracking import Tracker
@@ -99,26 +98,37 @@ class Run:
         """The fingerprints of finished stages (a stage's config includes its inputs')."""
         return {s: (self.store.manifest(iteration, s) or {}).get("fingerprint", "") for s in stages}
 
-    def device_options(self, factory: Callable, options: dict, offered: dict | None = None) -> dict:
-        """Backend / reward-model keywords: what the run offers — this process's ``device``, and
-        ``offered`` — where the factory takes it, then the recipe's own ``options``, which win."""
-        offered = {"device": str(self.runtime.state.device), **(offered or {})}
-        return {**{k: v for k, v in offered.items() if accepts(factory, k)}, **options}
+    def model_context(self, gen=None, model_path: str | None = None) -> ModelContext:
+        """What the run decides for a model it builds: this process's device, the recipe's loading
+        keywords, the run seed and (for a backend) the generation block's dtype and batching."""
+        from eva_plugin.modeling import model_kwargs
 
-    def backend(self, model_path: str, gen) -> Any:
-        factory = plugins.get("backends", gen.backend)
-        offered: dict[str, Any] = {"sampling": gen.sampling, "batch_tokens": gen.batch_tokens}
-        if accepts(factory, "model_kwargs"):  # the recipe's revision / attention / quantization
-            from eva_plugin.modeling import model_kwargs
+        recipe = self.recipe
+        base = ModelContext(device=str(self.runtime.state.device), dtype=recipe.model.dtype,
+                            trust_remote_code=recipe.training.trust_remote_code, seed=self.seed)
+        if gen is None:
+            return base
+        return dataclasses.replace(base, dtype=gen.dtype or recipe.model.dtype, batch_size=gen.batch_size,
+                                   batch_tokens=gen.batch_tokens, sampling=gen.sampling,
+                                   model_kwargs=model_kwargs(recipe.model, model_path))
 
-            offered["model_kwargs"] = model_kwargs(self.recipe.model, model_path)
-        return factory(model_path, batch_size=gen.batch_size, dtype=gen.dtype or self.recipe.model.dtype,
-                       trust_remote_code=self.recipe.training.trust_remote_code,
-                       **self.device_options(factory, gen.options, offered))
+    def backend(self, model_path: str, gen, where: str = "eva.generation") -> Any:
+        """The generation backend ``gen.backend`` for ``model_path``, with ``gen.options``."""
+        options = plugins.parse_options("backends", gen.backend, gen.options, f"{where}.options")
+        return plugins.build("backends", gen.backend, model_path, options=options,
+                             context=self.model_context(gen, model_path))
 
     def reward_model(self) -> Any:
-        factory = plugins.get("reward_models", self.eva.reward_type)
-        return factory(self.eva.reward_model, **self.device_options(factory, self.eva.reward_options))
+        eva = self.eva
+        options = plugins.parse_options("reward_models", eva.reward_type, eva.reward_options, "eva.reward_options")
+        return plugins.build("reward_models", eva.reward_type, eva.reward_model, options=options,
+                             context=self.model_context())
+
+    def evolver(self) -> Any:
+        eva = self.eva
+        options = plugins.parse_options("evolvers", eva.evolver, eva.evolver_options, "eva.evolver_options")
+        return plugins.build("evolvers", eva.evolver, options=options,
+                             context=EvolverContext(eva.num_evolutions, eva.evolver_candidates))
 
     def reward_config(self) -> dict:
         return {"reward_model": local_id(self.eva.reward_model), "reward_type": self.eva.reward_type,
@@ -136,8 +146,9 @@ class Iteration:
         self.generation = eva.generation  # how ``sample`` samples ``policy``
         self.rewarder = Lazy(run.reward_model)
         own = eva.evolver_model is not None or eva.evolver_generation.backend != eva.generation.backend
-        self.evolver_llm = Lazy(lambda: run.backend(eva.evolver_model or run.policy_path(t),
-                                                    eva.evolver_generation)) if own else self.policy
+        evolver_path = eva.evolver_model or run.policy_path(t)
+        self.evolver_llm = Lazy(lambda: run.backend(evolver_path, eva.evolver_generation, "eva.evolver_generation")) \
+            if own else self.policy
         #: models whose backend reserves most of the GPU (vLLM): no other model is held beside them
         self._exclusive = {id(self.policy): exclusive(eva.generation.backend),
                            id(self.evolver_llm): exclusive(eva.evolver_generation.backend)}

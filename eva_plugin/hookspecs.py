@@ -31,8 +31,8 @@ class Evolver(Protocol):
     ``seeds``: one dict per seed with ``prompt_id``, ``prompt`` and, with
     ``eva.evolver_feedback``, ``feedback`` (``best``/``worst`` responses and their rewards).
     ``generate(instructions)``: the evolver LLM, one batched call; one completion per
-    instruction, ``None`` for a failed call, a ``creator.evolved.Truncated`` string for one cut
-    at the token limit. ``rng``: a seeded ``numpy.random.Generator``, the only randomness
+    instruction, ``None`` for a failed call, else a ``creator.evolved.Completion`` (``text``, and
+    ``truncated`` for one cut at the token limit). ``rng``: a seeded ``numpy.random.Generator``, the only randomness
     an evolver may use (so a resumed run evolves the same prompts).
     Returns every attempt as an ``EvolvedPrompt`` (``parent_id`` = the seed's ``prompt_id``,
     ``status`` "kept" for usable ones; the loop drops the rest and screens the kept ones).

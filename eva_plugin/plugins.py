@@ -9,12 +9,11 @@ raises, is skipped with one warning (and listed by ``eva plugins``); the rest st
 from __future__ import annotations
 
 import importlib
-import inspect
 import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import metadata
@@ -24,8 +23,10 @@ from typing import Any
 import pluggy
 
 from eva_plugin import hookspecs
-from eva_plugin.default_plugins import MODULES, resolve
+from eva_plugin.default_plugins import MODULES, Lazy, resolve
 from eva_plugin.errors import EvaError, RecipeError, UnknownPluginError
+from eva_plugin.options import NoOptions, Options
+from eva_plugin.typed import from_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -37,16 +38,8 @@ BUILTIN = "built-in"
 KINDS = ("proxies", "selectors", "evolvers", "reward_models", "backends")
 SINGULAR = {"proxies": "proxy", "selectors": "selector", "evolvers": "evolver", "reward_models": "reward model",
             "backends": "backend"}
-#: Keywords the loop passes to a factory itself, and the recipe key that sets each
-#: (``{block}``: the option's recipe key without ``.options``, e.g. ``eva.generation``).
-RESERVED = {
-    "evolvers": {"num_evolutions": "eva.num_evolutions", "candidates": "eva.evolver_candidates"},
-    "backends": {"batch_size": "{block}.batch_size", "dtype": "{block}.dtype",
-                 "sampling": "{block}.sampling", "batch_tokens": "{block}.batch_tokens",
-                 "trust_remote_code": "the recipe's trust_remote_code"},
-}
-#: Kinds whose factory gets a model path as its first (positional) argument.
-PATH_FIRST = ("reward_models", "backends")
+#: Kinds whose factories declare options (``Options``) and are built with ``from_options(…, options, context)``.
+BUILT_KINDS = ("evolvers", "reward_models", "backends")
 
 
 @dataclass(frozen=True)
@@ -234,52 +227,51 @@ def skipped() -> list[Skipped]:
     return list(_loaded().skipped.values())
 
 
-def get(kind: str, name: str) -> Any:
-    """The object registered as ``name`` (a lazy factory imported now); an unknown name lists the known ones."""
+def _registered(kind: str, name: str) -> Registered:
     table = registry(kind)
     if name not in table:
         known = ", ".join(sorted(table))
         raise UnknownPluginError(f"unknown {SINGULAR[kind]} {name!r}; known: {known}")
-    return resolve(table[name].obj)
+    return table[name]
+
+
+def get(kind: str, name: str) -> Any:
+    """The object registered as ``name`` (a lazy factory imported now); an unknown name lists the known ones."""
+    return resolve(_registered(kind, name).obj)
 
 
 def names(kind: str) -> list[str]:
     return sorted(registry(kind))
 
 
-def _option_names(kind: str, factory: Callable) -> list[str] | None:
-    """The option keywords ``factory`` takes (None: any, through ``**kwargs``)."""
-    try:
-        params = list(inspect.signature(factory).parameters.values())
-    except (TypeError, ValueError):  # no signature to read: let the factory decide
-        return None
-    if kind in PATH_FIRST and params and params[0].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
-        params = params[1:]  # the model path, passed positionally
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return [p.name for p in params if p.kind in keyword and p.name not in RESERVED.get(kind, {})]
+def options_schema(kind: str, name: str) -> type[Options]:
+    """The ``Options`` dataclass the factory registered as ``name`` declares (``NoOptions`` when none);
+    a ``Lazy`` factory that names its schema is not imported."""
+    obj = _registered(kind, name).obj
+    schema = getattr(obj, "Options", None)
+    if schema is None and isinstance(obj, Lazy):
+        schema = getattr(resolve(obj), "Options", None)
+    if schema is None:
+        return NoOptions
+    if not (isinstance(schema, type) and issubclass(schema, Options)):
+        raise RecipeError(f"{SINGULAR[kind]} {name}: its Options must subclass eva_plugin.options.Options")
+    return schema
 
 
-def check_options(kind: str, name: str, options: dict, where: str) -> None:
-    """Raise ``RecipeError`` when the factory registered as ``name`` takes no keyword for an option.
+def parse_options(kind: str, name: str, values: Mapping[str, Any] | None, where: str) -> Options:
+    """The recipe's ``values`` (the mapping at recipe key ``where``) as ``name``'s ``Options``: an unknown key,
+    a wrong type or a value out of range is one ``RecipeError`` line naming the key and the allowed ones."""
+    return from_mapping(options_schema(kind, name), values or {}, where, owner=name)
 
-    ``where`` names the recipe key in the message (e.g. ``eva.evolver_options``). A factory
-    with ``**kwargs`` takes anything; keywords the loop passes itself are refused here.
-    """
-    reserved = RESERVED.get(kind, {})
-    for key in options:
-        if key in reserved:
-            setting = reserved[key].format(block=where.removesuffix(".options"))
-            raise RecipeError(f"{where}: {key!r} is not an option of {name}; set {setting} instead")
-    taken = _option_names(kind, get(kind, name))
-    if taken is None:
-        return
-    unknown = [k for k in options if k not in taken]
-    if unknown:
-        plural = "s" if len(unknown) > 1 else ""
-        raise RecipeError(f"{where}: {name} takes no option{plural} {', '.join(map(repr, unknown))}; "
-                          f"it takes: {', '.join(taken) or 'none'}")
+
+def build(kind: str, name: str, *args: Any, options: Options, context: Any) -> Any:
+    """``factory.from_options(*args, options, context)`` for the factory registered as ``name``."""
+    factory = get(kind, name)
+    make = getattr(factory, "from_options", None)
+    if make is None:
+        raise RecipeError(f"{SINGULAR[kind]} {name} ({_registered(kind, name).source}) has no from_options; "
+                          f"see eva_plugin.hookspecs for what a {SINGULAR[kind]} factory provides")
+    return make(*args, options, context)
 
 
 def reset() -> None:

@@ -14,7 +14,6 @@ rank's result is kept.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -55,15 +54,6 @@ def _announce(err: BaseException) -> BaseException:
         wrapped.__cause__ = err
         return wrapped
     return err
-
-
-def accepts(fn: Callable, name: str) -> bool:
-    """Whether ``fn`` takes a keyword ``name`` (directly or through ``**kwargs``)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 class Shards:
@@ -173,20 +163,14 @@ def generate(shards: Shards, backend, conversations: list[Conversation], n: int,
     """``backend.generate`` over all processes; seeds are fixed per prompt before splitting, so the
     result does not depend on the number of processes."""
     seeds = prompt_seeds(params.seed, conversations)
-    seeded = accepts(backend.generate, "seeds")
-    if not seeded and shards.world > 1:
-        logger.warning("%s.generate takes no seeds: its samples depend on how prompts are split",
-                       type(backend).__name__)
 
     def work(idx: list[int]) -> tuple[list, dict[str, int]]:
-        convs = [conversations[i] for i in idx]
-        extra = {"seeds": [seeds[i] for i in idx]} if seeded else {}
-        gens = backend.generate(convs, n, params, **extra)
+        gens = backend.generate([conversations[i] for i in idx], n, params, [seeds[i] for i in idx])
         finished = gens.finished or [None] * len(gens.texts)
         return list(zip(gens.texts, finished)), {"num_tokens": gens.num_tokens, "failed": gens.failed,
                                                  "dropped_too_long": gens.dropped_too_long}
 
-    results, counts = shards.run(len(conversations), work, getattr(backend, "ranks_per_engine", 1),
+    results, counts = shards.run(len(conversations), work, backend.ranks_per_engine,
                                  key=fingerprint([conversations, n, params.as_dict()]))
     texts = [list(texts) for texts, _ in results]
     finished = [] if any(f is None for _, f in results) else [list(f) for _, f in results]

@@ -10,9 +10,8 @@ import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-#: Maps a list of instructions for the evolver LLM to its completions: ``None`` for a failed
-#: call, a ``Truncated`` string for one cut at the token limit.
-Generate = Callable[[list[str]], list["str | None"]]
+#: Maps a list of instructions for the evolver LLM to its completions (``None`` for a failed call).
+Generate = Callable[[list[str]], list["Completion | None"]]
 
 STATUSES = ("kept", "empty", "truncated", "unusable", "too_short", "too_long", "refusal", "duplicate",
             "near_duplicate")
@@ -21,8 +20,16 @@ STATUSES = ("kept", "empty", "truncated", "unusable", "too_short", "too_long", "
 _TEMPLATE_WORDS = re.compile(r"(?:given|rewritten|created)\s+prompt", re.IGNORECASE)
 
 
-class Truncated(str):
-    """An evolver LLM output that hit the token limit before it ended: never kept."""
+@dataclass(frozen=True)
+class Completion:
+    """One evolver LLM output; ``truncated``: it hit the token limit before it ended (never kept)."""
+
+    text: str
+    truncated: bool = False
+
+
+def text_of(completion: Completion | None) -> str | None:
+    return None if completion is None else completion.text
 
 
 @dataclass

@@ -3,7 +3,7 @@
 An evolver is built by a registered factory and offers
 ``evolve(seeds, generate, rng) -> list[EvolvedPrompt]`` where ``generate`` maps a list
 of instructions for the evolver LLM to its completions (``None`` for a failed call,
-a ``Truncated`` string for one cut at the token limit).
+a ``Completion`` with ``truncated`` set for one cut at the token limit).
 
 Every template comes from distilabel at run time (never copied here):
 
@@ -30,21 +30,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from eva_plugin.creator.evolved import (
     STATUSES,
+    Completion,
     EvolvedPrompt,
     Generate,
-    Truncated,
     evolved_status,
     feedback_context,
+    text_of,
 )
 from eva_plugin.errors import RecipeError
+from eva_plugin.options import EvolverContext, Options, option
 
 # the shared pieces stay importable from here (the loop and the report import them)
-__all__ = ["STATUSES", "EvolComplexity", "EvolInstruct", "EvolQuality", "EvolvedPrompt", "Generate", "Truncated",
+__all__ = ["STATUSES", "EvolComplexity", "EvolInstruct", "EvolQuality", "EvolvedPrompt", "Generate", "Completion",
            "evolved_status", "feedback_context", "parse_evolved"]
 
 #: Headers an evolver LLM may echo before the new prompt (text after the last one is kept):
@@ -150,6 +153,11 @@ def pick_templates(templates: dict[str, str], names: list[str] | None, evolver: 
     return {n: templates[n] for n in names}
 
 
+@dataclass(frozen=True)
+class EvolInstructOptions(Options):
+    mutations: list[str] | None = option(None, "The mutation templates to draw from (default: all of them).")
+
+
 class EvolInstruct:
     """Chained EvolInstruct mutations; ``num_evolutions`` steps per seed, all kept.
 
@@ -159,6 +167,13 @@ class EvolInstruct:
 
     name = "evol_instruct"
     placeholder = "<PROMPT>"
+
+    Options = EvolInstructOptions
+
+    @classmethod
+    def from_options(cls, options: EvolInstructOptions, context: EvolverContext) -> EvolInstruct:
+        """The registered factory."""
+        return cls(context.num_evolutions, context.candidates, **options.as_dict())
 
     def __init__(self, num_evolutions: int = 4, candidates: int = 1, mutations: list[str] | None = None) -> None:
         """``mutations``: the template names to draw from (default: all of them)."""
@@ -191,16 +206,16 @@ class EvolInstruct:
                 raw, parsed, status = next((j for j in judged if j[2] == "kept"), judged[0])
                 results.append(EvolvedPrompt(
                     prompt=parsed or "", parent_id=seed["prompt_id"], mutation=mutation, step=step,
-                    status=status, raw=raw or "",
+                    status=status, raw=text_of(raw) or "",
                 ))
                 if status == "kept":
                     current[i] = parsed
         return results
 
 
-def _judge(raw: str | None, frame: str) -> tuple[str | None, str]:
-    parsed = parse_evolved(raw)
-    return parsed, "truncated" if isinstance(raw, Truncated) else evolved_status(parsed, frame)
+def _judge(raw: Completion | None, frame: str) -> tuple[str | None, str]:
+    parsed = parse_evolved(text_of(raw))
+    return parsed, "truncated" if raw is not None and raw.truncated else evolved_status(parsed, frame)
 
 
 class EvolComplexity(EvolInstruct):

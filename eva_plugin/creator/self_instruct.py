@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import resources
 
 import numpy as np
 
-from eva_plugin.creator.evolved import EvolvedPrompt, Generate, Truncated, evolved_status, feedback_context
+from eva_plugin.creator.evolved import EvolvedPrompt, Generate, evolved_status, feedback_context, text_of
 from eva_plugin.errors import RecipeError
+from eva_plugin.options import EvolverContext, Options, option
 
 #: Our query-generation criteria (own wording), sent as distilabel's ``criteria_for_query_generation``.
 CRITERIA = (
@@ -47,8 +49,21 @@ def split_queries(output: str | None) -> list[str]:
     return [q for line in output.split("\n") if (q := _LIST_MARK.sub("", line).strip().strip('"').strip())]
 
 
+@dataclass(frozen=True)
+class SelfInstructOptions(Options):
+    criteria: str | None = option(None, "The query-generation criteria sent to the LLM (default: ours, "
+                                  "`CRITERIA`); empty: distilabel's own.")
+
+
 class SelfInstruct:
     """``num_evolutions`` independent variants per seed from one LLM call each (x ``candidates``)."""
+
+    Options = SelfInstructOptions
+
+    @classmethod
+    def from_options(cls, options: SelfInstructOptions, context: EvolverContext) -> SelfInstruct:
+        """The registered factory."""
+        return cls(context.num_evolutions, context.candidates, **options.as_dict())
 
     def __init__(self, num_evolutions: int = 4, candidates: int = 1, criteria: str | None = None) -> None:
         """``criteria``: the text sent as the query-generation criteria (default ``CRITERIA``);
@@ -80,16 +95,17 @@ class SelfInstruct:
         for i, seed in enumerate(seeds):
             tries = outputs[i * k : (i + 1) * k]
             # the candidate with the most usable queries wins
-            scored = [(sum(evolved_status(q, frame) == "kept" for q in split_queries(raw)), j)
+            scored = [(sum(evolved_status(q, frame) == "kept" for q in split_queries(text_of(raw))), j)
                       for j, raw in enumerate(tries)]
             raw = tries[max(scored)[1]]
-            queries = split_queries(raw)[: self.num_evolutions]
-            cut = isinstance(raw, Truncated)
+            queries = split_queries(text_of(raw))[: self.num_evolutions]
+            cut = raw is not None and raw.truncated
             for step, query in enumerate(queries, start=1):
                 last_and_cut = cut and step == len(queries)  # only the final line can be cut off
                 status = "truncated" if last_and_cut else evolved_status(query, frame)
-                results.append(EvolvedPrompt(query, seed["prompt_id"], "SELF_INSTRUCT", step, status, raw or ""))
+                results.append(EvolvedPrompt(query, seed["prompt_id"], "SELF_INSTRUCT", step, status,
+                                             text_of(raw) or ""))
             if not queries:
                 results.append(EvolvedPrompt("", seed["prompt_id"], "SELF_INSTRUCT", 1,
-                                             "truncated" if cut else "empty", raw or ""))
+                                             "truncated" if cut else "empty", text_of(raw) or ""))
         return results

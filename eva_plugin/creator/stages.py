@@ -18,7 +18,7 @@ from eva_plugin.artifacts import StageResult
 from eva_plugin.content import local_id
 from eva_plugin.context import Iteration, Stage, as_dict
 from eva_plugin.creator import hygiene
-from eva_plugin.creator.evolvers import STATUSES, Truncated
+from eva_plugin.creator.evolvers import STATUSES, Completion
 from eva_plugin.creator.proxies import finite, usable
 from eva_plugin.creator.proxies import weights as proxy_weights
 from eva_plugin.errors import EvaError
@@ -130,16 +130,14 @@ class Evolved(Stage):
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         eva = it.eva
-        factory = plugins.get("evolvers", eva.evolver)
-        evolver = factory(num_evolutions=eva.num_evolutions, candidates=eva.evolver_candidates,
-                          **eva.evolver_options)
+        evolver = it.run.evolver()
         it.make_room(it.evolver_llm)
         complete = Completions(it.evolver_llm, it.params(eva.evolver_generation, self.name),
                                it.run.runtime.shards)
 
-        def generate(instructions: list[str]) -> list[str | None]:
+        def generate(instructions: list[str]) -> list[Completion | None]:
             texts, done = complete(instructions)
-            return [None if not text else (text if ok or not eva.evolver_drop_truncated else Truncated(text))
+            return [Completion(text, truncated=not ok and eva.evolver_drop_truncated) if text else None
                     for text, ok in zip(texts, done)]
 
         evolved = evolver.evolve(evolver_seeds(it), generate, it.rng(self.name))

@@ -8,7 +8,6 @@ objects, so listing plugins (``eva plugins``, recipe validation) imports neither
 from __future__ import annotations
 
 import importlib
-import inspect
 from typing import Any
 
 MODULES = tuple(f"{__name__}.{kind}" for kind in ("proxies", "selectors", "evolvers", "reward_models", "backends"))
@@ -17,15 +16,17 @@ MODULES = tuple(f"{__name__}.{kind}" for kind in ("proxies", "selectors", "evolv
 class Lazy:
     """A factory named ``"package.module:attribute"``, imported on first use.
 
-    Calling it calls the target; ``inspect.signature`` (and so ``sharding.accepts``) sees the
-    target's signature, imported at that moment. Plugins may register these too.
+    ``options``: the factory's ``Options`` schema, given here so that a recipe's options are checked
+    without importing the factory's module (torch, vLLM); the imported factory must declare the same.
+    Plugins may register these too.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, options: type | None = None) -> None:
         module, sep, attribute = target.partition(":")
         if not (module and sep and attribute):
             raise ValueError(f"lazy target {target!r} is not 'package.module:attribute'")
         self.target = target
+        self.Options = options
         self._resolved: Any = None
 
     def resolve(self) -> Any:
@@ -37,13 +38,6 @@ class Lazy:
                 obj = getattr(obj, part)
             self._resolved = obj
         return self._resolved
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self.resolve()(*args, **kwargs)
-
-    @property
-    def __signature__(self) -> inspect.Signature:
-        return inspect.signature(self.resolve())
 
     def __repr__(self) -> str:
         return f"Lazy({self.target!r})"

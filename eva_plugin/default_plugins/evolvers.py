@@ -9,17 +9,20 @@ from eva_plugin import hookimpl
 from eva_plugin.creator.evolved import EvolvedPrompt
 from eva_plugin.creator.evolvers import EvolComplexity, EvolInstruct, EvolQuality
 from eva_plugin.creator.self_instruct import SelfInstruct
+from eva_plugin.options import EvolverContext, NoOptions
 
 
 class NoEvolution:
     """EVA's "[no evolve]" rows: each selected seed is its own (single) evolved prompt, no LLM call.
 
-    ``num_evolutions`` and ``candidates`` are accepted (every evolver gets them) and unused. The rows
-    repeat prompts of the pool on purpose: the creator must not drop them as duplicates.
+    The rows repeat prompts of the pool on purpose: the creator must not drop them as duplicates.
     """
 
-    def __init__(self, num_evolutions: int = 1, candidates: int = 1) -> None:
-        self.num_evolutions, self.candidates = num_evolutions, candidates
+    Options = NoOptions
+
+    @classmethod
+    def from_options(cls, options: NoOptions, context: EvolverContext) -> NoEvolution:
+        return cls()
 
     def evolve(self, seeds: Sequence[dict], generate: Callable, rng) -> list[EvolvedPrompt]:
         return [EvolvedPrompt(prompt=seed["prompt"], parent_id=seed["prompt_id"], mutation="NONE", step=1)

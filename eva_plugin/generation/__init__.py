@@ -55,7 +55,26 @@ def last_user_turn(conversation: Conversation) -> str:
 
 
 class Backend(Protocol):
+    """What the loop uses of a backend (``BackendBase`` gives the attributes their usual values).
+
+    ``exclusive``: the backend keeps the accelerator to itself (vLLM reserves most of the GPU), so
+    the loop frees every other model before it is used. ``ranks_per_engine``: consecutive processes
+    that share one engine (tensor parallel under ``external_launcher``) and so get the same prompts.
+    ``generate``: ``n`` samples per conversation; ``seeds[i]`` is prompt ``i``'s seed, and a prompt's
+    samples should depend on its seed alone. ``close``: free the model (before training).
+    """
+
+    exclusive: bool
+    ranks_per_engine: int
+
     def generate(self, conversations: list[Conversation], n: int, params: SamplingParams,
                  seeds: list[int] | None = None) -> Generations: ...
 
     def close(self) -> None: ...
+
+
+class BackendBase:
+    """The ``Backend`` attributes most backends share: one process per engine, other models may stay."""
+
+    exclusive: bool = False
+    ranks_per_engine: int = 1

@@ -24,8 +24,10 @@ import requests
 
 from eva_plugin import secrets
 from eva_plugin.errors import EvaError
-from eva_plugin.generation import Conversation, Generations, SamplingParams
+from eva_plugin.generation import BackendBase, Conversation, Generations, SamplingParams
+from eva_plugin.generation.options import OpenAIOptions
 from eva_plugin.generation.seeding import prompt_seeds
+from eva_plugin.options import ModelContext
 from eva_plugin.progress import bar
 
 logger = logging.getLogger(__name__)
@@ -47,8 +49,15 @@ def _one_line(text: str, limit: int = 200) -> str:
     return secrets.redact_text(" ".join(str(text).split()))[:limit]
 
 
-class OpenAICompatibleBackend:
+class OpenAICompatibleBackend(BackendBase):
     """``model_path`` is the model name the server knows (``options.model`` overrides it)."""
+
+    Options = OpenAIOptions
+
+    @classmethod
+    def from_options(cls, model_path: str, options: OpenAIOptions, context: ModelContext) -> OpenAICompatibleBackend:
+        """The registered factory: a remote server needs no device, dtype or loading keywords."""
+        return cls(model_path, **options.as_dict())
 
     def __init__(
         self,
@@ -61,7 +70,6 @@ class OpenAICompatibleBackend:
         timeout: float = 120.0,
         max_retries: int = 4,
         backoff: float = 1.0,
-        **_: object,
     ) -> None:
         if not base_url:
             raise ValueError("the openai backend needs options.base_url (e.g. http://localhost:8000/v1)")

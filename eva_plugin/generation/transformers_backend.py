@@ -20,16 +20,18 @@ import logging
 
 import torch
 
-from eva_plugin.generation import Conversation, Generations, SamplingParams, render_prompt
+from eva_plugin.generation import BackendBase, Conversation, Generations, SamplingParams, render_prompt
+from eva_plugin.generation.options import TransformersOptions
 from eva_plugin.generation.seeding import SeededSampling, prompt_seeds, sample_seed
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, pick_device, quantized, release, whole_weights
+from eva_plugin.options import ModelContext, Options
 from eva_plugin.progress import bar
 from eva_plugin.rewards.batching import context_limit, length_batches
 
 logger = logging.getLogger(__name__)
 
 
-class TransformersBackend:
+class TransformersBackend(BackendBase):
     """Generate with a local causal LM.
 
     A ``generate`` call holds at most ``batch_size`` prompts and at most ``batch_tokens`` padded
@@ -38,6 +40,8 @@ class TransformersBackend:
     (``CPU_BATCH_TOKENS`` on CPU). ``sampling``: ``seeded`` (batch-invariant, ``SeededSampling``)
     or ``native`` (transformers' ``do_sample``, ``torch.manual_seed(params.seed)`` per call).
     """
+
+    Options = TransformersOptions
 
     def __init__(
         self,
@@ -50,7 +54,6 @@ class TransformersBackend:
         trust_remote_code: bool = False,
         device: str | None = None,
         model_kwargs: dict | None = None,
-        **_: object,
     ) -> None:
         """``model_kwargs``: more ``from_pretrained`` keywords (the recipe's revision, attention
         implementation and quantization, ``eva_plugin.modeling.model_kwargs``)."""
@@ -74,6 +77,13 @@ class TransformersBackend:
         self.model.eval()
         self.batch_tokens = max(1, int(batch_tokens)) if batch_tokens else auto_batch_tokens(self.model, self.device)
         self.context = context_limit(self.model, self.tokenizer)
+
+    @classmethod
+    def from_options(cls, model_path: str, options: Options, context: ModelContext) -> TransformersBackend:
+        """The registered factory: everything it needs is the run's (``context``)."""
+        return cls(model_path, batch_size=context.batch_size, batch_tokens=context.batch_tokens,
+                   sampling=context.sampling, dtype=context.dtype, trust_remote_code=context.trust_remote_code,
+                   device=context.device, model_kwargs=context.model_kwargs)
 
     def render(self, conversation: Conversation) -> str:
         """The prompt text the policy sees: its chat template with the generation prompt."""

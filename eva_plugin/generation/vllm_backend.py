@@ -17,7 +17,8 @@ Prompts go to the engine as token ids of the policy's chat template with no adde
 tokens (templates that emit BOS get exactly one); a prompt longer than ``max_model_len - 1``
 tokens is dropped before it reaches the engine (empty responses, counted in
 ``Generations.failed`` and ``Generations.dropped_too_long``). Every ``generation.options`` key
-is forwarded to ``vllm.LLM``.
+declared in ``VLLMOptions`` (and each key of its ``engine_args``) is forwarded to ``vllm.LLM``;
+nothing else is.
 
 Under ``accelerate launch`` with several processes every process builds an engine with
 vLLM's ``external_launcher`` executor: each group of ``tensor_parallel_size`` consecutive
@@ -31,9 +32,12 @@ import gc
 import logging
 from dataclasses import dataclass
 
-from eva_plugin.generation import Conversation, Generations, SamplingParams, render_prompt
+from eva_plugin.errors import EvaError
+from eva_plugin.generation import BackendBase, Conversation, Generations, SamplingParams, render_prompt
+from eva_plugin.generation.options import VLLMOptions
 from eva_plugin.generation.seeding import prompt_seeds
 from eva_plugin.modeling import load_tokenizer
+from eva_plugin.options import ModelContext
 
 logger = logging.getLogger(__name__)
 
@@ -66,55 +70,35 @@ def _empty_cache() -> None:
         torch.cuda.empty_cache()
 
 
-class VLLMBackend:
+class VLLMBackend(BackendBase):
+    """Sampling with an offline ``vllm.LLM`` engine (one per process, kept for the run)."""
+
     #: the engine reserves ``gpu_memory_utilization`` of the GPU: the loop frees other models first
     exclusive = True
+    Options = VLLMOptions
 
-    def __init__(
-        self,
-        model_path: str,
-        *,
-        dtype: str | None = None,
-        trust_remote_code: bool = False,
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.9,
-        max_model_len: int | None = None,
-        enable_prefix_caching: bool = True,
-        model_kwargs: dict | None = None,
-        batch_size: int | None = None,
-        device: object = None,
-        **options: object,
-    ) -> None:
-        """``model_kwargs``: the recipe's loading keywords (``eva_plugin.modeling.model_kwargs``);
-        vLLM takes ``revision`` (model and tokenizer) and ``quantization="bitsandbytes"`` for
-        ``load_in_4bit``/``load_in_8bit``; it picks its own attention backend, so
-        ``attn_implementation`` does not apply (``VLLM_ATTENTION_BACKEND`` sets it).
-        ``batch_size`` and ``device`` are the loop's (vLLM schedules and places itself); every
-        other keyword (``generation.options``) goes to ``vllm.LLM``."""
-        del batch_size, device
+    def __init__(self, model_path: str, options: VLLMOptions | None = None,
+                 context: ModelContext | None = None) -> None:
+        """``options``: the recipe's ``generation.options``; ``context``: the run's dtype, trust_remote_code
+        and loading keywords (``revision``; ``quantization="bitsandbytes"`` for ``load_in_4bit``). vLLM
+        picks its own attention backend (``VLLM_ATTENTION_BACKEND`` sets it), schedules its own batches
+        (the context's ``batch_size``/``batch_tokens`` do not apply) and places itself (no ``device``)."""
+        options = options or VLLMOptions()
+        context = context or ModelContext()
         try:
             from vllm import LLM
         except ImportError:
             raise ImportError("the vllm backend needs vLLM: pip install 'eva-plugin[vllm]'") from None
-        loading = _vllm_loading(model_kwargs or {})
-        self.tokenizer = load_tokenizer(str(model_path), trust_remote_code=trust_remote_code,
+        loading = _vllm_loading(context.model_kwargs)
+        self.tokenizer = load_tokenizer(str(model_path), trust_remote_code=context.trust_remote_code,
                                         revision=loading.get("revision"))
-        if options.get("enable_sleep_mode") is False:
-            logger.warning("generation.options enable_sleep_mode=false ignored: the engine sleeps between rounds")
-        kwargs = {"model": str(model_path), "tensor_parallel_size": int(tensor_parallel_size),
-                  "gpu_memory_utilization": float(gpu_memory_utilization), "trust_remote_code": trust_remote_code,
-                  "enable_prefix_caching": enable_prefix_caching, **loading, **options,
-                  "enable_sleep_mode": True}
-        if dtype:
-            kwargs["dtype"] = dtype
-        if max_model_len:
-            kwargs["max_model_len"] = int(max_model_len)
+        kwargs = engine_kwargs(str(model_path), options, context, loading)
         world = _world_size()
         self.external = world > 1
-        self.ranks_per_engine = int(tensor_parallel_size) if self.external else 1
+        self.ranks_per_engine = options.tensor_parallel_size if self.external else 1
         if self.external:
             if world % self.ranks_per_engine:
-                raise ValueError(f"tensor_parallel_size {tensor_parallel_size} does not divide the {world} "
+                raise ValueError(f"tensor_parallel_size {options.tensor_parallel_size} does not divide the {world} "
                                  "processes; launch a multiple of it or change generation.options")
             # one engine per rank group, fed by this launch; the same seed on every rank of a group
             kwargs.update(distributed_executor_backend="external_launcher", seed=0)
@@ -127,6 +111,11 @@ class VLLMBackend:
         self.engine = engine
         self.llm = engine.llm
         self.max_model_len = _max_model_len(self.llm, kwargs.get("max_model_len"))
+
+    @classmethod
+    def from_options(cls, model_path: str, options: VLLMOptions, context: ModelContext) -> VLLMBackend:
+        """The registered factory."""
+        return cls(model_path, options, context)
 
     def render(self, conversation: Conversation) -> str:
         return render_prompt(self.tokenizer, conversation)
@@ -218,6 +207,38 @@ def shutdown_engines() -> None:
             _RETIRED.append(engine.llm)
     _ENGINES.clear()
     _empty_cache()
+
+
+def engine_kwargs(model_path: str, options: VLLMOptions, context: ModelContext, loading: dict) -> dict:
+    """The ``vllm.LLM`` keywords: the declared options, ``engine_args`` (each checked against vLLM's
+    ``EngineArgs``), the run's dtype and trust_remote_code, the loading keywords, and sleep mode on."""
+    declared = {k: v for k, v in options.as_dict().items() if k != "engine_args" and v is not None}
+    extra = dict(options.engine_args)
+    known = _engine_arg_names()
+    unknown = sorted(k for k in extra if known is not None and k not in known)
+    if unknown:
+        raise EvaError(f"eva generation.options.engine_args: vLLM's EngineArgs has no {', '.join(map(repr, unknown))}")
+    clash = sorted(set(extra) & (set(declared) | {"model", "enable_sleep_mode"}))
+    if clash:
+        raise EvaError(f"eva generation.options.engine_args: {', '.join(clash)} are set by generation.options or "
+                       "by the backend; set them there, not in engine_args")
+    kwargs = {"model": model_path, "trust_remote_code": context.trust_remote_code, **declared, **loading, **extra,
+              "enable_sleep_mode": True}
+    if context.dtype:
+        kwargs["dtype"] = context.dtype
+    return kwargs
+
+
+def _engine_arg_names() -> set[str] | None:
+    """The keywords vLLM's ``EngineArgs`` takes (None when this vLLM does not say)."""
+    try:
+        import dataclasses
+
+        from vllm.engine.arg_utils import EngineArgs
+
+        return {f.name for f in dataclasses.fields(EngineArgs)}
+    except (ImportError, TypeError):
+        return None
 
 
 def _max_model_len(llm, configured: int | None) -> int | None:

@@ -12,8 +12,10 @@ import torch
 
 from eva_plugin.generation import Conversation, last_user_turn
 from eva_plugin.modeling import load_tokenizer, pick_device, release, torch_dtype, whole_weights
+from eva_plugin.options import ModelContext
 from eva_plugin.progress import bar
 from eva_plugin.rewards.batching import context_limit
+from eva_plugin.rewards.options import EmbeddingOptions
 
 
 def _trigrams(words: list[str]) -> set[tuple[str, ...]]:
@@ -44,6 +46,13 @@ class EmbeddingSimilarityReward:
     below every cosine, so it can only ever be the rejected response.
     """
 
+    Options = EmbeddingOptions
+
+    @classmethod
+    def from_options(cls, path: str, options: EmbeddingOptions, context: ModelContext) -> EmbeddingSimilarityReward:
+        """The registered factory: the recipe's ``reward_options`` and this process's device."""
+        return cls(path, device=context.device, **options.as_dict())
+
     def __init__(
         self,
         path: str,
@@ -57,7 +66,6 @@ class EmbeddingSimilarityReward:
         min_words: int = 3,
         max_echo: float = 0.6,
         floor: float = -1.0,
-        **_: object,
     ) -> None:
         from transformers import AutoModel
 

@@ -18,15 +18,23 @@ import torch
 
 from eva_plugin.generation import Conversation, last_user_turn
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, loading_options, pick_device, release, whole_weights
+from eva_plugin.options import ModelContext
 from eva_plugin.progress import bar
 from eva_plugin.rewards.batching import context_limit, length_batches
+from eva_plugin.rewards.options import PAIRWISE_TEMPLATE, PairwiseOptions
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {a} [RESPONSE B] {b} \n"
-
-
 class PairwisePreferenceReward:
+    """Rewards from a pair-wise judge: each response's mean win probability against the prompt's others."""
+
+    Options = PairwiseOptions
+
+    @classmethod
+    def from_options(cls, path: str, options: PairwiseOptions, context: ModelContext) -> PairwisePreferenceReward:
+        """The registered factory: the recipe's ``reward_options`` and this process's device."""
+        return cls(path, device=context.device, **options.as_dict())
+
     def __init__(
         self,
         path: str,
@@ -37,12 +45,11 @@ class PairwisePreferenceReward:
         order: str = "both",
         max_batch_tokens: int | None = 32768,
         seed: int = 0,
-        template: str = TEMPLATE,
+        template: str = PAIRWISE_TEMPLATE,
         labels: tuple[str, str] = ("A", "B"),
         device: str | None = None,
         revision: str | None = None,
         attn_implementation: str | None = None,
-        **_: object,
     ) -> None:
         if order not in ("random", "both"):
             raise ValueError(f"unknown pairwise order {order!r}; known: random, both")

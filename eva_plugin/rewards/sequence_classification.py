@@ -6,8 +6,10 @@ import torch
 
 from eva_plugin.generation import Conversation
 from eva_plugin.modeling import load_tokenizer, loading_options, pick_device, release, torch_dtype, whole_weights
+from eva_plugin.options import ModelContext
 from eva_plugin.progress import bar
 from eva_plugin.rewards.batching import context_limit, length_batches
+from eva_plugin.rewards.options import SequenceClassificationOptions
 
 
 class SequenceClassificationReward:
@@ -17,6 +19,14 @@ class SequenceClassificationReward:
     with custom code whose output has a ``score`` field (ArmoRM) use that field; all
     others use ``logits[:, 0]``.
     """
+
+    Options = SequenceClassificationOptions
+
+    @classmethod
+    def from_options(cls, path: str, options: SequenceClassificationOptions,
+                     context: ModelContext) -> SequenceClassificationReward:
+        """The registered factory: the recipe's ``reward_options`` and this process's device."""
+        return cls(path, device=context.device, **options.as_dict())
 
     def __init__(
         self,
@@ -30,7 +40,6 @@ class SequenceClassificationReward:
         device: str | None = None,
         revision: str | None = None,
         attn_implementation: str | None = None,
-        **_: object,
     ) -> None:
         from transformers import AutoModelForSequenceClassification
 
