@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from eva_plugin.checks import check_plugins, hub_offline
+from eva_plugin.checks import hub_offline
 from eva_plugin.config import CREATORS, EvaArguments, eva_arguments
 from eva_plugin.errors import RecipeError
 from eva_plugin.mixture import HANDBOOK, TRL, DatasetSpec, read_mixture
@@ -247,7 +247,6 @@ def read_eva_side(cfg: dict[str, Any], eva_overrides: dict[str, Any], cli_creato
     for key, value in eva_overrides.items():
         _set_nested(eva_block, key, value)
     eva = eva_arguments(eva_block)
-    check_plugins(eva)
     _resolve_loss(eva, cfg, cli_keys)
     if creator is not None and eva.reward_model is None:
         raise RecipeError(f"`creator: {creator}` needs `eva.reward_model` (a local reward model path)")

@@ -5,11 +5,17 @@ import pytest
 
 from eva_plugin import plugins
 from eva_plugin.creator.evolvers import (
+    Completion,
     EvolInstruct,
-    Truncated,
     evolved_status,
     parse_evolved,
 )
+
+
+def llm_of(texts_for):
+    """An evolver's ``generate`` from a function that returns texts (None: a failed call)."""
+    return lambda instructions: [t if t is None or isinstance(t, Completion) else Completion(t)
+                                 for t in texts_for(instructions)]
 
 
 @pytest.mark.parametrize(
@@ -76,7 +82,7 @@ def test_evol_instruct_sends_distilabels_templates_and_chains_steps():
 
     seeds = [{"prompt_id": "a", "prompt": "write a poem"}, {"prompt_id": "b", "prompt": "sum 2 and 3"}]
     evolver = EvolInstruct(num_evolutions=3)
-    out = evolver.evolve(seeds, llm, np.random.default_rng(0))
+    out = evolver.evolve(seeds, llm_of(llm), np.random.default_rng(0))
     assert len(sent) == 3 and all(len(batch) == 2 for batch in sent)  # one batched call per step
     assert set(evolver.mutations) == set(MUTATION_TEMPLATES)
     # step 1 mutates the seed; step 2 mutates step 1's output (chained, as distilabel does)
@@ -93,8 +99,8 @@ def test_mutation_choice_is_seeded_and_covers_all_templates():
         return ["x"] * len(instructions)
 
     seeds = [{"prompt_id": str(i), "prompt": f"p{i}"} for i in range(50)]
-    a = [e.mutation for e in EvolInstruct(2).evolve(seeds, llm, np.random.default_rng(7))]
-    b = [e.mutation for e in EvolInstruct(2).evolve(seeds, llm, np.random.default_rng(7))]
+    a = [e.mutation for e in EvolInstruct(2).evolve(seeds, llm_of(llm), np.random.default_rng(7))]
+    b = [e.mutation for e in EvolInstruct(2).evolve(seeds, llm_of(llm), np.random.default_rng(7))]
     assert a == b
     assert set(a) == {"BREADTH", "CONCRETIZING", "CONSTRAINTS", "DEEPENING", "INCREASED_REASONING_STEPS"}
 
@@ -107,7 +113,7 @@ def test_failed_outputs_are_counted_and_the_chain_continues_from_the_last_good_p
         sent.append(instructions[0])
         return next(replies)
 
-    out = EvolInstruct(3).evolve([{"prompt_id": "a", "prompt": "seed text"}], llm, np.random.default_rng(0))
+    out = EvolInstruct(3).evolve([{"prompt_id": "a", "prompt": "seed text"}], llm_of(llm), np.random.default_rng(0))
     assert [e.status for e in out] == ["empty", "empty", "kept"]
     assert "seed text" in sent[2]
 
@@ -117,20 +123,21 @@ def test_evolving_leaves_the_global_rng_alone():
 
     state = np.random.get_state()[1].copy()
     seeds = [{"prompt_id": str(i), "prompt": f"p{i}"} for i in range(5)]
-    EvolQuality(2).evolve(seeds, lambda xs: ["new text here"] * len(xs), np.random.default_rng(1))
+    EvolQuality(2).evolve(seeds, llm_of(lambda xs: ["new text here"] * len(xs)), np.random.default_rng(1))
     assert (np.random.get_state()[1] == state).all()
 
 
 def test_truncated_outputs_are_never_kept():
     def llm(instructions):
-        return [Truncated("Explain tides and then also the")] * len(instructions)
+        return [Completion("Explain tides and then also the", truncated=True)] * len(instructions)
 
-    out = EvolInstruct(1).evolve([{"prompt_id": "a", "prompt": "tides"}], llm, np.random.default_rng(0))
+    out = EvolInstruct(1).evolve([{"prompt_id": "a", "prompt": "tides"}], llm_of(llm), np.random.default_rng(0))
     assert [(e.status, e.raw) for e in out] == [("truncated", "Explain tides and then also the")]
 
 
 def test_multi_shot_keeps_the_first_usable_candidate():
-    replies = {0: [Truncated("cut off"), "#The Given Prompt# again", "Explain tides to a sailor.", "later one"],
+    replies = {0: [Completion("cut off", truncated=True), "#The Given Prompt# again", "Explain tides to a sailor.",
+                   "later one"],
                1: ["", None, "", ""]}
     calls = []
 
@@ -139,7 +146,7 @@ def test_multi_shot_keeps_the_first_usable_candidate():
         return replies[len(calls) - 1]
 
     seeds = [{"prompt_id": "a", "prompt": "tides"}]
-    out = EvolInstruct(2, candidates=4).evolve(seeds, llm, np.random.default_rng(0))
+    out = EvolInstruct(2, candidates=4).evolve(seeds, llm_of(llm), np.random.default_rng(0))
     assert len(calls[0]) == 4 and len(set(calls[0])) == 1  # four samples of one instruction
     assert [(e.status, e.prompt) for e in out] == [("kept", "Explain tides to a sailor."), ("empty", "")]
     assert "Explain tides to a sailor." in calls[1][0]  # the chain continues from the kept rewrite
@@ -172,7 +179,7 @@ def test_evol_complexity_sends_distilabels_in_depth_templates_only():
 
     sent, llm = _record()
     seeds = [{"prompt_id": str(i), "prompt": f"seed {i}"} for i in range(20)]
-    out = EvolComplexity(1).evolve(seeds, llm, np.random.default_rng(0))
+    out = EvolComplexity(1).evolve(seeds, llm_of(llm), np.random.default_rng(0))
     assert {e.mutation for e in out} == set(MUTATION_TEMPLATES) and "BREADTH" not in MUTATION_TEMPLATES
     for e, instruction in zip(out, sent):
         seed = next(s["prompt"] for s in seeds if s["prompt_id"] == e.parent_id)
@@ -186,7 +193,7 @@ def test_evol_quality_puts_distilabels_quality_methods_into_the_prompt_rewriter(
     from eva_plugin.creator.evolvers import EvolQuality
 
     sent, llm = _record()
-    out = EvolQuality(1).evolve([{"prompt_id": "a", "prompt": "plan a picnic"}], llm, np.random.default_rng(3))
+    out = EvolQuality(1).evolve([{"prompt_id": "a", "prompt": "plan a picnic"}], llm_of(llm), np.random.default_rng(3))
     from distilabel.steps.tasks.evol_quality.utils import REWRITE_INSTRUCTION as QUALITY_FRAME
 
     qhead, qtail = QUALITY_FRAME.split("{}")
@@ -204,7 +211,8 @@ def test_self_instruct_renders_distilabels_template_and_reads_one_query_per_line
 
     reply = "1. Describe a tide pool at dawn.\n\n- List two animals found in tide pools?\nWhy do tides change daily?"
     sent, llm = _record(reply)
-    out = SelfInstruct(3).evolve([{"prompt_id": "a", "prompt": "Explain tides."}], llm, np.random.default_rng(0))
+    out = SelfInstruct(3).evolve([{"prompt_id": "a", "prompt": "Explain tides."}], llm_of(llm),
+                                 np.random.default_rng(0))
     assert [(e.prompt, e.step, e.status) for e in out] == [
         ("Describe a tide pool at dawn.", 1, "kept"), ("List two animals found in tide pools?", 2, "kept"),
         ("Why do tides change daily?", 3, "kept")]
@@ -225,7 +233,7 @@ def test_feedback_context_precedes_the_template():
     sent, llm = _record()
     seed = {"prompt_id": "a", "prompt": "sum 2 and 3",
             "feedback": {"best": "5", "best_reward": 0.9, "worst": "23", "worst_reward": -0.4}}
-    out = EvolInstruct(1).evolve([seed], llm, np.random.default_rng(0))
+    out = EvolInstruct(1).evolve([seed], llm_of(llm), np.random.default_rng(0))
     template = mutation_templates()[out[0].mutation].replace("<PROMPT>", "sum 2 and 3")
     assert sent[0].endswith(template)
     preamble = sent[0][: -len(template)]
@@ -237,7 +245,7 @@ def test_evol_mutations_option_draws_from_the_named_templates_only():
 
     sent, llm = _record()
     seeds = [{"prompt_id": str(i), "prompt": f"seed {i}"} for i in range(8)]
-    out = EvolInstruct(2, mutations=["CONSTRAINTS", "DEEPENING"]).evolve(seeds, llm, np.random.default_rng(0))
+    out = EvolInstruct(2, mutations=["CONSTRAINTS", "DEEPENING"]).evolve(seeds, llm_of(llm), np.random.default_rng(0))
     assert {e.mutation for e in out} == {"CONSTRAINTS", "DEEPENING"}
     templates = mutation_templates()
     assert sent[0] == templates[out[0].mutation].replace("<PROMPT>", "seed 0")
@@ -272,7 +280,7 @@ def test_self_instruct_criteria_option_overrides_ours(criteria):
     expected = criteria or default  # "" = distilabel's default criteria
     assert evolver.criteria == expected
     sent, llm = _record("one\ntwo")
-    evolver.evolve([{"prompt_id": "a", "prompt": "Explain tides."}], llm, np.random.default_rng(0))
+    evolver.evolve([{"prompt_id": "a", "prompt": "Explain tides."}], llm_of(llm), np.random.default_rng(0))
     assert CRITERIA not in sent[0] and expected in sent[0]
     assert (default in sent[0]) == (criteria == "")
 
@@ -297,5 +305,5 @@ def test_an_evolution_that_echoes_its_instruction_is_unusable():
     assert "non-text parts such as the table" in mutation_templates()["CONCRETIZING"]
     for reply, status in ((echo, "unusable"), (fine, "kept")):
         out = evolver.evolve([{"prompt_id": "a", "prompt": "A recipe needs 3 eggs for 12 cookies."}],
-                             lambda instructions, r=reply: [r] * len(instructions), np.random.default_rng(0))
+                             llm_of(lambda instructions, r=reply: [r] * len(instructions)), np.random.default_rng(0))
         assert [e.status for e in out] == [status]

@@ -4,7 +4,6 @@ broken plugins, lazy factories and option checks."""
 from __future__ import annotations
 
 import ast
-import inspect
 import logging
 import os
 import subprocess
@@ -19,7 +18,7 @@ from eva_plugin import hookimpl, plugins
 from eva_plugin.creator.proxies import Proxy
 from eva_plugin.default_plugins import Lazy
 from eva_plugin.errors import RecipeError, UnknownPluginError
-from eva_plugin.sharding import accepts
+from eva_plugin.options import Options
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("torch", "transformers", "trl", "datasets", "distilabel")
@@ -79,14 +78,15 @@ def test_listing_plugins_imports_no_heavy_library():
     assert "transformers             built-in" in proc.stdout
 
 
-def test_lazy_factory_shows_the_real_signature_and_get_returns_the_target():
-    from eva_plugin.generation.transformers_backend import TransformersBackend
-
-    lazy = plugins.registry("backends")["transformers"].obj
-    assert isinstance(lazy, Lazy)
-    assert inspect.signature(lazy) == inspect.signature(TransformersBackend)
-    assert accepts(lazy, "device") and accepts(lazy, "seeds") is accepts(TransformersBackend, "seeds")
-    assert plugins.get("backends", "transformers") is TransformersBackend
+def test_lazy_factories_name_the_options_their_targets_declare():
+    """Every built-in lazy factory carries its options schema (so a recipe is checked without importing
+    torch), and the class it imports declares the same schema and builds through ``from_options``."""
+    for kind in ("backends", "reward_models"):
+        for name, entry in plugins.registry(kind).items():
+            assert isinstance(entry.obj, Lazy) and entry.obj.Options is not None, name
+            target = plugins.get(kind, name)
+            assert target.Options is entry.obj.Options is plugins.options_schema(kind, name), name
+            assert callable(target.from_options), name
 
 
 def test_lazy_factory_imports_its_target_on_first_call():
@@ -96,7 +96,6 @@ def test_lazy_factory_imports_its_target_on_first_call():
     rng = np.random.default_rng(0)
     assert list(lazy(np.array([0.1, 0.9, 0.5]), 2, rng)) == [1, 2]
     assert lazy.resolve() is greedy
-    assert not accepts(lazy, "device")
     with pytest.raises(ValueError, match="not 'package.module:attribute'"):
         Lazy("eva_plugin.creator.selection")
 
@@ -281,35 +280,79 @@ def test_eva_plugins_lists_sources_and_one_line_per_skipped_plugin(site):
 
 # --- options -------------------------------------------------------------------------------------
 
-def test_check_options_names_the_unknown_option_and_the_known_ones():
-    plugins.check_options("evolvers", "evol_instruct", {"mutations": ["CONSTRAINTS"]}, "eva.evolver_options")
-    plugins.check_options("evolvers", "self_instruct", {"criteria": "Be brief."}, "eva.evolver_options")
+def test_parse_options_names_the_unknown_option_and_the_known_ones():
+    parsed = plugins.parse_options("evolvers", "evol_instruct", {"mutations": ["CONSTRAINTS"]}, "eva.evolver_options")
+    assert parsed.mutations == ["CONSTRAINTS"]
+    assert plugins.parse_options("evolvers", "self_instruct", {"criteria": "Be brief."}, "w").criteria == "Be brief."
     with pytest.raises(RecipeError) as err:
-        plugins.check_options("evolvers", "evol_instruct", {"x": 1}, "eva.evolver_options")
+        plugins.parse_options("evolvers", "evol_instruct", {"x": 1}, "eva.evolver_options")
     assert str(err.value) == "eva.evolver_options: evol_instruct takes no option 'x'; it takes: mutations"
     with pytest.raises(RecipeError, match="self_instruct takes no options 'x', 'mutations'; it takes: criteria"):
-        plugins.check_options("evolvers", "self_instruct", {"x": 1, "mutations": []}, "eva.evolver_options")
-    with pytest.raises(RecipeError, match="'candidates' is not an option of evol_quality; set eva.evolver_candidates"):
-        plugins.check_options("evolvers", "evol_quality", {"candidates": 2}, "eva.evolver_options")
+        plugins.parse_options("evolvers", "self_instruct", {"x": 1, "mutations": []}, "eva.evolver_options")
+    with pytest.raises(RecipeError, match="evol_quality takes no option 'candidates'"):  # the run's, not an option
+        plugins.parse_options("evolvers", "evol_quality", {"candidates": 2}, "eva.evolver_options")
+    with pytest.raises(RecipeError, match="none takes no option 'mutations'; it takes: none"):
+        plugins.parse_options("evolvers", "none", {"mutations": []}, "eva.evolver_options")
     with pytest.raises(UnknownPluginError, match="unknown evolver 'nope'"):
-        plugins.check_options("evolvers", "nope", {}, "eva.evolver_options")
+        plugins.parse_options("evolvers", "nope", {}, "eva.evolver_options")
 
 
-def test_check_options_skips_the_model_path_and_accepts_anything_through_kwargs():
+def test_backend_options_refuse_what_the_run_owns_and_check_types_and_ranges():
+    for key in ("sampling", "batch_tokens", "batch_size", "device", "model_kwargs"):
+        with pytest.raises(RecipeError, match=f"vllm takes no option '{key}'"):
+            plugins.parse_options("backends", "vllm", {key: 1}, "eva.generation.options")
+    with pytest.raises(RecipeError, match="transformers takes no option 'anything'; it takes: none"):
+        plugins.parse_options("backends", "transformers", {"anything": 1}, "eva.generation.options")
+    with pytest.raises(RecipeError, match=r"`eva.generation.options.gpu_memory_utilization` must be <= 1, got 1.5"):
+        plugins.parse_options("backends", "vllm", {"gpu_memory_utilization": 1.5}, "eva.generation.options")
+    with pytest.raises(RecipeError, match=r"`eva.generation.options.timeout` must be a number, got 'slow'"):
+        plugins.parse_options("backends", "openai", {"timeout": "slow"}, "eva.generation.options")
+    parsed = plugins.parse_options("backends", "vllm", {"max_model_len": 512, "engine_args": {"swap_space": 1}}, "w")
+    assert (parsed.max_model_len, parsed.engine_args, parsed.tensor_parallel_size) == (512, {"swap_space": 1}, 1)
+
+
+def test_a_third_party_factory_gets_its_typed_options_and_the_runs_context():
+    """A plugin declares ``Options``; the manager parses the recipe's mapping into it and calls
+    ``from_options`` with it and the run's context. A factory without ``Options`` takes none."""
+    from dataclasses import dataclass
+
+    from eva_plugin.options import ModelContext, option
+
+    @dataclass(frozen=True)
+    class StrictOptions(Options):
+        alpha: float = option(1.0, "How strict.", ge=0)
+
+    built = []
+
+    class Strict:
+        Options = StrictOptions
+
+        @classmethod
+        def from_options(cls, path, options, context):
+            built.append((path, options, context))
+            return cls()
+
+    class Plain:
+        @classmethod
+        def from_options(cls, path, options, context):
+            return cls()
+
     class Rewards:
         @hookimpl
         def register_reward_models(self, register):
-            register("strict", lambda path, *, alpha=1.0, device=None: None)
-            register("open", lambda path, **options: None)
+            register("strict", Strict)
+            register("plain", Plain)
 
     add(Rewards(), "reward-plugin")
-    plugins.check_options("reward_models", "strict", {"alpha": 2.0, "device": "cpu"}, "eva.reward_options")
-    plugins.check_options("reward_models", "open", {"anything": 1}, "eva.reward_options")
-    with pytest.raises(RecipeError, match="strict takes no option 'path'; it takes: alpha, device"):
-        plugins.check_options("reward_models", "strict", {"path": "x"}, "eva.reward_options")
-
-
-def test_check_options_reads_a_lazy_factorys_real_signature():
-    plugins.check_options("backends", "transformers", {"anything": 1}, "eva.generation.options")  # has **_
-    with pytest.raises(RecipeError, match="'batch_size' is not an option of openai; set eva.generation.batch_size"):
-        plugins.check_options("backends", "openai", {"batch_size": 2}, "eva.generation.options")
+    options = plugins.parse_options("reward_models", "strict", {"alpha": 2}, "eva.reward_options")
+    context = ModelContext(device="cpu", seed=7)
+    assert isinstance(plugins.build("reward_models", "strict", "/m", options=options, context=context), Strict)
+    assert built == [("/m", StrictOptions(alpha=2), context)]
+    with pytest.raises(RecipeError, match="strict takes no option 'path'; it takes: alpha"):
+        plugins.parse_options("reward_models", "strict", {"path": "x"}, "eva.reward_options")
+    with pytest.raises(RecipeError, match=r"`eva.reward_options.alpha` must be >= 0, got -1"):
+        plugins.parse_options("reward_models", "strict", {"alpha": -1}, "eva.reward_options")
+    with pytest.raises(RecipeError, match="plain takes no option 'alpha'; it takes: none"):
+        plugins.parse_options("reward_models", "plain", {"alpha": 1}, "eva.reward_options")
+    assert isinstance(plugins.build("reward_models", "plain", "/m", options=plugins.parse_options(
+        "reward_models", "plain", {}, "w"), context=context), Plain)

@@ -109,32 +109,22 @@ def test_top_p_out_of_range_is_refused_at_parse_time(write_recipe):
         load_recipe(["--config", str(path)])
 
 
-def test_plugins_written_before_seeds_and_device_still_work(models, write_recipe):
-    """A third-party backend whose ``generate`` takes no ``seeds`` and whose factory takes no
-    ``device`` keeps working (one process: nothing to split)."""
-    from accelerate import PartialState
-
+def test_the_run_builds_a_backend_with_its_own_device_seed_and_generation_settings(models, write_recipe):
+    """What the run owns reaches the backend through one ``ModelContext``: this process's device, the
+    block's batching and sampling, the run seed; the recipe's ``options`` arrive parsed."""
     from eva_plugin.loop import EvaLoop
     from eva_plugin.recipe import load_recipe
-    from eva_plugin.sharding import Shards, accepts
-    from eva_plugin.sharding import generate as shared_generate
 
-    class OldBackend:
-        def __init__(self, model_path: str, batch_size: int = 8, dtype=None, trust_remote_code=False):
-            self.inner = TransformersBackend(model_path, batch_size=batch_size)
-
-        def generate(self, conversations, n, params):
-            return self.inner.generate(conversations, n, params)
-
-    assert not accepts(OldBackend, "device") and not accepts(OldBackend(str(models["policy"])).generate, "seeds")
-    gens = shared_generate(Shards(PartialState()), OldBackend(str(models["policy"])), [conv("hi")], 2,
-                           SamplingParams(max_new_tokens=4))
-    assert len(gens.texts[0]) == 2
-    loop = EvaLoop(load_recipe(["--config", str(write_recipe())]))
+    loop = EvaLoop(load_recipe(["--config", str(write_recipe(eva={"generation": {
+        "max_new_tokens": 4, "batch_size": 3, "batch_tokens": 999, "sampling": "native"}}))]))
     facts = loop.run_facts
-    assert "device" not in facts.device_options(OldBackend, {"batch_size": 2})
-    assert facts.device_options(TransformersBackend, {})["device"] == str(loop.state.device)
-    assert facts.device_options(TransformersBackend, {"device": "cpu:0"})["device"] == "cpu:0"  # the recipe wins
+    context = facts.model_context(facts.eva.generation, str(models["policy"]))
+    assert (context.device, context.batch_size, context.batch_tokens, context.sampling, context.seed) == \
+        (str(loop.state.device), 3, 999, "native", facts.seed)
+    backend = facts.backend(str(models["policy"]), facts.eva.generation)
+    assert isinstance(backend, TransformersBackend)
+    assert (backend.batch_size, backend.batch_tokens, backend.sampling, backend.device) == (3, 999, "native", "cpu")
+    backend.close()
 
 
 def test_hashed_uniforms_are_uniform_and_uncorrelated_across_rows_steps_and_tokens():

@@ -39,6 +39,9 @@ class Lazy:
             self._resolved = obj
         return self._resolved
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
     def __repr__(self) -> str:
         return f"Lazy({self.target!r})"
 
