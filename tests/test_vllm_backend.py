@@ -6,8 +6,9 @@ params, use_tqdm)`` taking ``{"prompt_token_ids": [...]}`` prompts and refusing 
 than ``max_model_len`` (as vLLM does, for the whole batch), ``sleep(level)``,
 ``wake_up(tags)`` (weights, then KV cache), ``collective_rpc(method, kwargs=…)`` with the
 worker's ``reload_weights(weights_path, is_checkpoint_format)``, ``reset_prefix_cache()``,
-``llm_engine.model_config.max_model_len`` — and records every call. What it cannot show:
-real vLLM sampling, tensor parallelism, memory release, weights really reloaded.
+``llm_engine.model_config.max_model_len`` — and records every call. Like vLLM's ``EngineArgs`` it
+refuses a keyword the engine does not have (the list below is a subset of vLLM 0.31's fields).
+What it cannot show: real vLLM sampling, tensor parallelism, memory release, weights really reloaded.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import shutil
 import sys
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 
 import pytest
 
@@ -23,6 +24,7 @@ from eva_plugin import plugins
 from eva_plugin.generation import SamplingParams
 from eva_plugin.generation import vllm_backend as vb
 from eva_plugin.generation.seeding import prompt_seeds
+from eva_plugin.options import ModelContext
 
 CONVS = [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "name a prime"}]]
 PARAMS = SamplingParams(temperature=0.7, top_p=0.9, max_new_tokens=32, seed=5)
@@ -42,6 +44,19 @@ class RequestOutput:
     outputs: list[CompletionOutput] = field(default_factory=list)
 
 
+#: keywords of vLLM 0.31's ``EngineArgs`` the backend may pass (a subset of the real ones)
+ENGINE_ARGS = ("model", "tokenizer", "tokenizer_revision", "revision", "trust_remote_code", "dtype", "seed",
+               "tensor_parallel_size", "gpu_memory_utilization", "max_model_len", "max_num_seqs",
+               "enable_prefix_caching", "enforce_eager", "swap_space", "kv_cache_dtype", "quantization",
+               "distributed_executor_backend", "enable_sleep_mode")
+
+
+def make(path, context: ModelContext | None = None, **options):
+    """The vllm backend as the loop builds it: the recipe's options parsed, the run's context."""
+    parsed = plugins.parse_options("backends", "vllm", options, "eva.generation.options")
+    return plugins.build("backends", "vllm", str(path), options=parsed, context=context or ModelContext())
+
+
 @pytest.fixture
 def fake_vllm(monkeypatch):
     calls: dict[str, list] = {"init": [], "generate": [], "lifecycle": [], "destroyed": []}
@@ -52,6 +67,9 @@ def fake_vllm(monkeypatch):
 
     class LLM:
         def __init__(self, **kwargs):
+            unknown = sorted(set(kwargs) - set(ENGINE_ARGS))
+            if unknown:  # what EngineArgs(**kwargs) does with a keyword it does not have
+                raise TypeError(f"EngineArgs.__init__() got an unexpected keyword argument '{unknown[0]}'")
             calls["init"].append(kwargs)
             self.kwargs = kwargs
             self.asleep = {"weights": False, "kv_cache": False}
@@ -96,11 +114,15 @@ def fake_vllm(monkeypatch):
 
     vllm = types.ModuleType("vllm")
     vllm.LLM, vllm.SamplingParams = LLM, VSamplingParams
+    arg_utils = types.ModuleType("vllm.engine.arg_utils")
+    arg_utils.EngineArgs = make_dataclass("EngineArgs", [(name, object, field(default=None)) for name in ENGINE_ARGS])
     dist = types.ModuleType("vllm.distributed")
     state = types.ModuleType("vllm.distributed.parallel_state")
     state.destroy_model_parallel = lambda: calls["destroyed"].append("model_parallel")
     state.destroy_distributed_environment = lambda: calls["destroyed"].append("distributed")
-    for name, module in {"vllm": vllm, "vllm.distributed": dist, "vllm.distributed.parallel_state": state}.items():
+    modules = {"vllm": vllm, "vllm.distributed": dist, "vllm.distributed.parallel_state": state,
+               "vllm.engine": types.ModuleType("vllm.engine"), "vllm.engine.arg_utils": arg_utils}
+    for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
     monkeypatch.setattr(vb, "_ENGINES", {})
     monkeypatch.setattr(vb, "_RETIRED", [])
@@ -108,8 +130,8 @@ def fake_vllm(monkeypatch):
 
 
 def test_one_request_per_prompt_with_n_samples_from_token_ids(fake_vllm, models):
-    backend = plugins.get("backends", "vllm")(str(models["policy"]), dtype="bfloat16", tensor_parallel_size=4,
-                                              gpu_memory_utilization=0.7, batch_size=8, device="cuda:0")
+    backend = make(models["policy"], ModelContext(dtype="bfloat16", batch_size=8, device="cuda:0"),
+                   tensor_parallel_size=4, gpu_memory_utilization=0.7)
     assert fake_vllm["init"] == [{"model": str(models["policy"]), "tensor_parallel_size": 4,
                                   "gpu_memory_utilization": 0.7, "trust_remote_code": False,
                                   "enable_prefix_caching": True, "enable_sleep_mode": True, "dtype": "bfloat16"}]
@@ -129,7 +151,7 @@ def test_one_request_per_prompt_with_n_samples_from_token_ids(fake_vllm, models)
 
 
 def test_a_template_that_writes_bos_gets_exactly_one(fake_vllm, models):
-    backend = plugins.get("backends", "vllm")(str(models["policy"]))
+    backend = make(models["policy"])
     tok = backend.tokenizer
     if tok.bos_token is None:
         tok.add_special_tokens({"bos_token": "<|bos|>"})
@@ -140,26 +162,39 @@ def test_a_template_that_writes_bos_gets_exactly_one(fake_vllm, models):
     assert ids == tok(rendered, add_special_tokens=False)["input_ids"]
 
 
-def test_every_option_reaches_the_engine(fake_vllm, models):
-    options = {"max_num_seqs": 64, "enforce_eager": True, "swap_space": 2, "kv_cache_dtype": "fp8",
-               "max_model_len": 512, "enable_prefix_caching": False}
-    plugins.get("backends", "vllm")(str(models["policy"]), batch_size=4, device="cuda:0", **options)
+def test_every_option_reaches_the_engine_and_nothing_of_the_runs(fake_vllm, models):
+    options = {"max_num_seqs": 64, "enforce_eager": True, "max_model_len": 512, "enable_prefix_caching": False}
+    extra = {"swap_space": 2, "kv_cache_dtype": "fp8"}
+    run = ModelContext(batch_size=4, batch_tokens=512, sampling="seeded", device="cuda:0", seed=3)
+    make(models["policy"], run, **options, engine_args=extra)
     (init,) = fake_vllm["init"]
-    assert {k: init[k] for k in options} == options
-    assert "batch_size" not in init and "device" not in init  # the loop's, not vLLM's
+    assert {k: init[k] for k in {**options, **extra}} == {**options, **extra}
+    for key in ("batch_size", "batch_tokens", "sampling", "device", "engine_args"):  # the run's, not vLLM's
+        assert key not in init
     assert init["enable_sleep_mode"] is True
 
 
+def test_unknown_options_are_refused_before_an_engine_is_built(fake_vllm, models):
+    from eva_plugin.errors import EvaError, RecipeError
+
+    with pytest.raises(RecipeError, match="vllm takes no option 'swap_space'.*engine_args"):
+        make(models["policy"], swap_space=2)
+    with pytest.raises(EvaError, match="EngineArgs has no 'swap_spaec'"):
+        make(models["policy"], engine_args={"swap_spaec": 2})
+    with pytest.raises(EvaError, match="max_model_len are set by generation.options"):
+        make(models["policy"], engine_args={"max_model_len": 2})
+    assert fake_vllm["init"] == []
+
+
 def test_one_engine_for_the_run_slept_at_close_and_reloaded_with_each_round(fake_vllm, models, tmp_path):
-    factory = plugins.get("backends", "vllm")
-    round1 = factory(str(models["policy"]), gpu_memory_utilization=0.5)
+    round1 = make(models["policy"], gpu_memory_utilization=0.5)
     round1.generate(CONVS, 2, PARAMS)
     round1.close()
     assert fake_vllm["lifecycle"] == [("sleep", 2)]  # not destroyed: weights discarded, KV cache freed
     assert fake_vllm["destroyed"] == []
 
     checkpoint = str(shutil.copytree(models["policy"], tmp_path / "iter_1" / "policy"))  # the next round's
-    round2 = factory(checkpoint, gpu_memory_utilization=0.5)
+    round2 = make(checkpoint, gpu_memory_utilization=0.5)
     assert len(fake_vllm["init"]) == 1 and round2.llm is round1.llm  # built once
     assert fake_vllm["lifecycle"][1:] == [
         ("wake_up", ("weights",)),
@@ -172,12 +207,12 @@ def test_one_engine_for_the_run_slept_at_close_and_reloaded_with_each_round(fake
     round2.close()
     assert fake_vllm["lifecycle"][-1] == ("sleep", 2)
 
-    factory(str(models["policy"]), gpu_memory_utilization=0.3)  # other engine settings: another engine
+    make(models["policy"], gpu_memory_utilization=0.3)  # other engine settings: another engine
     assert len(fake_vllm["init"]) == 2
 
 
 def test_over_long_prompts_are_dropped_and_counted_before_the_engine(fake_vllm, models):
-    backend = plugins.get("backends", "vllm")(str(models["policy"]), max_model_len=40)
+    backend = make(models["policy"], max_model_len=40)
     long = [{"role": "user", "content": " ".join(["word"] * 200)}]
     assert len(backend.prompt_ids(long)) > 39
     gens = backend.generate([CONVS[0], long, CONVS[1]], 2, PARAMS)
@@ -199,7 +234,7 @@ def test_shutdown_leaves_the_default_process_group_alone(fake_vllm, models, monk
     monkeypatch.setattr(dist, "get_world_size", lambda: world)
     destroyed = []
     monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: destroyed.append(a))
-    backend = plugins.get("backends", "vllm")(str(models["policy"]), tensor_parallel_size=2 if world > 1 else 1)
+    backend = make(models["policy"], tensor_parallel_size=2 if world > 1 else 1)
     backend.close()
     vb.shutdown_engines()
     assert fake_vllm["destroyed"] == ["model_parallel"]  # vLLM's own groups only
@@ -216,7 +251,7 @@ def test_under_several_processes_each_rank_group_is_one_external_launcher_engine
 
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda: 4)
-    backend = plugins.get("backends", "vllm")(str(models["policy"]), tensor_parallel_size=2)
+    backend = make(models["policy"], tensor_parallel_size=2)
     init, = fake_vllm["init"]
     assert init["distributed_executor_backend"] == "external_launcher" and init["tensor_parallel_size"] == 2
     assert init["seed"] == 0 and init["enable_sleep_mode"] is True
@@ -224,22 +259,21 @@ def test_under_several_processes_each_rank_group_is_one_external_launcher_engine
     backend.close()
     assert fake_vllm["destroyed"] == []  # asleep, not torn down: accelerate's process group is left alone
     with pytest.raises(ValueError, match="does not divide the 4 processes"):
-        plugins.get("backends", "vllm")(str(models["policy"]), tensor_parallel_size=3)
+        make(models["policy"], tensor_parallel_size=3)
 
 
 def test_missing_vllm_says_how_to_install(models, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)
     with pytest.raises(ImportError, match=r"pip install 'eva-plugin\[vllm\]'"):
-        plugins.get("backends", "vllm")(str(models["policy"]))
+        make(models["policy"])
 
 
 def test_recipe_revision_and_4bit_reach_the_engine(fake_vllm, models):
     from transformers import BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(load_in_4bit=True)
-    plugins.get("backends", "vllm")(str(models["policy"]),
-                                    model_kwargs={"revision": "main", "attn_implementation": "eager",
-                                                  "quantization_config": quant, "device_map": {"": 0}})
+    make(models["policy"], ModelContext(model_kwargs={"revision": "main", "attn_implementation": "eager",
+                                                       "quantization_config": quant, "device_map": {"": 0}}))
     (init,) = fake_vllm["init"]
     assert init["revision"] == init["tokenizer_revision"] == "main"
     assert init["quantization"] == "bitsandbytes"
@@ -250,5 +284,5 @@ def test_8bit_is_refused_by_the_vllm_backend(fake_vllm, models):
     from transformers import BitsAndBytesConfig
 
     with pytest.raises(ValueError, match="8 bit"):
-        plugins.get("backends", "vllm")(str(models["policy"]),
-                                        model_kwargs={"quantization_config": BitsAndBytesConfig(load_in_8bit=True)})
+        make(models["policy"],
+             ModelContext(model_kwargs={"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}))

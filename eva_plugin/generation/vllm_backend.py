@@ -218,7 +218,7 @@ def engine_kwargs(model_path: str, options: VLLMOptions, context: ModelContext, 
     unknown = sorted(k for k in extra if known is not None and k not in known)
     if unknown:
         raise EvaError(f"eva generation.options.engine_args: vLLM's EngineArgs has no {', '.join(map(repr, unknown))}")
-    clash = sorted(set(extra) & (set(declared) | {"model", "enable_sleep_mode"}))
+    clash = sorted(set(extra) & (set(options.as_dict()) | {"model", "enable_sleep_mode"}))
     if clash:
         raise EvaError(f"eva generation.options.engine_args: {', '.join(clash)} are set by generation.options or "
                        "by the backend; set them there, not in engine_args")
