@@ -135,6 +135,18 @@ class StageStore:
         """The dataset a finished stage wrote."""
         return load_from_disk(str(self.path(iteration, stage) / "data"), keep_in_memory=keep_in_memory)
 
+    def rename_legacy(self, iteration: int) -> list[str]:
+        """Move this iteration's stage folders written under an older name (``stage_list.LEGACY_NAMES``,
+        all of iteration 0) to the name they have now; returns the names moved."""
+        from eva_plugin.stage_list import LEGACY_NAMES
+
+        moved = []
+        for old, new in LEGACY_NAMES.items() if iteration == 0 else ():
+            if self.path(iteration, old).is_dir() and not self.path(iteration, new).exists():
+                self.path(iteration, old).rename(self.path(iteration, new))
+                moved.append(f"iter_{iteration}/{old} → {new}")
+        return moved
+
     def manifest(self, iteration: int, stage: str) -> dict | None:
         file = self.path(iteration, stage) / MANIFEST
         try:

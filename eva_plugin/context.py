@@ -233,21 +233,16 @@ class Iteration:
             held.close()
 
 
-def run_alone(it: Iteration, stage: Stage) -> dict:
-    """Run ``stage`` in ``it`` (skipped when done), then free ``it``'s models; returns the stage's manifest.
-    For the stages outside a round's own models: held-out evaluation, the prompt judge."""
-    try:
-        it.do(stage)
-    finally:
-        it.close()
-    return it.run.store.manifest(it.t, stage.name) or {}
-
-
 class Stage:
     """One step of Algorithm 1 that writes ``iter_<t>/<name>/``."""
 
     name: ClassVar[str]
     mode: ClassVar[str] = MAIN  # runtime.MAIN | SHARED | EVERY
+
+    def iteration(self, run: Run, t: int) -> Iteration:
+        """The iteration this stage works in: a round's own (``Iteration``), or one with other models for
+        the stages that run after the round (held-out evaluation of π_t, the prompt judge)."""
+        return Iteration(run, t)
 
     def config(self, it: Iteration) -> dict:
         """Everything that decides the artifact (upstream fingerprints included)."""

@@ -166,22 +166,23 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m eva_plugin.dpo
 
 
 def check_stop_after(recipe: Recipe, stop_after: str | None) -> None:
-    """``--stop_after`` names a stage this run has: ``STAGE`` or ``iter_T/STAGE`` (T <= eva.iterations),
-    or ``iter_0/prompts``; anything else is refused with the names, before anything runs."""
+    """``--stop_after`` names a stage this run has (``stage_list``): ``iter_T/STAGE``, or ``STAGE`` for its
+    first run in a round; anything else is refused with the names, before anything runs."""
     if stop_after is None:
         return
     from eva_plugin.errors import RecipeError
 
     if recipe.creator is None:
         raise RecipeError("--stop_after needs an EVA run (`creator: eva` or `none`); a plain DPO round has no stages")
-    from eva_plugin.loop import stages_for
+    from eva_plugin.stage_list import plan_of
 
-    stages = stages_for(recipe.creator, recipe.eva.rewriter)
-    iterations = recipe.eva.iterations
-    valid = {"iter_0/prompts", *stages, *(f"iter_{t}/{s}" for t in range(1, iterations + 1) for s in stages)}
-    if stop_after not in valid:
-        raise RecipeError(f"--stop_after {stop_after!r} is not a stage of this run; use STAGE or iter_T/STAGE "
-                          f"(T = 1..{iterations}) with STAGE one of {', '.join(stages)}, or iter_0/prompts")
+    paths = plan_of(recipe).stage_paths(recipe.eva.iterations)
+    names = list(dict.fromkeys(p.split("/", 1)[1] for p in paths if not p.startswith("iter_0/")))
+    if stop_after not in paths and stop_after not in names:
+        setup = [p for p in paths if p.startswith("iter_0/")]
+        raise RecipeError(f"--stop_after {stop_after!r} is not a stage of this run; use iter_T/STAGE "
+                          f"(T = 1..{recipe.eva.iterations}) or STAGE, with STAGE one of {', '.join(names)}; "
+                          f"or {', '.join(setup)}")
 
 
 def _pop_option(argv: list[str], name: str) -> str | None:

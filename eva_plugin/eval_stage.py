@@ -18,7 +18,7 @@ import numpy as np
 from datasets import Dataset
 
 from eva_plugin.artifacts import StageResult
-from eva_plugin.context import Iteration, Run, Stage, as_dict, run_alone
+from eva_plugin.context import Iteration, Run, Stage, as_dict
 from eva_plugin.generation import SamplingParams
 from eva_plugin.prompt_sets import EvalPrompts
 from eva_plugin.runtime import SHARED
@@ -40,15 +40,13 @@ class EvalRound(Iteration):
         return params
 
 
-def evaluate(run: Run, t: int) -> dict:
-    """Run ``iter_<t>/eval`` (skipped when done) and free its models; returns its manifest."""
-    return run_alone(EvalRound(run, t), Eval())
-
-
 class Eval(Stage):
     """``iter_<t>/eval``: ``eval_samples`` answers of π_t per held-out prompt, their rewards and summary."""
 
     name, mode = "eval", SHARED
+
+    def iteration(self, run: Run, t: int) -> Iteration:
+        return EvalRound(run, t)
 
     def config(self, it: Iteration) -> dict:
         config = {**it.run.upstream(0, EvalPrompts.name), "size": it.eva.eval_size, "n": it.eva.eval_samples,

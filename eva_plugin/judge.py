@@ -17,7 +17,8 @@ from datasets import Dataset
 
 from eva_plugin.artifacts import StageResult
 from eva_plugin.content import local_id
-from eva_plugin.context import Iteration, Run, Stage, as_dict, run_alone
+from eva_plugin.context import Iteration, Run, Stage, as_dict
+from eva_plugin.prompt_sets import prompt_set_id, prompt_set_stage
 from eva_plugin.runtime import SHARED
 from eva_plugin.stats import mean_stderr
 
@@ -45,26 +46,24 @@ def parse_rating(reply: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
-def judge(run: Run, t: int) -> dict:
-    """Run ``iter_<t>/judged`` (skipped when done) and free the judge; returns its manifest."""
-    it = Iteration(run, t)
-    it.sample_with(run.eva.judge_model, run.eva.judge_generation)  # the judge LLM in the sampler's place
-    return run_alone(it, Judged())
-
-
 class Judged(Stage):
     """``iter_<t>/judged``: complexity and quality ratings of (a subset of) the seed pool or X_t."""
 
     name, mode = "judged", SHARED
 
+    def iteration(self, run: Run, t: int) -> Iteration:
+        it = Iteration(run, t)
+        it.sample_with(run.eva.judge_model, run.eva.judge_generation)  # the judge LLM in the sampler's place
+        return it
+
     def config(self, it: Iteration) -> dict:
         eva = it.eva
-        return {**it.upstream("prompts"), "judge_model": local_id(eva.judge_model),
+        return {"prompts": prompt_set_id(it.run, it.t), "judge_model": local_id(eva.judge_model),
                 "judge_generation": as_dict(eva.judge_generation), "size": eva.judge_size,
                 "rubrics": RUBRICS, "seed": it.run.seed}
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
-        rows = it.load("prompts")
+        rows = it.load(prompt_set_stage(it.t))
         if it.eva.judge_size is not None and it.eva.judge_size < len(rows):
             picked = it.rng(self.name).choice(len(rows), size=it.eva.judge_size, replace=False)
             rows = rows.select(sorted(int(i) for i in picked))

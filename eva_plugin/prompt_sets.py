@@ -26,9 +26,9 @@ from eva_plugin.errors import RecipeError
 
 
 class SeedPool(Stage):
-    """``iter_0/prompts``: every seed prompt of the recipe's datasets, shuffled with the run seed."""
+    """``iter_0/seed_pool``: every seed prompt of the recipe's datasets, shuffled with the run seed."""
 
-    name = "prompts"
+    name = "seed_pool"
 
     def config(self, it: Iteration) -> dict:
         config = pool_config(it)
@@ -144,14 +144,14 @@ def check_supply(run: Run, pool_size: int) -> None:
 
 def seed_split(it: Iteration, index: int) -> Dataset:
     """Split ``index`` of the seed pool (wrapping around only with ``reuse_pool``)."""
-    pool = it.run.store.load(0, "prompts")
+    pool = it.run.store.load(0, SeedPool.name)
     n = min(split_size(it.run, len(pool)), len(pool))
     return with_origin(pool.select([(index * n + i) % len(pool) for i in range(n)]), "seed")
 
 
 def previous_set(it: Iteration) -> Dataset:
     """X_{t-1}: the first seed split in round 1, else the set the previous round trained on."""
-    return seed_split(it, 0) if it.t == 1 else it.run.store.load(it.t - 1, "prompts")
+    return seed_split(it, 0) if it.t == 1 else it.run.store.load(it.t - 1, prompt_set_stage(it.t - 1))
 
 
 def creator_input(it: Iteration) -> Dataset:
@@ -162,9 +162,19 @@ def creator_input(it: Iteration) -> Dataset:
 def creator_input_id(it: Iteration) -> str:
     """What identifies the creator's input in fingerprints."""
     if takes_split(it.run, it.t):
-        return f"{it.run.upstream(0, 'prompts')['prompts']}:split {split_index(it.run, it.t)}:" \
-               f"{it.eva.prompts_per_iteration}"
-    return it.run.upstream(it.t - 1, "prompts")["prompts"]
+        return f"{prompt_set_id(it.run, 0)}:split {split_index(it.run, it.t)}:{it.eva.prompts_per_iteration}"
+    return prompt_set_id(it.run, it.t - 1)
+
+
+def prompt_set_stage(t: int) -> str:
+    """The stage holding iteration ``t``'s prompts: the seed pool at 0, X_t after."""
+    return SeedPool.name if t == 0 else "prompts"
+
+
+def prompt_set_id(run: Run, t: int) -> str:
+    """The fingerprint of ``prompt_set_stage(t)`` (how later stages name those prompts)."""
+    name = prompt_set_stage(t)
+    return run.upstream(t, name)[name]
 
 
 def buffer_source(it: Iteration) -> Dataset:

@@ -143,6 +143,11 @@ class Plan:
         return [f"iter_{t}/{s.name}" for t in range(iterations + 1) for s in self.stages(t)]
 
 
+def round_stages(creator: str = "eva", rewriting: bool = False) -> list[str]:
+    """The folders one round writes (without evaluation or judging), in order."""
+    return [s.name for s in Plan(creator, rewriting=rewriting).stages(1) if s.phase != AFTER]
+
+
 def plan_of(recipe) -> Plan:
     """The ``Plan`` of a parsed recipe (``eva_plugin.recipe.Recipe``)."""
     eva = recipe.eva

@@ -18,7 +18,7 @@ from datasets import Dataset, load_from_disk
 from eva_plugin.artifacts import StageResult, StageStore, fingerprint, publish_dir, write_json_atomic
 from eva_plugin.errors import EvaError
 from eva_plugin.locking import LOCK, run_lock
-from eva_plugin.loop import stages_for
+from eva_plugin.stage_list import round_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 EVA = Path(sys.executable).parent / "eva"
@@ -176,7 +176,7 @@ def _same(name: str, a: list, b: list) -> bool:
 
 @pytest.mark.slow
 def test_a_run_killed_before_any_stage_publishes_resumes_to_the_same_artifacts(write_recipe, tmp_path):
-    """One chain: each run is SIGKILLed right before publishing the next stage (iter_0/prompts, then
+    """One chain: each run is SIGKILLed right before publishing the next stage (iter_0/seed_pool, then
     every stage of iteration 1), the following run resumes it; the end equals an uninterrupted run."""
     stop = ["--stop_after", "iter_1/policy"]
     whole = write_recipe("whole.yaml", eva=SMALL, output_dir=str(tmp_path / "whole"))
@@ -187,7 +187,7 @@ def test_a_run_killed_before_any_stage_publishes_resumes_to_the_same_artifacts(w
     script = tmp_path / "kill.py"
     script.write_text(KILL_BEFORE_PUBLISH)
     out = tmp_path / "killed"
-    for target in ["iter_0/prompts", *(f"iter_1/{s}" for s in stages_for("eva"))]:
+    for target in ["iter_0/seed_pool", *(f"iter_1/{s}" for s in round_stages("eva"))]:
         proc = subprocess.run([sys.executable, str(script), target, "run", str(killed), *stop],
                               capture_output=True, text=True, env=ENV, cwd=ROOT)
         assert proc.returncode == -9, f"{target}: {proc.stderr[-3000:]}"
@@ -199,8 +199,8 @@ def test_a_run_killed_before_any_stage_publishes_resumes_to_the_same_artifacts(w
 
     assert not list(out.rglob("*.tmp-*")) and not list(out.rglob("*.tmp"))
     assert (out / "iter_1" / "policy" / "config.json").exists()
-    for stage in ["prompts", *stages_for("eva")[:-1]]:
-        for t in (0, 1) if stage == "prompts" else (1,):
+    for stage in ["seed_pool", *round_stages("eva")[:-1]]:
+        for t in (0,) if stage == "seed_pool" else (1,):
             a = load_from_disk(str(tmp_path / "whole" / f"iter_{t}" / stage / "data"))
             b = load_from_disk(str(out / f"iter_{t}" / stage / "data"))
             assert a.column_names == b.column_names, stage

@@ -93,7 +93,7 @@ def _output_dir_under_file(ctx):
 def _stale_seed_pool(ctx):
     first = _prompts(ctx.tmp, _good_rows(), "first.jsonl")
     path = ctx.write(eva={"prompts": str(first)})
-    assert dpo.main(["--config", str(path), "--stop_after", "iter_0/prompts"]) == 0
+    assert dpo.main(["--config", str(path), "--stop_after", "iter_0/seed_pool"]) == 0
     # the seed pool's configuration changes under the finished run
     return ["--config", str(ctx.write(eva={"prompts": str(first), "prompt_column": "prompt"}))]
 
@@ -216,7 +216,7 @@ CASES: dict[str, tuple] = {
     "env-list": (_recipe(env=["CUDA_VISIBLE_DEVICES=0"]), "env"),
     "stop-after-typo": (_recipe("--stop_after", "creator_sampels"), "creator_samples"),
     "stop-after-bad-iteration": (_recipe("--stop_after", "iter_9/pairs"), "iter_9"),
-    "stop-after-iter0-stage": (_recipe("--stop_after", "iter_0/pairs"), "iter_0/prompts"),
+    "stop-after-iter0-stage": (_recipe("--stop_after", "iter_0/pairs"), "iter_0/seed_pool"),
     "stop-after-no-value": (_recipe("--stop_after"), "--stop_after"),
     "stop-after-rewritten-off": (_recipe("--stop_after", "rewritten"), "rewritten"),
     # dataset mixture
@@ -301,8 +301,8 @@ def test_duplicate_prompts_are_counted(tmp_path, write_recipe, no_models, capsys
     import logging
 
     with caplog.at_level(logging.INFO):
-        assert dpo.main(["--config", str(recipe), "--stop_after", "iter_0/prompts"]) == 0
-    manifest = (tmp_path / "out" / "iter_0" / "prompts" / "manifest.json").read_text()
+        assert dpo.main(["--config", str(recipe), "--stop_after", "iter_0/seed_pool"]) == 0
+    manifest = (tmp_path / "out" / "iter_0" / "seed_pool" / "manifest.json").read_text()
     assert '"duplicates_dropped": 3' in manifest, manifest
     assert any("3 duplicate" in r.getMessage() for r in caplog.records)
 

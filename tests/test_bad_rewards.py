@@ -34,10 +34,18 @@ class OddRewards:
         pass
 
 
+class OddRewardFactory:
+    """A reward-model factory without options (``Options`` absent)."""
+
+    @staticmethod
+    def from_options(path, options, context):
+        return OddRewards()
+
+
 class OddRewardPlugin:
     @hookimpl
     def register_reward_models(self, register):
-        register("odd", lambda path, **options: OddRewards())
+        register("odd", OddRewardFactory)
 
 
 @pytest.fixture

@@ -70,16 +70,16 @@ def test_replaced_prompt_file_makes_the_seed_pool_stale(write_recipe, tmp_path, 
     prompts = tmp_path / "prompts.jsonl"
     shutil.copy(prompts_file, prompts)
     top = {"dataset_mixture": {"datasets": [{"id": str(prompts), "split": "train", "weight": 1.0}], "seed": 0}}
-    run(_recipe(write_recipe, tmp_path, **top), stop_after="iter_0/prompts")
-    manifest = tmp_path / "out" / "iter_0" / "prompts" / "manifest.json"
+    run(_recipe(write_recipe, tmp_path, **top), stop_after="iter_0/seed_pool")
+    manifest = tmp_path / "out" / "iter_0" / "seed_pool" / "manifest.json"
     made = manifest.stat().st_mtime_ns
-    run(_recipe(write_recipe, tmp_path, **top), stop_after="iter_0/prompts")  # unchanged: skipped
+    run(_recipe(write_recipe, tmp_path, **top), stop_after="iter_0/seed_pool")  # unchanged: skipped
     assert manifest.stat().st_mtime_ns == made
     lines = prompts.read_text().splitlines()
     prompts.write_text("\n".join(reversed(lines)).replace("sentences", "words") + "\n")
-    with pytest.raises(StaleArtifactError, match=r"iter_0/prompts was made with a different config \(changed: "
+    with pytest.raises(StaleArtifactError, match=r"iter_0/seed_pool was made with a different config \(changed: "
                                                  r"contents"):
-        run(_recipe(write_recipe, tmp_path, **top), stop_after="iter_0/prompts")
+        run(_recipe(write_recipe, tmp_path, **top), stop_after="iter_0/seed_pool")
 
 
 def test_replaced_policy_weights_make_the_samples_stale(write_recipe, tmp_path, models):

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from eva_plugin.loop import stages_for
+from eva_plugin.stage_list import round_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -35,7 +35,7 @@ def test_accelerate_launch_runs_two_eva_iterations(write_recipe):
     out = Path(yaml.safe_load(path.read_text())["output_dir"])
     timings = {}
     for t in (1, 2):
-        for stage in stages_for("eva"):
+        for stage in round_stages("eva"):
             folder = out / f"iter_{t}" / stage
             manifest = json.loads((folder / "manifest.json").read_text())
             timings[f"iter_{t}/{stage}"] = manifest["seconds"]

@@ -26,7 +26,7 @@ def data(out: Path, t: int, stage: str):
 
 
 def trained_ids(out: Path, iterations: int) -> set[str]:
-    ids = set(data(out, 0, "prompts")["prompt_id"])
+    ids = set(data(out, 0, "seed_pool")["prompt_id"])
     for t in range(1, iterations + 1):
         ids |= set(data(out, t, "prompts")["prompt_id"])
     return ids
@@ -44,7 +44,7 @@ def test_eval_prompts_file_is_evaluated_every_round_and_never_trained_on(write_r
     held = set(data(out, 0, "eval_prompts")["prompt_id"])
     assert len(held) == 4
     assert not held & trained_ids(out, 2)
-    assert manifest(out, 0, "prompts")["held_out"] == 1  # the shared prompt left the seed pool
+    assert manifest(out, 0, "seed_pool")["held_out"] == 1  # the shared prompt left the seed pool
     for t in (0, 1, 2):
         m = manifest(out, t, "eval")
         assert set(m) >= FIELDS and m["prompts"] == 4
@@ -71,7 +71,7 @@ def test_test_split_size_holds_a_share_of_the_seed_pool_out(write_recipe, prompt
     out = recipe.output_dir
     held = set(data(out, 0, "eval_prompts")["prompt_id"])
     n_seed = len(prompts_file.read_text().splitlines())
-    assert len(held) == 3 and manifest(out, 0, "prompts")["pool_size"] == n_seed - 3
+    assert len(held) == 3 and manifest(out, 0, "seed_pool")["pool_size"] == n_seed - 3
     assert not held & trained_ids(out, 1)
     assert manifest(out, 0, "eval")["win_rate"] == 0.5 and manifest(out, 0, "eval")["prompts"] == 2
     assert manifest(out, 1, "eval")["prompts"] == 2 and set(manifest(out, 1, "eval")) >= FIELDS

@@ -42,7 +42,8 @@ def test_judge_rates_the_seed_pool_and_every_x_t(server, write_recipe, capsys):
     for t in (0, 1, 2):
         rows = load_from_disk(str(out / f"iter_{t}" / "judged" / "data"))
         manifest = json.loads((out / f"iter_{t}" / "judged" / "manifest.json").read_text())
-        prompts = set(load_from_disk(str(out / f"iter_{t}" / "prompts" / "data"))["prompt_id"])
+        rated = "seed_pool" if t == 0 else "prompts"
+        prompts = set(load_from_disk(str(out / f"iter_{t}" / rated / "data"))["prompt_id"])
         assert len(rows) == manifest["prompts"] == 6 and set(rows["prompt_id"]) <= prompts
         for scale in ("complexity", "quality"):
             want = [parse_rating(judge_reply(RUBRICS[scale].format(prompt=p))) for p in rows["prompt"]]

@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM
 from eva_plugin.creator.evolvers import STATUSES
 from eva_plugin.dpo import run
 from eva_plugin.errors import StaleArtifactError
-from eva_plugin.loop import stages_for
 from eva_plugin.recipe import load_recipe
 from eva_plugin.solver.training import parameter_checksum
+from eva_plugin.stage_list import round_stages
 
 
 def manifest(out: Path, t: int, stage: str) -> dict:
@@ -35,7 +35,7 @@ def test_two_eva_iterations_write_every_artifact(write_recipe, tmp_path, prompts
     out = recipe.output_dir
     n_seed = len(prompts_file.read_text().splitlines())
     for t in (1, 2):
-        for stage in stages_for("eva"):
+        for stage in round_stages("eva"):
             m = manifest(out, t, stage)
             assert m["stage"] == stage and m["iteration"] == t and len(m["fingerprint"]) == 16
             assert m["seconds"] >= 0
@@ -67,7 +67,7 @@ def test_two_eva_iterations_write_every_artifact(write_recipe, tmp_path, prompts
         assert pairs[0]["prompt"][0]["role"] == "user" and pairs[0]["chosen"][0]["role"] == "assistant"
         samples = manifest(out, t, "solver_samples")
         # the buffer is seed data (the paper's); creator samples stand in where the creator scored it
-        seeds = set(data(out, 0, "prompts")["prompt_id"])
+        seeds = set(data(out, 0, "seed_pool")["prompt_id"])
         buffer = [r for r in prompts if r["origin"] == "buffer"]
         assert buffer and {r["prompt_id"] for r in buffer} <= seeds
         scored_ids = set(data(out, t, "creator_rewards")["prompt_id"])
@@ -79,7 +79,7 @@ def test_two_eva_iterations_write_every_artifact(write_recipe, tmp_path, prompts
         assert (policy / "config.json").exists() and (policy / "model.safetensors").exists()
         assert (policy / "tokenizer.json").exists()
         iteration = json.loads((out / f"iter_{t}" / "manifest.json").read_text())
-        assert set(iteration["stages"]) == set(stages_for("eva"))
+        assert set(iteration["stages"]) == set(round_stages("eva"))
     # round 2 starts from round 1's policy and the weights moved
     assert manifest(out, 2, "policy")["policy_from"] == str(out / "iter_1" / "policy")
     assert checksum(out / "iter_1" / "policy") != checksum(out / "iter_2" / "policy")
@@ -151,7 +151,7 @@ def test_rerun_skips_finished_stages(write_recipe, capsys):
     capsys.readouterr()
     run(load_recipe(["--config", str(path)]))
     printed = capsys.readouterr().out
-    for stage in stages_for("eva"):
+    for stage in round_stages("eva"):
         assert f"[iter 1] {stage}: done before, skipped" in printed
 
 
@@ -267,7 +267,7 @@ def test_creator_none_is_plain_iterative_dpo(write_recipe, prompts_file):
     run(recipe)
     out = recipe.output_dir
     assert sorted(p.name for p in (out / "iter_1").iterdir() if not p.name.startswith(".")) == sorted(
-        [*stages_for("none"), "manifest.json"])
+        [*round_stages("none"), "manifest.json"])
     p1, p2 = set(data(out, 1, "prompts")["prompt"]), set(data(out, 2, "prompts")["prompt"])
     assert len(p1) == len(p2) == 6 and not p1 & p2  # consecutive slices of the seed pool
     assert manifest(out, 2, "solver_samples")["generations"] == 6 * 4

@@ -271,15 +271,18 @@ def test_process_state_honours_accelerate_use_cpu(monkeypatch):
     assert state.device.type == "cpu" and state._cpu
 
 
-def test_run_passes_the_state_device_to_every_factory():
-    from types import SimpleNamespace
+def test_every_model_factory_puts_its_model_on_the_contexts_device(models):
+    from eva_plugin.options import ModelContext
 
-    from eva_plugin.context import Run
-
-    run = SimpleNamespace(runtime=SimpleNamespace(state=SimpleNamespace(device=torch.device("cpu"))))
-    for kind, name in [("backends", "transformers"), ("reward_models", "sequence_classification"),
-                       ("reward_models", "embedding"), ("reward_models", "pairwise")]:
-        assert Run.device_options(run, plugins.get(kind, name), {})["device"] == "cpu", name
+    context = ModelContext(device="cpu", seed=1)
+    for kind, name, path in [("backends", "transformers", models["policy"]),
+                             ("reward_models", "sequence_classification", models["reward"]),
+                             ("reward_models", "embedding", models["encoder"]),
+                             ("reward_models", "pairwise", models["policy"])]:
+        options = plugins.parse_options(kind, name, {}, "options")
+        built = plugins.build(kind, name, str(path), options=options, context=context)
+        assert str(built.device) == "cpu" and built.model.device.type == "cpu", name
+        built.close()
 
 
 def _spy_inputs(model, seen: list):

@@ -19,8 +19,8 @@ import pytest
 import yaml
 from datasets import load_from_disk
 
-from eva_plugin.loop import CREATOR_STAGES, SOLVER_STAGES
 from eva_plugin.sharding import assignment
+from eva_plugin.stage_list import round_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -87,7 +87,7 @@ def test_two_processes_write_the_artifacts_of_one(write_recipe, tmp_path):
     assert "iter  scored" in proc.stdout  # the run finished and the main process printed the report
 
     out_one, out_two = tmp_path / "one", tmp_path / "two"
-    for stage in (*CREATOR_STAGES, *SOLVER_STAGES[:-1]):
+    for stage in round_stages("eva")[:-1]:
         a = load_from_disk(str(out_one / "iter_1" / stage / "data"))
         b = load_from_disk(str(out_two / "iter_1" / stage / "data"))
         assert a.column_names == b.column_names and len(a) == len(b) > 0, stage
@@ -191,12 +191,16 @@ rank = int(os.environ["RANK"])
 class FlakyReward:
     @hookimpl
     def register_reward_models(self, register):
-        def build(path, **options):
-            if rank == 1:
-                raise MemoryError("no room for the reward model")
-            return SequenceClassificationReward(path, **options)
+        class Flaky:
+            Options = SequenceClassificationReward.Options
 
-        register("flaky", build)
+            @staticmethod
+            def from_options(path, options, context):
+                if rank == 1:
+                    raise MemoryError("no room for the reward model")
+                return SequenceClassificationReward.from_options(path, options, context)
+
+        register("flaky", Flaky)
 
 
 if sys.argv[1] == "flaky_reward":
@@ -235,5 +239,5 @@ def test_a_process_failing_inside_the_loop_stops_the_run_and_keeps_finished_stag
     disk = write_recipe("disk.yaml", output_dir=str(tmp_path / "disk"))
     proc = launch_two(str(script), "disk_full", "--config", str(disk), check=False, timeout=300)
     assert proc.returncode != 0 and "disk full" in proc.stdout + proc.stderr
-    assert (tmp_path / "disk" / "iter_0" / "prompts" / "manifest.json").exists()
+    assert (tmp_path / "disk" / "iter_0" / "seed_pool" / "manifest.json").exists()
     assert not (tmp_path / "disk" / "iter_1" / "creator_samples").exists()

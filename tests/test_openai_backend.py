@@ -192,8 +192,8 @@ def test_the_rewriter_rewrites_chosen_responses_through_a_server(server, write_r
     from datasets import load_from_disk
 
     from eva_plugin.dpo import run
-    from eva_plugin.loop import stages_for
     from eva_plugin.recipe import load_recipe
+    from eva_plugin.stage_list import round_stages
 
     eva = {"iterations": 1, "rewriter": True, "evolver_model": "gpt-4-0125-preview",
            "evolver_generation": {"backend": "openai", "options": {"base_url": server.base_url, "backoff": 0.01}}}
@@ -201,7 +201,7 @@ def test_the_rewriter_rewrites_chosen_responses_through_a_server(server, write_r
     run(recipe)
     out = recipe.output_dir / "iter_1"
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted(
-        [*stages_for("eva", rewriter=True), "manifest.json"])
+        [*round_stages("eva", rewriting=True), "manifest.json"])
     rewritten = load_from_disk(str(out / "rewritten" / "data"))
     manifest = _json.loads((out / "rewritten" / "manifest.json").read_text())
     assert sum(manifest[s] for s in ("rewritten", "empty", "truncated", "length")) == len(rewritten)

@@ -12,8 +12,8 @@ from datasets import load_from_disk
 
 from eva_plugin.dpo import run
 from eva_plugin.errors import RecipeError
-from eva_plugin.loop import CREATOR_STAGES
 from eva_plugin.recipe import load_recipe
+from eva_plugin.stage_list import CREATOR, STAGES
 
 
 def data(out: Path, t: int, stage: str):
@@ -35,10 +35,10 @@ def test_a_warm_up_round_comes_before_the_creator(write_recipe):
                                                             "prompts_per_iteration": 6}))])
     run(recipe, stop_after="iter_2/creator_samples")
     out = recipe.output_dir
-    assert not any((out / "iter_1" / stage).exists() for stage in CREATOR_STAGES)
+    assert not any((out / "iter_1" / stage).exists() for stage in [s.name for s in STAGES if s.phase == CREATOR])
     first = data(out, 1, "prompts")
     assert set(first["origin"]) == {"seed"} and len(first) == 6
-    assert ids(first) == ids(data(out, 0, "prompts").select(range(6)))  # the first seed split
+    assert ids(first) == ids(data(out, 0, "seed_pool").select(range(6)))  # the first seed split
     scored = data(out, 2, "creator_samples")
     assert list(scored["prompt_id"]) == list(first["prompt_id"])
     assert manifest(out, 2, "creator_samples")["config"]["policy"] == manifest(out, 1, "policy")["fingerprint"]
@@ -49,7 +49,7 @@ def test_creator_input_fresh_scores_a_new_seed_split_each_round(write_recipe):
                                                             "prompts_per_iteration": 5}))])
     run(recipe, stop_after="iter_2/prompts")
     out = recipe.output_dir
-    pool = data(out, 0, "prompts")
+    pool = data(out, 0, "seed_pool")
     one, two = data(out, 1, "creator_samples"), data(out, 2, "creator_samples")
     assert ids(one) == ids(pool.select(range(5))) and ids(two) == ids(pool.select(range(5, 10)))
     buffer = data(out, 2, "prompts").filter(lambda r: r["origin"] == "buffer")
@@ -101,7 +101,7 @@ def test_reuse_pool_wraps_around_when_asked(write_recipe):
     path = write_recipe(creator="none", eva={"iterations": 2, "prompts_per_iteration": 8, "reuse_pool": True})
     recipe = load_recipe(["--config", str(path)])
     run(recipe, stop_after="iter_2/prompts")
-    pool = list(data(recipe.output_dir, 0, "prompts")["prompt_id"])
+    pool = list(data(recipe.output_dir, 0, "seed_pool")["prompt_id"])
     assert list(data(recipe.output_dir, 2, "prompts")["prompt_id"]) == [pool[(8 + i) % 12] for i in range(8)]
 
 

@@ -21,7 +21,7 @@ from eva_plugin.context import Iteration, Stage, as_dict
 from eva_plugin.creator.mixing import plan_mix
 from eva_plugin.data import prompt_id
 from eva_plugin.generation.completions import Completions
-from eva_plugin.prompt_sets import buffer_source, creator_input, seed_split, split_index
+from eva_plugin.prompt_sets import buffer_source, creator_input, prompt_set_id, seed_split, split_index
 from eva_plugin.runtime import EVERY, SHARED
 from eva_plugin.solver.pairs import build_pairs
 from eva_plugin.solver.rewriter import rewrite_pairs
@@ -38,7 +38,8 @@ class Prompts(Stage):
     def config(self, it: Iteration) -> dict:
         eva = it.eva
         if not it.creator_on:
-            return {"pool": it.run.upstream(0, "prompts"), "size": eva.prompts_per_iteration,
+            # "prompts": the seed pool's folder name before it was `seed_pool` (fingerprints stay as they were)
+            return {"pool": {"prompts": prompt_set_id(it.run, 0)}, "size": eva.prompts_per_iteration,
                     "split": split_index(it.run, it.t), "reuse_pool": eva.reuse_pool}
         config = {**it.upstream("evolved"), "fraction": eva.evolved_fraction, "seed": it.run.seed}
         if eva.buffer != "previous" or eva.creator_input != "previous":  # fingerprints of older runs hold
