@@ -8,36 +8,12 @@ from pathlib import Path
 from statistics import mean, median
 from typing import Any
 
+from eva_plugin import stage_list
 from eva_plugin.report.run_folder import iteration_dirs, load, read_json, read_manifests
 
 HIST_BINS = 10
 EVAL_KEYS = ("mean_reward", "stderr", "win_rate", "prompts")
 JUDGED_KEYS = ("prompts", "mean_complexity", "stderr_complexity", "mean_quality", "stderr_quality", "by_origin")
-EVOLVED_STATUSES = ("kept", "empty", "truncated", "unusable", "too_short", "too_long", "refusal", "duplicate",
-                    "near_duplicate")
-
-
-def _kept(evolved: dict | None) -> str | None:
-    if not evolved:
-        return None
-    dropped = sum(evolved.get(k, 0) for k in EVOLVED_STATUSES if k != "kept")
-    return f"{evolved.get('kept', 0)}/{dropped}"
-
-
-COLUMNS = [
-    ("iter", lambda m: m["_iteration"]),
-    ("scored", lambda m: m.get("creator_rewards", {}).get("rows")),
-    ("mean info", lambda m: m.get("scores", {}).get("mean_info")),
-    ("selected", lambda m: m.get("selected", {}).get("selected")),
-    ("evolved kept/dropped", lambda m: _kept(m.get("evolved"))),
-    ("prompts", lambda m: m.get("prompts", {}).get("rows")),
-    ("pairs", lambda m: m.get("pairs", {}).get("pairs")),
-    ("chosen r", lambda m: m.get("pairs", {}).get("mean_chosen_reward")),
-    ("rejected r", lambda m: m.get("pairs", {}).get("mean_rejected_reward")),
-    ("dpo loss", lambda m: m.get("policy", {}).get("train_loss")),
-    ("reward acc", lambda m: m.get("policy", {}).get("reward_accuracy")),
-    ("gens saved", lambda m: m.get("solver_samples", {}).get("generations_saved")),
-]
 
 
 def _finite(values) -> list[float]:
@@ -50,13 +26,14 @@ def _mean(values) -> float | None:
 
 
 def summary_rows(manifests: dict[int, dict[str, dict]]) -> list[dict[str, Any]]:
-    """The summary table (``COLUMNS``), one row per iteration after 0."""
+    """The summary table (``stage_list.summary_columns()``), one row per iteration after 0."""
+    columns = stage_list.summary_columns()
     rows = []
     for t, stages in manifests.items():
         if t == 0:
             continue
         m = {**stages, "_iteration": t}
-        rows.append({name: get(m) for name, get in COLUMNS})
+        rows.append({name: get(m) for name, get in columns})
     return rows
 
 
@@ -105,7 +82,7 @@ def rewards_by_origin(run_dir: Path, manifests) -> dict:
 
 
 def evolved_outcomes(manifests) -> dict:
-    return {t: {s: int(stages["evolved"].get(s, 0)) for s in EVOLVED_STATUSES}
+    return {t: {s: int(stages["evolved"].get(s, 0)) for s in stage_list.EVOLVED_STATUSES}
             for t, stages in manifests.items() if "evolved" in stages}
 
 
@@ -116,9 +93,10 @@ def prompts_and_categories(run_dir: Path, manifests) -> tuple[dict, dict]:
     lengths, categories, category_of = {}, {}, {}
     has_categories = False
     for t, stages in manifests.items():
-        if "prompts" not in stages:
+        stage = "seed_pool" if t == 0 else "prompts"
+        if stage not in stages:
             continue
-        rows = load(run_dir, t, "prompts", ["prompt_id", "prompt", "origin", "parent_id", "category"])
+        rows = load(run_dir, t, stage, ["prompt_id", "prompt", "origin", "parent_id", "category"])
         if not rows or "prompt" not in rows:
             continue
         n = len(rows["prompt"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eva_plugin.report.collect import EVOLVED_STATUSES
+from eva_plugin import stage_list
 
 ORIGINS = ("seed", "buffer", "evolved")
 
@@ -74,7 +74,7 @@ def write_plots(data: dict, folder: Path) -> list[tuple[str, str]]:
     outcomes = data["evolved_outcomes"]
     if outcomes:
         its = list(outcomes)
-        series = {s: [outcomes[t][s] for t in its] for s in EVOLVED_STATUSES}
+        series = {s: [outcomes[t][s] for t in its] for s in stage_list.EVOLVED_STATUSES}
         stacked(its, {s: v for s, v in series.items() if any(v)}, "iteration", "evolved prompts",
                 "evolved_outcomes.png", "Evolved-prompt outcomes by reason")
 

@@ -1,4 +1,7 @@
-"""Reading a run folder: its iterations, the stages' manifests and the columns of their datasets."""
+"""Reading a run folder: its iterations, the stages' manifests and the columns of their datasets.
+
+Iteration 0's seed pool is ``iter_0/seed_pool``; older runs wrote it as ``iter_0/prompts``
+(``stage_list.LEGACY_NAMES``), read here under its current name. In later iterations ``prompts`` is X_t."""
 
 from __future__ import annotations
 
@@ -6,10 +9,7 @@ import json
 import re
 from pathlib import Path
 
-# the order stages run in within an iteration (iter_0 has the seed pool `prompts` alone, iter_t's
-# `prompts` is X_t); stages not listed follow, by finishing time
-STAGE_ORDER = ["creator_samples", "creator_rewards", "scores", "selected", "evolved", "prompts",
-               "solver_samples", "solver_rewards", "pairs", "rewritten", "policy", "judged", "eval"]
+from eva_plugin import stage_list
 
 
 def iteration_dirs(run_dir: Path) -> list[tuple[int, Path]]:
@@ -30,9 +30,20 @@ def read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def stage_folder(run_dir: Path, t: int, stage: str) -> Path:
+    """``iter_<t>/<stage>``, or its older name in iteration 0 when only that exists."""
+    folder = Path(run_dir) / f"iter_{t}" / stage
+    if t == 0 and not folder.is_dir():
+        for legacy, name in stage_list.LEGACY_NAMES.items():
+            if name == stage and (Path(run_dir) / "iter_0" / legacy).is_dir():
+                return Path(run_dir) / "iter_0" / legacy
+    return folder
+
+
 def read_manifests(run_dir: Path) -> dict[int, dict[str, dict]]:
-    """``{iteration: {stage: manifest without its config}}`` for every published stage, in run order."""
-    rank = {s: i for i, s in enumerate(STAGE_ORDER)}
+    """``{iteration: {stage: manifest without its config}}`` for every published stage, in run order
+    (``stage_list.ORDER``; stages it does not list follow, by finishing time)."""
+    rank = {s: i for i, s in enumerate(stage_list.ORDER)}
     out: dict[int, dict[str, dict]] = {}
     for t, folder in iteration_dirs(run_dir):
         found = {}
@@ -42,6 +53,9 @@ def read_manifests(run_dir: Path) -> dict[int, dict[str, dict]]:
             manifest = read_json(stage_dir / "manifest.json")
             if manifest is not None:
                 found[stage_dir.name] = {k: v for k, v in manifest.items() if k != "config"}
+        for legacy, name in stage_list.LEGACY_NAMES.items() if t == 0 else ():
+            if legacy in found:  # an old run folder (the current name wins if both are there)
+                found.setdefault(name, found.pop(legacy))
         order = sorted(found, key=lambda s: (rank.get(s, len(rank)), str(found[s].get("finished_at", "")), s))
         out[t] = {s: found[s] for s in order}
     return out
@@ -49,7 +63,7 @@ def read_manifests(run_dir: Path) -> dict[int, dict[str, dict]]:
 
 def load(run_dir: Path, t: int, stage: str, columns: list[str]) -> dict[str, list] | None:
     """The named columns (those present) of ``iter_<t>/<stage>``'s dataset; None when it is unreadable."""
-    data = Path(run_dir) / f"iter_{t}" / stage / "data"
+    data = stage_folder(run_dir, t, stage) / "data"
     if not data.is_dir():
         return None
     from datasets import load_from_disk

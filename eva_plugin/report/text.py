@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from eva_plugin.report.collect import COLUMNS
+from eva_plugin import stage_list
 from eva_plugin.report.run_folder import load
 
 
@@ -69,7 +69,7 @@ def evolved_examples(run_dir: Path, iteration: int, k: int = 3) -> list[tuple[st
 def text_sections(data: dict) -> list[tuple[str, str]]:
     """(title, fixed-width text) sections: the text part of the report."""
     sections = []
-    header = [name for name, _ in COLUMNS]
+    header = [name for name, _ in stage_list.summary_columns()]
     rows = [[fmt(r[name]) for name in header] for r in data["summary"]]
     sections.append(("Iterations", table(header, rows)))
     if data["eval"]:
