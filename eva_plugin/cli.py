@@ -30,21 +30,21 @@ def report_command(args) -> int:
     """``eva report`` / ``eva compare``: matplotlib and datasets are imported only here."""
     from pathlib import Path
 
-    from eva_plugin import run_report
+    from eva_plugin import report
 
     if args.command == "compare":
         for run in (args.run_a, args.run_b):
             if not Path(run).is_dir():
                 print(f"eva compare: {run} is not a folder", file=sys.stderr)
                 return 2
-        print(run_report.compare_text(Path(args.run_a), Path(args.run_b)))
+        print(report.compare_text(Path(args.run_a), Path(args.run_b)))
         return 0
     if not Path(args.run_dir).is_dir():
         print(f"eva report: {args.run_dir} is not a folder", file=sys.stderr)
         return 2
-    data = run_report.collect(Path(args.run_dir))
-    out = run_report.write_report(Path(args.run_dir), Path(args.out) if args.out else None, data)
-    print(run_report.text_report(data, Path(args.run_dir)))
+    data = report.collect(Path(args.run_dir))
+    out = report.write_report(Path(args.run_dir), Path(args.out) if args.out else None, data)
+    print(report.text_report(data, Path(args.run_dir)))
     print(f"\nreport: {out / 'report.md'} ({out / 'report.html'}, {out / 'report.json'})")
     return 0
 

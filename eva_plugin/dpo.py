@@ -68,7 +68,7 @@ def run(recipe: Recipe, *, stop_after: str | None = None, overwrite_stale: bool 
     # that free each round's sampling models (each took ~0.3 s on CPU)
     gc.freeze()
     try:
-        reports = loop.run()
+        loop.run()
     except StopAfterStage as stop:
         if loop.state.is_main_process:
             print(f"stopped after {stop.args[0]} as asked; rerun without --stop_after to continue")
@@ -77,7 +77,7 @@ def run(recipe: Recipe, *, stop_after: str | None = None, overwrite_stale: bool 
         getattr(sys.modules.get("eva_plugin.generation.vllm_backend"), "shutdown_engines", lambda: None)()
         loop.state.destroy_process_group()  # a no-op with one process
     if loop.state.is_main_process:
-        print_summary(reports, recipe.output_dir)
+        print_summary(recipe.output_dir)
         if recipe.training.push_to_hub:  # as the Handbook's dpo.py: the final policy goes to the hub
             push_policy(recipe, loop.run_facts.store.path(recipe.eva.iterations, "policy"))
 

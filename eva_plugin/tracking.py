@@ -6,7 +6,7 @@ round's trainer the same integration callbacks (built once, on the main process,
 TensorBoard folder (``<output_dir>/runs/<run_name>`` unless ``TENSORBOARD_LOGGING_DIR`` is set), and a
 step offset: the steps the earlier rounds trained, read from their ``policy`` manifests, so a resumed
 run gets the same offsets. ``log_iteration`` sends an iteration's ``eva/*`` numbers
-(``run_report.iteration_metrics``, read from the manifests) to the same callbacks at the step that
+(``report.iteration_metrics``, read from the manifests) to the same callbacks at the step that
 ended its training. ``report_to: none`` builds nothing and imports nothing.
 """
 
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from eva_plugin.run_report import iteration_metrics, read_manifests
+from eva_plugin.report import iteration_metrics, read_manifests
 
 
 class ContinuedSteps:

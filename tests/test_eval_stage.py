@@ -12,7 +12,7 @@ from eva_plugin import cli
 from eva_plugin.dpo import run
 from eva_plugin.eval_stage import summary
 from eva_plugin.recipe import load_recipe
-from eva_plugin.run_report import paired_difference
+from eva_plugin.stats import paired_difference
 
 FIELDS = {"mean_reward", "stderr", "win_rate", "prompts"}
 

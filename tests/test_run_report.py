@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from eva_plugin import cli, dpo, recipe
+from eva_plugin import cli, dpo, recipe, report
 
 PLOTS = ["informativeness.png", "rewards_by_origin.png", "evolved_outcomes.png", "prompt_length.png",
          "categories.png", "stage_costs.png"]
@@ -88,6 +88,26 @@ def test_stopped_run_reports_what_exists(runs, tmp_path, capsys):
     assert "2" in data["evolved_outcomes"] and "2" not in data["rewards_by_origin"]
     assert [r["iter"] for r in data["summary"]] == [1, 2]
     assert (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_a_seed_pool_under_its_old_name_gives_the_same_report(runs, tmp_path):
+    """Run folders written before the rename hold the seed pool in ``iter_0/prompts``; later
+    iterations' ``prompts`` (X_t) keep that name."""
+    found = next(n for n in ("seed_pool", "prompts") if (runs["full"] / "iter_0" / n).is_dir())
+    folders = {}
+    for name in ("seed_pool", "prompts"):
+        folders[name] = tmp_path / name / "run"
+        shutil.copytree(runs["full"], folders[name], ignore=shutil.ignore_patterns("report"))
+        (folders[name] / "iter_0" / found).rename(folders[name] / "iter_0" / name)
+    new, old = (report.collect(folders[name]) for name in ("seed_pool", "prompts"))
+    assert {**old, "run_dir": None} == {**new, "run_dir": None}
+    assert "seed_pool" in new["manifests"][0] and "prompts" not in new["manifests"][0]
+    assert "prompts" in new["manifests"][1]
+    assert new["prompt_length"][0]["prompts"] == new["manifests"][0]["seed_pool"]["rows"]  # the pool was read
+    assert new["categories"][0] == {"writing": new["manifests"][0]["seed_pool"]["rows"]}
+    assert report.text_report(old, folders["prompts"]).replace(str(folders["prompts"]), "RUN") == \
+        report.text_report(new, folders["seed_pool"]).replace(str(folders["seed_pool"]), "RUN")
+    assert report.iteration_metrics(old["manifests"], 0) == report.iteration_metrics(new["manifests"], 0)
 
 
 def test_held_out_eval_is_plotted_when_present(runs, tmp_path):
