@@ -302,8 +302,10 @@ def test_self_instruct_default_criteria_are_ours_not_appended_to_distilabels():
     from eva_plugin.creator.self_instruct import CRITERIA, SelfInstruct
 
     default = Distilabel.model_fields["criteria_for_query_generation"].default
-    assert SelfInstruct(2).criteria == CRITERIA
-    assert not any(line in CRITERIA for line in default.splitlines())
+    sent, llm = _record("one\ntwo")
+    SelfInstruct(2).evolve([{"prompt_id": "a", "prompt": "Explain tides."}], llm, np.random.default_rng(0))
+    assert CRITERIA in sent[0]
+    assert not [line for line in default.splitlines() if line in sent[0]]  # not one of distilabel's lines
 
 
 def test_an_evolution_that_echoes_its_instruction_is_unusable():
