@@ -37,10 +37,24 @@ def prompts_file(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def write_recipe(tmp_path, models, prompts_file):
-    """Write a small EVA recipe (Handbook layout + ``creator``/``eva``); keyword overrides merge in."""
+@pytest.fixture(scope="session")
+def recipe_writer(models, prompts_file):
+    """``recipe_writer(folder)``: the ``write_recipe`` of a folder, for fixtures that outlive one test
+    (a module-scoped run built in a ``tmp_path_factory`` folder)."""
 
+    def writer(folder: Path):
+        return _recipe_writer(folder, models, prompts_file)
+
+    return writer
+
+
+@pytest.fixture
+def write_recipe(tmp_path, recipe_writer):
+    """Write a small EVA recipe (Handbook layout + ``creator``/``eva``) in ``tmp_path``; keyword overrides merge in."""
+    return recipe_writer(tmp_path)
+
+
+def _recipe_writer(folder: Path, models: dict[str, Path], prompts_file: Path):
     def write(name: str = "recipe.yaml", eva: dict | None = None, **top) -> Path:
         recipe = {
             "model_name_or_path": str(models["policy"]),
@@ -55,7 +69,7 @@ def write_recipe(tmp_path, models, prompts_file):
             "gradient_checkpointing": False,
             "logging_steps": 1,
             "report_to": "none",
-            "output_dir": str(tmp_path / "out"),
+            "output_dir": str(folder / "out"),
             "seed": 42,
             "creator": "eva",
             "eva": {
@@ -72,7 +86,7 @@ def write_recipe(tmp_path, models, prompts_file):
             },
         }
         recipe.update(top)
-        path = tmp_path / name
+        path = folder / name
         path.write_text(yaml.safe_dump(recipe, sort_keys=False))
         return path
 

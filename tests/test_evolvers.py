@@ -152,14 +152,33 @@ def test_multi_shot_keeps_the_first_usable_candidate():
     assert "Explain tides to a sailor." in calls[1][0]  # the chain continues from the kept rewrite
 
 
-def test_all_four_paper_evolvers_are_registered():
-    from eva_plugin.creator.evolvers import EvolComplexity, EvolQuality
-    from eva_plugin.creator.self_instruct import SelfInstruct
+def test_every_registered_evolver_evolves_seeds_the_way_the_loop_calls_it():
+    """Each built-in evolver, built as the evolved stage builds it (``plugins.get``, then the factory
+    with ``num_evolutions`` and ``candidates``), turns the seeds into rows that name their seed: an
+    LLM evolver sends each seed in an instruction and keeps the LLM's text; one that never calls the
+    LLM hands the seeds on."""
+    from eva_plugin.creator.evolvers import STATUSES
 
-    assert plugins.get("evolvers", "evol_instruct") is EvolInstruct
-    assert plugins.get("evolvers", "evol_complexity") is EvolComplexity
-    assert plugins.get("evolvers", "evol_quality") is EvolQuality
-    assert plugins.get("evolvers", "self_instruct") is SelfInstruct
+    seeds = [{"prompt_id": "a", "prompt": "Explain how tides work."}, {"prompt_id": "b", "prompt": "Sum 2 and 3."}]
+    reply = "Describe how the moon pulls on the oceans in three steps."
+    builtins = sorted(n for n, e in plugins.registry("evolvers").items() if e.source == plugins.BUILTIN)
+    assert builtins
+    for name in builtins:
+        sent: list[str] = []
+
+        def llm(instructions, sent=sent):
+            sent.extend(instructions)
+            return [reply] * len(instructions)
+
+        evolver = plugins.get("evolvers", name)(num_evolutions=2, candidates=1)
+        rows = [e.as_row() for e in evolver.evolve(seeds, llm, np.random.default_rng(0))]
+        assert {r["parent_id"] for r in rows} == {"a", "b"} and {r["status"] for r in rows} <= set(STATUSES), name
+        kept = {r["prompt"] for r in rows if r["status"] == "kept"}
+        if sent:
+            assert all(any(s["prompt"] in i for i in sent) for s in seeds), name
+            assert kept == {reply}, name
+        else:
+            assert kept == {s["prompt"] for s in seeds}, name
 
 
 def _record(replies=None):
@@ -291,8 +310,10 @@ def test_self_instruct_default_criteria_are_ours_not_appended_to_distilabels():
     from eva_plugin.creator.self_instruct import CRITERIA, SelfInstruct
 
     default = Distilabel.model_fields["criteria_for_query_generation"].default
-    assert SelfInstruct(2).criteria == CRITERIA
-    assert not any(line in CRITERIA for line in default.splitlines())
+    sent, llm = _record("one\ntwo")
+    SelfInstruct(2).evolve([{"prompt_id": "a", "prompt": "Explain tides."}], llm, np.random.default_rng(0))
+    assert CRITERIA in sent[0]
+    assert not [line for line in default.splitlines() if line in sent[0]]  # not one of distilabel's lines
 
 
 def test_an_evolution_that_echoes_its_instruction_is_unusable():

@@ -42,8 +42,29 @@ def test_levels_per_process(write_recipe, monkeypatch, restore_levels, main, log
     assert datasets.utils.logging.get_verbosity() == expected[1]
 
 
-def test_main_does_not_silence_library_warnings(tmp_path):
+def test_main_sets_the_recipes_level_and_does_not_silence_library_warnings(write_recipe, monkeypatch,
+                                                                            restore_levels, caplog):
+    """``main`` reads the recipe, sets its log level, then runs: the run logs at that level (debug
+    here, below the INFO ``main`` starts with), and a library's deprecation warning raised during
+    the run still reaches the user."""
+    import transformers
+
+    seen = {}
+
+    def run(recipe, **kwargs):  # stands in for the loop, after main's logging setup
+        seen["transformers"] = transformers.utils.logging.get_verbosity()
+        logging.getLogger("eva_plugin.loop").info("iteration 1 started")
+        logging.getLogger("eva_plugin.loop").debug("a debug detail")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.warn("`old_arg` is deprecated", FutureWarning, stacklevel=1)  # as a library warns
+        seen["warnings"] = [str(w.message) for w in caught]
+
+    monkeypatch.setattr(dpo, "run", run)
+    transformers.utils.logging.set_verbosity(logging.ERROR)
     with warnings.catch_warnings():
         before = list(warnings.filters)
-        assert dpo.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+        assert dpo.main(["--config", str(write_recipe()), "--log_level", "debug"]) == 0
         assert warnings.filters == before
+    assert seen == {"transformers": logging.DEBUG, "warnings": ["`old_arg` is deprecated"]}
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "eva_plugin.loop"]
+    assert logged == [(logging.INFO, "iteration 1 started"), (logging.DEBUG, "a debug detail")]

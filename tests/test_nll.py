@@ -57,6 +57,8 @@ def test_dpo_nll_term_matches_a_direct_computation(models, tmp_path):
                                      batch["completion_mask"][:half])
     assert loss_gap(trainer, batch) == pytest.approx(ALPHA * float(nll), abs=1e-4)
     assert abs(float(nll) - float(token_mean)) > 1e-3  # not TRL's `sft` token mean
+    mode = "train" if trainer.model.training else "eval"
+    assert trainer._metrics[mode]["nll_per_token"] == [pytest.approx(float(nll), abs=1e-4)]  # logged once
 
 
 def test_simpo_nll_term_matches_a_direct_computation(models, tmp_path):

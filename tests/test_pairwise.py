@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from eva_plugin import plugins
 from eva_plugin.rewards.pairwise import PairwisePreferenceReward
 
 CONV = [[{"role": "user", "content": "name a prime number"}], [{"role": "user", "content": "say hi"}]]
@@ -58,7 +57,6 @@ def test_pairwise_reward_in_the_loop(write_recipe, models):
     from eva_plugin.dpo import run
     from eva_plugin.recipe import load_recipe
 
-    assert plugins.get("reward_models", "pairwise") is PairwisePreferenceReward
     eva = {"iterations": 1, "reward_type": "pairwise", "reward_model": str(models["policy"]),
            "reward_options": {"order": "both"}}
     recipe = load_recipe(["--config", str(write_recipe(eva=eva))])

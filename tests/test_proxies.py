@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from eva_plugin import plugins
-from eva_plugin.creator.proxies import BUILTIN_PROXIES, weights
+from eva_plugin.creator.proxies import BUILTIN_PROXIES, WEIGHTINGS, weights
 
 REWARDS = [[1.0, 3.0, 2.0], [0.5, 0.5, 2.0], [2.0, 2.0, 2.0]]
 
@@ -24,9 +24,28 @@ def test_proxy_values_on_fixed_rewards(name, expected):
     assert [proxy.info(r) for r in REWARDS] == pytest.approx(expected)
 
 
-def test_all_seven_paper_proxies_are_registered():
-    assert set(BUILTIN_PROXIES) == {"a_min", "a_avg", "variance", "mean", "inv_mean", "inv_a_min", "uniform"}
-    assert set(BUILTIN_PROXIES) <= set(plugins.names("proxies"))
+def test_every_registered_proxy_ranks_prompts_by_their_information():
+    """Each built-in proxy, as the scores stage gets it (``plugins.get``), gives every prompt a finite
+    value, and both weightings follow it: more information, more weight (an inverse proxy's
+    information is 1 / its base, so it prefers small bases); under minmax the least informative
+    prompt gets none. A constant proxy weights every prompt alike."""
+    rewards = [[0.5, 1.0, 2.5], [1.0, 1.2, 1.4], [2.0, 4.0, 9.0], [0.2, 3.0, 3.1]]  # positive, spreads apart
+    builtins = sorted(n for n, e in plugins.registry("proxies").items() if e.source == plugins.BUILTIN)
+    assert builtins
+    for name in builtins:
+        proxy = plugins.get("proxies", name)
+        info = np.array([proxy.info(r) for r in rewards])
+        assert np.isfinite(info).all(), name
+        for weighting in WEIGHTINGS:
+            w = weights(proxy, rewards, weighting)
+            assert w.sum() == pytest.approx(1.0) and (w >= 0).all(), (name, weighting)
+            if np.ptp(info) == 0:
+                assert w == pytest.approx([1 / len(rewards)] * len(rewards)), (name, weighting)
+                continue
+            assert len(set(info.round(9))) == len(rewards), name  # distinct values: the order below is strict
+            assert np.argsort(w).tolist() == np.argsort(info).tolist(), (name, weighting)
+            if weighting == "minmax":
+                assert w[np.argmin(info)] == 0.0, name
 
 
 def test_minmax_weights_follow_the_authors_normalisation():

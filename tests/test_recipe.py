@@ -97,12 +97,11 @@ def test_legacy_keys_on_the_command_line_are_mapped(write_recipe):
 @pytest.mark.parametrize(
     ("eva", "message"),
     [
-        ({"proxy": "nope"},
-         "unknown eva.proxy 'nope'; known: a_avg, a_min, inv_a_min, inv_mean, mean, uniform, variance"),
-        ({"selector": "top"}, "known: greedy, sample"),
-        ({"evolver": "magic"}, "known: evol_complexity, evol_instruct, evol_quality, none, self_instruct"),
-        ({"reward_type": "oracle"}, "known: embedding, pairwise, sequence_classification"),
-        ({"generation": {"backend": "tgi"}}, "known: openai, transformers, vllm"),
+        ({"proxy": "nope"}, "unknown eva.proxy 'nope'; known: {proxies}"),  # {kind}: every registered name
+        ({"selector": "top"}, "unknown eva.selector 'top'; known: {selectors}"),
+        ({"evolver": "magic"}, "unknown eva.evolver 'magic'; known: {evolvers}"),
+        ({"reward_type": "oracle"}, "unknown eva.reward_type 'oracle'; known: {reward_models}"),
+        ({"generation": {"backend": "tgi"}}, "unknown eva.generation.backend 'tgi'; known: {backends}"),
         ({"proxie": "a_min"}, "unknown key(s) proxie in `eva`"),
         ({"generation": {"temp": 1}}, "unknown key(s) temp in `eva.generation`"),
         ({"reference": "sft"}, "previous, initial"),
@@ -119,6 +118,9 @@ def test_legacy_keys_on_the_command_line_are_mapped(write_recipe):
     ],
 )
 def test_bad_eva_values_fail_at_parse_time_with_the_choices(write_recipe, eva, message):
+    from eva_plugin import plugins
+
+    message = message.format(**{kind: ", ".join(plugins.names(kind)) for kind in plugins.KINDS})
     with pytest.raises(RecipeError) as err:
         load_recipe(["--config", str(write_recipe(eva=eva))])
     assert message in str(err.value)

@@ -14,19 +14,18 @@ from eva_plugin import cli, dpo, recipe, report
 
 PLOTS = ["informativeness.png", "rewards_by_origin.png", "evolved_outcomes.png", "prompt_length.png",
          "categories.png", "stage_costs.png"]
-_RUNS: dict[str, Path] = {}
 
 
-@pytest.fixture
-def runs(write_recipe, tmp_path):
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, recipe_writer) -> dict[str, Path]:
     """A finished 2-iteration run and one stopped after iter_2/evolved, built once for the module."""
-    if not _RUNS:
-        full = write_recipe("full.yaml", output_dir=str(tmp_path / "full"))
-        dpo.run(recipe.load_recipe(["--config", str(full)]))
-        stopped = write_recipe("stopped.yaml", output_dir=str(tmp_path / "stopped"))
-        dpo.run(recipe.load_recipe(["--config", str(stopped)]), stop_after="iter_2/evolved")
-        _RUNS.update(full=tmp_path / "full", stopped=tmp_path / "stopped")
-    return _RUNS
+    root = tmp_path_factory.mktemp("report_runs")
+    write_recipe = recipe_writer(root)
+    full = write_recipe("full.yaml", output_dir=str(root / "full"))
+    dpo.run(recipe.load_recipe(["--config", str(full)]))
+    stopped = write_recipe("stopped.yaml", output_dir=str(root / "stopped"))
+    dpo.run(recipe.load_recipe(["--config", str(stopped)]), stop_after="iter_2/evolved")
+    return {"full": root / "full", "stopped": root / "stopped"}
 
 
 def _manifest(run: Path, t: int, stage: str) -> dict:

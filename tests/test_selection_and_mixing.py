@@ -54,9 +54,20 @@ def test_greedy_takes_the_top_k():
     assert sorted(greedy(w, 2, np.random.default_rng(0)).tolist()) == [1, 3]
 
 
-def test_selectors_registered():
-    assert plugins.get("selectors", "sample") is sample_without_replacement
-    assert plugins.get("selectors", "greedy") is greedy
+def test_every_registered_selector_picks_k_distinct_prompts_with_weight():
+    """Each built-in selector, called as the selected stage calls it (``plugins.get``, then
+    ``choose(weights, k, rng)``): k distinct prompts, none without weight while enough have some,
+    the same draw for the same seed, and every prompt once when k exceeds the pool."""
+    w = np.array([0.0, 0.3, 0.1, 0.0, 0.4, 0.2])
+    builtins = sorted(n for n, e in plugins.registry("selectors").items() if e.source == plugins.BUILTIN)
+    assert builtins
+    for name in builtins:
+        choose = plugins.get("selectors", name)
+        for seed in range(20):
+            idx = [int(i) for i in choose(w, 3, np.random.default_rng(seed))]
+            assert len(set(idx)) == 3 and all(w[i] > 0 for i in idx), (name, idx)
+            assert [int(i) for i in choose(w, 3, np.random.default_rng(seed))] == idx, name
+        assert sorted(int(i) for i in choose(w, 10, np.random.default_rng(0))) == list(range(len(w))), name
 
 
 def test_mix_is_80_20_of_the_original_size():
