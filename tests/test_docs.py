@@ -1,4 +1,5 @@
-"""``--help`` and the generated tables of docs/ come from the code's declarations, fast and in sync."""
+"""``--help`` and the generated tables of docs/ come from the code's declarations, fast and in sync;
+the README stays short and every relative link in the docs points at a file that exists."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from eva_plugin.config import NESTED, EvaArguments, GenerationArguments
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("trl", "transformers", "torch", "datasets")
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def test_generated_tables_are_current():
@@ -90,6 +92,38 @@ def test_every_eva_key_is_in_help_with_its_default():
     for flag in ("--config", "--creator", "--stop_after", "--overwrite_stale", "--help-trl"):
         assert flag in text
     assert "ScriptArguments, DPOConfig and ModelConfig" in text
+
+
+def test_the_readme_is_short_and_names_the_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    assert "`make test`" in readme  # .ci/run runs the README's test command
+    for command in ("eva run recipe.yaml", "accelerate launch -m eva_plugin.dpo --config recipe.yaml", "make demo"):
+        assert command in readme
+
+
+def test_relative_links_point_at_files():
+    link = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+    broken = []
+    for page in PAGES:
+        for target in link.findall(page.read_text()):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL or an anchor on the same page
+            path = target.split("#", 1)[0]
+            if not (page.parent / path).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert not broken, broken
+    assert len(PAGES) > 5
+
+
+def test_the_readme_recipe_parses(tmp_path, monkeypatch):
+    from eva_plugin.recipe import load_recipe
+
+    yaml_blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    (tmp_path / "recipe.yaml").write_text(yaml_blocks[0])
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe(["--config", "recipe.yaml"])
+    assert recipe.creator == "eva" and recipe.eva.iterations == 3 and recipe.eva.generation.backend == "vllm"
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
