@@ -1,7 +1,7 @@
 """``EvaArguments``: the ``creator:`` flag and ``eva:`` block of a recipe, paper defaults.
 
 Only the dataclasses and their value-range checks live here (no plugin, proxy or loss
-imports): every field's ``help`` and default feed ``--help`` and the README table
+imports): every field's ``help`` and default feed ``--help`` and the table in docs/configuration.md
 (``eva_plugin.docs``); ``eva_plugin.checks`` checks names against the plugin registry.
 """
 
@@ -199,7 +199,7 @@ class EvaArguments:
     evolver_options: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Keyword arguments for the evolver factory (e.g. evol_instruct: `mutations`); "
-                  "`eva plugins` and the README list each built-in's options."},
+                  "`eva plugins` and docs/configuration.md list each built-in's options."},
     )
     evolver_model: str | None = field(
         default=None,
