@@ -13,7 +13,7 @@ import random
 import tempfile
 import time
 
-from eva_plugin.rewards.batching import length_batches
+from eva_plugin.batching import length_batches
 from eva_plugin.rewards.sequence_classification import SequenceClassificationReward
 
 

@@ -162,7 +162,7 @@ class StageStore:
         manifest = self.manifest(iteration, stage)
         if manifest is None or not has_content(self.path(iteration, stage)):
             return False
-        if manifest.get("fingerprint") == fingerprint(config):
+        if manifest.get("fingerprint") in (fingerprint(config), fingerprint(_with_old_keys(stage, config))):
             return True
         where = self.path(iteration, stage).relative_to(self.root)
         changed = _changed_keys(manifest.get("config", {}), config)
@@ -174,7 +174,7 @@ class StageStore:
             )
         return False
 
-    def run(
+    def make(
         self,
         iteration: int,
         stage: str,
@@ -228,6 +228,14 @@ class StageStore:
 
 #: Throughput in a manifest: rate name → the counter it divides by the stage's seconds.
 RATES = {"tokens_per_second": "tokens_generated", "responses_per_second": "scored"}
+
+
+def _with_old_keys(stage: str, config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` under the key names runs made before a rename used (``stage_list.CONFIG_RENAMES``)."""
+    from eva_plugin.stage_list import CONFIG_RENAMES
+
+    renames = CONFIG_RENAMES.get(stage, {})
+    return {renames.get(key, key): value for key, value in config.items()}
 
 
 def rates(stats: dict[str, Any], seconds: float) -> dict[str, float]:

@@ -101,7 +101,7 @@ def _raise_first(checks: list[tuple[bool, str]]) -> None:
 
 @dataclass
 class EvaArguments:
-    """The EVA loop. Defaults are the paper's (EVA §4, SPEC §2)."""
+    """The EVA loop. Defaults are the paper's (EVA §4 and its appendix)."""
 
     iterations: int = field(default=3, metadata={"help": "Number of creator → solver rounds."})
     warmup_iterations: int = field(

@@ -26,7 +26,7 @@ from eva_plugin.data import user_turn
 from eva_plugin.generation import SamplingParams
 from eva_plugin.generation.seeding import derive_seed
 from eva_plugin.options import EvolverContext, ModelContext
-from eva_plugin.runtime import MAIN, Lazy, StageRuntime
+from eva_plugin.runtime import MAIN, OnDemand, StageRuntime
 from eva_plugin.secrets import redact
 from eva_plugin.sharding import generate as shared_generate
 from eva_plugin.sharding import score as shared_score
@@ -76,22 +76,23 @@ class Run:
         return SamplingParams(temperature=gen.temperature, top_p=gen.top_p, max_new_tokens=gen.max_new_tokens,
                               seed=derive_seed(self.seed, iteration, purpose))
 
-    def policy_path(self, iteration: int) -> str:
-        """The checkpoint that samples in ``iteration`` (its predecessor's trained policy)."""
-        if iteration <= 1:
+    def policy_path(self, t: int) -> str:
+        """π_t: the policy trained in round ``t`` (``t`` = 0: the recipe's initial model). Round ``t``
+        samples with π_{t-1}."""
+        if t <= 0:
             return str(self.recipe.model.model_name_or_path)
-        return str(self.store.path(iteration - 1, "policy"))
+        return str(self.store.path(t, "policy"))
 
-    def policy_id(self, iteration: int) -> str:
-        """What identifies that checkpoint in fingerprints: the initial model's path and content
-        (a model replaced at the same path is another model), a trained one's stage fingerprint."""
-        if iteration <= 1:
+    def policy_id(self, t: int) -> str:
+        """What identifies π_t in fingerprints: the initial model's path and content (a model replaced
+        at the same path is another model), a trained one's stage fingerprint."""
+        if t <= 0:
             return local_id(str(self.recipe.model.model_name_or_path))
-        return (self.store.manifest(iteration - 1, "policy") or {}).get("fingerprint", "missing")
+        return (self.store.manifest(t, "policy") or {}).get("fingerprint", "missing")
 
     def reference_path(self, iteration: int) -> str:
         if self.eva.reference == "previous":
-            return self.policy_path(iteration)
+            return self.policy_path(iteration - 1)
         return str(self.recipe.model.model_name_or_path)
 
     def upstream(self, iteration: int, *stages: str) -> dict[str, str]:
@@ -142,12 +143,13 @@ class Iteration:
     def __init__(self, run: Run, t: int) -> None:
         self.run, self.t = run, t
         eva = run.eva
-        self.policy = Lazy(lambda: run.backend(run.policy_path(t), eva.generation))
+        self.policy = OnDemand(lambda: run.backend(run.policy_path(t - 1), eva.generation))
         self.generation = eva.generation  # how ``sample`` samples ``policy``
-        self.rewarder = Lazy(run.reward_model)
+        self.rewarder = OnDemand(run.reward_model)
         own = eva.evolver_model is not None or eva.evolver_generation.backend != eva.generation.backend
-        evolver_path = eva.evolver_model or run.policy_path(t)
-        self.evolver_llm = Lazy(lambda: run.backend(evolver_path, eva.evolver_generation, "eva.evolver_generation")) \
+        evolver_path = eva.evolver_model or run.policy_path(t - 1)
+        evolver_gen = eva.evolver_generation
+        self.evolver_llm = OnDemand(lambda: run.backend(evolver_path, evolver_gen, "eva.evolver_generation")) \
             if own else self.policy
         #: models whose backend reserves most of the GPU (vLLM): no other model is held beside them
         self._exclusive = {id(self.policy): exclusive(eva.generation.backend),
@@ -156,7 +158,7 @@ class Iteration:
     def sample_with(self, model_path: str, gen) -> None:
         """``sample`` answers with ``model_path`` under ``gen`` instead of π_{t-1} under ``eva.generation``
         (the held-out evaluation's π_t, the prompt judge)."""
-        self.policy = Lazy(lambda: self.run.backend(model_path, gen))
+        self.policy = OnDemand(lambda: self.run.backend(model_path, gen))
         self._exclusive[id(self.policy)] = exclusive(gen.backend)
         self.generation = gen
 
@@ -170,7 +172,7 @@ class Iteration:
 
     def do(self, stage: Stage) -> Any:
         """Run ``stage`` for this iteration (skipped when done) and return its dataset."""
-        return self.run.runtime.run(self.t, stage.name, stage.config(self), lambda tmp: stage.work(self, tmp),
+        return self.run.runtime.run_stage(self.t, stage.name, stage.config(self), lambda tmp: stage.work(self, tmp),
                                     stage.mode)
 
     def load(self, stage: str, **kwargs: Any):
@@ -214,7 +216,7 @@ class Iteration:
                            self.t, bad, scored, what)
         return rewards, {"scored": scored, "nonfinite_rewards": bad}
 
-    def make_room(self, needed: Lazy) -> None:
+    def make_room(self, needed: OnDemand) -> None:
         """Before ``needed`` is used: free the other models if it, or one of them, must have the GPU
         to itself (a sleeping vLLM engine gives its memory back; it wakes on next use)."""
         others = [x for x in {id(x): x for x in (self.policy, self.rewarder, self.evolver_llm)}.values()

@@ -1,6 +1,6 @@
 """Prompt sets and preference datasets (Hugging Face ``datasets``, chat format).
 
-Mixtures follow the recipe's dialect (see ``eva_plugin.mixture``): TRL's ``get_dataset``
+Mixtures follow the recipe's dialect (see ``eva_plugin.dataset_mixture``): TRL's ``get_dataset``
 loads and mixes a TRL ``datasets:`` list whenever it can read every entry; local files and
 ``save_to_disk`` folders, which it cannot read, are loaded here and mixed with the same rule.
 """
@@ -15,8 +15,8 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset, load_from_disk
 
+from eva_plugin.dataset_mixture import HANDBOOK, TRL, DatasetSpec, dialect, handbook_row_count, trl_row_counts
 from eva_plugin.errors import RecipeError
-from eva_plugin.mixture import HANDBOOK, TRL, DatasetSpec, dialect, handbook_row_count, trl_row_counts
 
 logger = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ def plain_dpo(recipe: Recipe) -> None:
     trainer.accelerator.print(f"saved the DPO policy to {training.output_dir}")
 
 
-def run(recipe: Recipe, *, stop_after: str | None = None, overwrite_stale: bool = False) -> None:
+def run_recipe(recipe: Recipe, *, stop_after: str | None = None, overwrite_stale: bool = False) -> None:
     if recipe.creator is None:
         plain_dpo(recipe)
         return
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m eva_plugin.dpo
 
         check_model_paths(recipe.model.model_name_or_path or None, recipe.eva, recipe.creator)  # before any model loads
         setup_logging(recipe)
-        run(recipe, stop_after=stop_after, overwrite_stale=overwrite_stale)
+        run_recipe(recipe, stop_after=stop_after, overwrite_stale=overwrite_stale)
     except EvaError as err:
         if os.environ.get("RANK", "0") == "0":  # every process fails alike: one line is enough
             print(f"eva: error: {err}", file=sys.stderr)

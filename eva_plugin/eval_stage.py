@@ -27,11 +27,11 @@ from eva_plugin.stats import mean_stderr, paired_difference
 
 class EvalRound(Iteration):
     """The models of iteration ``t``'s evaluation: the sampler is π_t, the policy trained in round t
-    (``run.policy_path(t + 1)``; the initial model at t = 0), not the π_{t-1} a round samples with."""
+    (``run.policy_path(t)``; the initial model at t = 0), not the π_{t-1} a round samples with."""
 
     def __init__(self, run: Run, t: int) -> None:
         super().__init__(run, t)
-        self.sample_with(run.policy_path(t + 1), run.eva.generation)
+        self.sample_with(run.policy_path(t), run.eva.generation)
 
     def params(self, gen, purpose: str) -> SamplingParams:
         params = self.run.params(gen, 0, purpose)  # one seed for every round: only the policy differs
@@ -50,7 +50,7 @@ class Eval(Stage):
 
     def config(self, it: Iteration) -> dict:
         config = {**it.run.upstream(0, EvalPrompts.name), "size": it.eva.eval_size, "n": it.eva.eval_samples,
-                  "policy": it.run.policy_id(it.t + 1), "generation": as_dict(it.eva.generation),
+                  "policy": it.run.policy_id(it.t), "generation": as_dict(it.eva.generation),
                   **it.run.reward_config(), "seed": it.run.seed}
         if it.eva.eval_temperature is not None:
             config["temperature"] = it.eva.eval_temperature
@@ -72,7 +72,7 @@ class Eval(Stage):
             initial = dict(zip(first["prompt_id"], first["mean_reward"]))
         ds = Dataset.from_dict({"prompt_id": list(held["prompt_id"]), "prompt": prompts, "responses": responses,
                                 "rewards": rewards, "mean_reward": means})
-        stats = {**summary(list(held["prompt_id"]), means, initial), **counts,
+        stats = {**reward_summary(list(held["prompt_id"]), means, initial), **counts,
                  "nonfinite_rewards": scored["nonfinite_rewards"]}
         note = f"mean reward {fmt(stats['mean_reward'])} ± {fmt(stats['stderr'])}, win rate {fmt(stats['win_rate'])}"
         return StageResult(ds, stats, note=note)
@@ -88,7 +88,7 @@ def prompt_mean(rewards: list[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
-def summary(ids: list[str], means: list[float], initial: dict[str, float] | None) -> dict:
+def reward_summary(ids: list[str], means: list[float], initial: dict[str, float] | None) -> dict:
     """``mean_reward`` and ``stderr`` over the prompts with a finite mean; ``win_rate`` against ``initial``
     (per prompt: 1 better, 0.5 tie, 0 worse; prompts without a finite reward on either side are left out);
     None where nothing is left to average."""

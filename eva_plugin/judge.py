@@ -76,12 +76,12 @@ class Judged(Stage):
         origins = list(rows["origin"]) if "origin" in rows.column_names else ["seed"] * len(prompts)
         columns = {"prompt_id": list(rows["prompt_id"]), "prompt": prompts, "origin": origins, **ratings,
                    **{f"{scale}_reply": answers[scale] for scale in SCALES}}
-        stats = {"prompts": len(prompts), **summary(ratings, origins), **counts}
+        stats = {"prompts": len(prompts), **rating_summary(ratings, origins), **counts}
         note = ", ".join(f"{s} {_fmt(stats[f'mean_{s}'])} ± {_fmt(stats[f'stderr_{s}'])}" for s in SCALES)
         return StageResult(Dataset.from_dict(columns), stats, note=note)
 
 
-def summary(ratings: dict[str, list[float | None]], origins: list[str]) -> dict:
+def rating_summary(ratings: dict[str, list[float | None]], origins: list[str]) -> dict:
     """Per scale: ``mean_<scale>``, ``stderr_<scale>`` and ``unrated_<scale>`` (replies without a rating),
     and ``by_origin``: ``{origin: {prompts, <scale>: mean}}``; None where nothing was rated."""
     out: dict = {}

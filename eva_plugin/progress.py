@@ -4,7 +4,7 @@
 one log line per finished stage stays the record), or a silent stand-in with the same
 ``update`` / ``close`` / context-manager use, when
 
-* ``configure(True)`` was called (``eva_plugin.dpo.run`` passes the recipe's ``disable_tqdm``),
+* ``configure(True)`` was called (``eva_plugin.dpo.run_recipe`` passes the recipe's ``disable_tqdm``),
 * ``EVA_DISABLE_PROGRESS`` is set to a true value (``1``, ``true``, ``yes``, ``on``),
 * this process is not the main one: accelerate's ``PartialState`` if one was set up, else the
   ``RANK`` / ``LOCAL_RANK`` environment of a launcher.

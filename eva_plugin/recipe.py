@@ -19,8 +19,8 @@ import yaml
 
 from eva_plugin.checks import hub_offline
 from eva_plugin.config import CREATORS, EvaArguments, eva_arguments
+from eva_plugin.dataset_mixture import HANDBOOK, TRL, DatasetSpec, read_mixture
 from eva_plugin.errors import RecipeError
-from eva_plugin.mixture import HANDBOOK, TRL, DatasetSpec, read_mixture
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class Recipe:
     datasets: list[DatasetSpec] = field(default_factory=list)
     mixture_seed: int = 0
     test_split_size: float | None = None
-    mixture_dialect: str = HANDBOOK  # handbook | trl: what dataset weights mean (eva_plugin.mixture)
+    mixture_dialect: str = HANDBOOK  # handbook | trl: what dataset weights mean (eva_plugin.dataset_mixture)
     source: str | None = None
     notes: list[str] = field(default_factory=list)
     explicit: set[str] = field(default_factory=set)  # TRL keys the recipe or command line set

@@ -1,6 +1,6 @@
 """Running one stage once per output dir, on one process or across an ``accelerate launch``.
 
-A stage is run through ``StageStore.run``: a finished stage with the same fingerprint is
+A stage is made through ``StageStore.make``: a finished stage with the same fingerprint is
 skipped, a changed one is refused (or rebuilt with ``--overwrite_stale``), a new one is
 written in a temporary folder and renamed into place. With several processes:
 
@@ -28,10 +28,10 @@ from eva_plugin.errors import EvaError, StopAfterStage
 from eva_plugin.sharding import Shards, announced
 
 MAIN, SHARED, EVERY = "main", "shared", "every"
-Work = Callable[[Path], StageResult]
+StageWork = Callable[[Path], StageResult]
 
 
-class Lazy:
+class OnDemand:
     """Build an object on first use; ``close()`` releases it (models before training)."""
 
     def __init__(self, build: Callable[[], Any]) -> None:
@@ -72,10 +72,10 @@ class StageRuntime:
     def begin(self, iteration: int) -> None:
         self.reports.append(IterationReport(iteration))
 
-    def run(self, iteration: int, name: str, config: dict, work: Work, mode: str = MAIN) -> Any:
+    def run_stage(self, iteration: int, name: str, config: dict, work: StageWork, mode: str = MAIN) -> Any:
         """Run one stage (unless done) and return its dataset (None for a checkpoint) on every process."""
         if self.state.num_processes == 1:
-            data, manifest = self.store.run(iteration, name, config, self._counted(work, mode), log=self.log)
+            data, manifest = self.store.make(iteration, name, config, self._counted(work, mode), log=self.log)
         elif mode == MAIN:
             data, manifest = self._on_main_only(iteration, name, config, work)
         else:
@@ -84,10 +84,10 @@ class StageRuntime:
         self._maybe_stop(iteration, name)
         return data
 
-    def _counted(self, work: Work, mode: str, finished: list[bool] | None = None) -> Work:
+    def _counted(self, work: StageWork, mode: str, finished: list[bool] | None = None) -> StageWork:
         """``work``, noting that it finished and (shared stages) how many items each process took."""
 
-        def run(tmp: Path) -> StageResult:
+        def counted(tmp: Path) -> StageResult:
             self.shards.reset_counts()
             cuda = _cuda()
             if cuda is not None:
@@ -102,19 +102,19 @@ class StageRuntime:
                 finished[0] = True
             return result
 
-        return run
+        return counted
 
-    def _on_main_only(self, iteration: int, name: str, config: dict, work: Work) -> tuple[Any, dict]:
+    def _on_main_only(self, iteration: int, name: str, config: dict, work: StageWork) -> tuple[Any, dict]:
         done = self.on_main(lambda: self.store.is_done(iteration, name, config), share=True)
         held: list = [None]
 
         def run_and_keep() -> None:
-            held[0] = self.store.run(iteration, name, config, work, log=self.log)
+            held[0] = self.store.make(iteration, name, config, work, log=self.log)
 
         self.on_main(run_and_keep if self.is_main else (lambda: None))
         return held[0] if self.is_main else self._read_back(iteration, name, done)
 
-    def _on_every_process(self, iteration: int, name: str, config: dict, work: Work,
+    def _on_every_process(self, iteration: int, name: str, config: dict, work: StageWork,
                           mode: str) -> tuple[Any, dict]:
         """Every process runs ``work``; the main process publishes.
 
@@ -130,7 +130,7 @@ class StageRuntime:
         outcome, error = None, None
         try:
             if self.is_main:
-                outcome = self.store.run(iteration, name, config, counted, log=self.log)
+                outcome = self.store.make(iteration, name, config, counted, log=self.log)
             elif not done:
                 with tempfile.TemporaryDirectory() as scratch:  # the main process publishes
                     counted(Path(scratch))

@@ -26,7 +26,7 @@ from eva_plugin.generation.seeding import prompt_seeds
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Work = Callable[[list[int]], tuple[list[Any], dict[str, int]]]
+ShardWork = Callable[[list[int]], tuple[list[Any], dict[str, int]]]
 
 
 def assignment(n: int, rank: int, world: int, group_size: int = 1) -> list[int]:
@@ -114,7 +114,7 @@ class Shards:
         self._raise_failures(self._gather(failure), error)
         return value
 
-    def run(self, n: int, work: Work, group_size: int = 1, key: str = "") -> tuple[list[Any], dict[str, int]]:
+    def share(self, n: int, work: ShardWork, group_size: int = 1, key: str = "") -> tuple[list[Any], dict[str, int]]:
         """``work(indices)`` returns one result per index and counters; the merged results (in
         order, on every process) and the counters summed over the shares. ``key`` identifies
         the item list (a ``fingerprint``); processes holding different lists stop with an error."""
@@ -170,7 +170,7 @@ def generate(shards: Shards, backend, conversations: list[Conversation], n: int,
         return list(zip(gens.texts, finished)), {"num_tokens": gens.num_tokens, "failed": gens.failed,
                                                  "dropped_too_long": gens.dropped_too_long}
 
-    results, counts = shards.run(len(conversations), work, backend.ranks_per_engine,
+    results, counts = shards.share(len(conversations), work, backend.ranks_per_engine,
                                  key=fingerprint([conversations, n, params.as_dict()]))
     texts = [list(texts) for texts, _ in results]
     finished = [] if any(f is None for _, f in results) else [list(f) for _, f in results]
@@ -187,5 +187,5 @@ def score(shards: Shards, reward_model, conversations: list[Conversation],
         scores = reward_model.score([conversations[i] for i in idx], [responses[i] for i in idx]) if idx else []
         return [list(s) for s in scores], {}
 
-    results, _ = shards.run(len(conversations), work, key=fingerprint([conversations, responses]))
+    results, _ = shards.share(len(conversations), work, key=fingerprint([conversations, responses]))
     return results

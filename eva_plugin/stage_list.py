@@ -106,6 +106,10 @@ EXTRA_COLUMNS: tuple[Column, ...] = (("gens saved", _field("solver_samples", "ge
 
 BY_NAME = {spec.name: spec for spec in STAGES}
 ORDER = tuple(spec.name for spec in STAGES)
+#: fingerprint config keys renamed since runs were made (stage → {key now: key then}): a finished
+#: stage whose manifest matches the config under the old keys is reused, not called stale
+CONFIG_RENAMES = {"selected": {"subset_fraction": "fraction"}, "prompts": {"evolved_fraction": "fraction"}}
+
 #: legacy folder name → current name (``eva report`` reads old run folders)
 LEGACY_NAMES = {spec.legacy_name: spec.name for spec in STAGES if spec.legacy_name}
 

@@ -59,14 +59,14 @@ def _rows(n: int):
 
 def test_a_folder_with_a_manifest_but_no_content_is_rebuilt_and_kept_aside(tmp_path):
     store = StageStore(tmp_path / "out")
-    store.run(1, "scores", {"a": 1}, _rows(3), log=lambda _: None)
+    store.make(1, "scores", {"a": 1}, _rows(3), log=lambda _: None)
     assert store.is_done(1, "scores", {"a": 1})
     final = store.path(1, "scores")
     for f in (final / "data").iterdir():
         if f.suffix == ".arrow":
             f.unlink()  # a half-copied folder: the manifest alone does not make it finished
     assert not store.is_done(1, "scores", {"a": 1})
-    data, _ = store.run(1, "scores", {"a": 1}, _rows(4), log=lambda _: None)
+    data, _ = store.make(1, "scores", {"a": 1}, _rows(4), log=lambda _: None)
     assert len(data) == 4
     assert len(list(final.parent.glob(".scores.stale-*"))) == 1
 

@@ -11,7 +11,7 @@ from datasets import load_from_disk
 
 from eva_plugin import hookimpl, plugins
 from eva_plugin.creator.proxies import BUILTIN_PROXIES, weights
-from eva_plugin.dpo import run
+from eva_plugin.dpo import run_recipe as run
 from eva_plugin.recipe import load_recipe
 from eva_plugin.solver.pairs import build_pairs
 

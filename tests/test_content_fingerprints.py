@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from eva_plugin import content
-from eva_plugin.dpo import run
+from eva_plugin.dpo import run_recipe as run
 from eva_plugin.errors import StaleArtifactError
 from eva_plugin.recipe import load_recipe
 from eva_plugin.testing import make_tiny_policy

@@ -54,7 +54,7 @@ def test_unreadable_sources_say_what_to_do(tmp_path):
         load_prompts([DatasetSpec(str(empty))])
 
 
-# --- the two mixture dialects on real small local datasets (eva_plugin.mixture says how they differ) ---
+# --- the two mixture dialects on real small local datasets (eva_plugin.dataset_mixture says how they differ) ---
 
 def _jsonl(path, rows):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +91,7 @@ def test_trl_fraction_is_a_share_of_the_mixture_capped_without_oversampling(two_
     from trl.scripts.utils import DatasetConfig
 
     from eva_plugin.data import load_mixture, load_prompts
-    from eva_plugin.mixture import trl_row_counts
+    from eva_plugin.dataset_mixture import trl_row_counts
 
     a, b = two_sets
     assert trl_row_counts([10, 4], [1, 1]) == [4, 4]  # total = min(10 / .5, 4 / .5) = 8

@@ -120,7 +120,7 @@ def test_other_evolvers_on_the_demo_model(smollm2, tmp_path, evolver):
     from datasets import load_from_disk
 
     from eva_plugin.creator.evolvers import STATUSES
-    from eva_plugin.dpo import run
+    from eva_plugin.dpo import run_recipe as run
     from eva_plugin.recipe import load_recipe
 
     recipe = load_recipe(["--config", str(ROOT / "recipes/demo/config_eva.yaml"), "--output_dir",
@@ -134,7 +134,7 @@ def test_other_evolvers_on_the_demo_model(smollm2, tmp_path, evolver):
 
 
 def test_rewriter_on_the_demo_model(smollm2, tmp_path):
-    from eva_plugin.dpo import run
+    from eva_plugin.dpo import run_recipe as run
     from eva_plugin.recipe import load_recipe
 
     recipe = load_recipe(["--config", str(ROOT / "recipes/demo/config_eva.yaml"), "--output_dir",

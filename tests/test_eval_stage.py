@@ -9,8 +9,8 @@ import pytest
 from datasets import load_from_disk
 
 from eva_plugin import cli
-from eva_plugin.dpo import run
-from eva_plugin.eval_stage import summary
+from eva_plugin.dpo import run_recipe as run
+from eva_plugin.eval_stage import reward_summary as summary
 from eva_plugin.recipe import load_recipe
 from eva_plugin.stats import paired_difference
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from eva_plugin.dpo import run
+from eva_plugin.dpo import run_recipe as run
 from eva_plugin.recipe import load_recipe
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"

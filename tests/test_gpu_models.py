@@ -79,7 +79,7 @@ def test_explicit_cpu_device_keeps_a_reward_model_on_cpu(models):
 def test_a_dpo_round_on_cuda_in_bf16_reference_and_probe(write_recipe, monkeypatch):
     """One EVA iteration (sampling, reward, DPO) in bf16 on the GPU; the reference and its
     log-prob probe run on CUDA with their inputs there."""
-    from eva_plugin.dpo import run
+    from eva_plugin.dpo import run_recipe as run
     from eva_plugin.recipe import load_recipe
     from eva_plugin.solver import training
 

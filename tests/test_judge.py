@@ -12,7 +12,7 @@ from datasets import load_from_disk
 from test_openai_backend import Server, judge_reply
 
 from eva_plugin import cli
-from eva_plugin.dpo import run
+from eva_plugin.dpo import run_recipe as run
 from eva_plugin.judge import RUBRICS, parse_rating
 from eva_plugin.recipe import load_recipe
 

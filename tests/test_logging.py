@@ -59,7 +59,7 @@ def test_main_sets_the_recipes_level_and_does_not_silence_library_warnings(write
             warnings.warn("`old_arg` is deprecated", FutureWarning, stacklevel=1)  # as a library warns
         seen["warnings"] = [str(w.message) for w in caught]
 
-    monkeypatch.setattr(dpo, "run", run)
+    monkeypatch.setattr(dpo, "run_recipe", run)
     transformers.utils.logging.set_verbosity(logging.ERROR)
     with warnings.catch_warnings():
         before = list(warnings.filters)

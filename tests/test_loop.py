@@ -10,7 +10,7 @@ from datasets import load_from_disk
 from transformers import AutoModelForCausalLM
 
 from eva_plugin.creator.evolvers import STATUSES
-from eva_plugin.dpo import run
+from eva_plugin.dpo import run_recipe as run
 from eva_plugin.errors import StaleArtifactError
 from eva_plugin.recipe import load_recipe
 from eva_plugin.solver.training import parameter_checksum
@@ -282,3 +282,29 @@ def test_greedy_selector_takes_the_most_informative(write_recipe):
     chosen = [w for w, p in zip(scores["weight"], scores["prompt_id"]) if p in selected]
     rest = [w for w, p in zip(scores["weight"], scores["prompt_id"]) if p not in selected]
     assert len(chosen) == 3 and min(chosen) >= max(rest)
+
+
+def test_a_run_folder_from_before_the_renames_is_resumed_not_rebuilt(write_recipe, tmp_path, monkeypatch):
+    """Runs made before the seed pool's folder became ``iter_0/seed_pool`` and before the ``fraction``
+    fingerprint keys were named ``subset_fraction`` / ``evolved_fraction`` resume with every stage reused."""
+    from eva_plugin.creator.stages import Selected
+    from eva_plugin.loop import EvaLoop
+    from eva_plugin.solver.stages import Prompts
+
+    path = write_recipe(eva={"iterations": 1})
+    with monkeypatch.context() as old_version:  # the configs as the older version fingerprinted them
+        for cls, key in ((Selected, "subset_fraction"), (Prompts, "evolved_fraction")):
+            def config(self, it, _new=cls.config, _key=key):
+                return {("fraction" if k == _key else k): v for k, v in _new(self, it).items()}
+            old_version.setattr(cls, "config", config)
+        run(load_recipe(["--config", str(path)]))
+    out = tmp_path / "out"
+    (out / "iter_0" / "seed_pool").rename(out / "iter_0" / "prompts")  # the folder's name then
+    assert "fraction" in json.loads((out / "iter_1" / "selected" / "manifest.json").read_text())["config"]
+    stages = lambda: sorted(p.stat().st_mtime_ns for p in out.glob("iter_*/*/manifest.json"))  # noqa: E731
+    before = stages()
+    logged: list[str] = []
+    EvaLoop(load_recipe(["--config", str(path)]), log=logged.append).run()
+    assert (out / "iter_0" / "seed_pool").is_dir() and not (out / "iter_0" / "prompts").exists()
+    assert len(logged) == len(before) and all(line.endswith("done before, skipped") for line in logged), logged
+    assert stages() == before  # nothing rebuilt or rewritten

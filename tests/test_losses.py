@@ -28,7 +28,7 @@ def test_conflicting_loss_choices_name_both(write_recipe):
 
 def test_a_recipe_with_its_own_apo_zero_loss_trains_with_it(write_recipe):
     """The Handbook's smollm3 APO recipe style (`loss_type: apo_zero`) with `creator: eva`."""
-    from eva_plugin.dpo import run
+    from eva_plugin.dpo import run_recipe as run
 
     path = write_recipe(loss_type="apo_zero", beta=0.05, eva={"iterations": 1, "loss_args": {"nll_alpha": 0.1}})
     recipe = load_recipe(["--config", str(path)])

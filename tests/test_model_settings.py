@@ -42,7 +42,7 @@ def eager_recipe(write_recipe, models, **top):
 
 def test_every_load_of_an_eva_round_gets_the_recipe_settings(write_recipe, models, loads):
     recipe = load_recipe(["--config", str(eager_recipe(write_recipe, models))])
-    dpo.run(recipe)
+    dpo.run_recipe(recipe)
     # the policy sampler, the evolver (its own load: eva.evolver_model) and the trained policy
     assert len(loads) >= 3
     for path, kwargs, attn in loads:
@@ -140,7 +140,7 @@ def test_push_to_hub_uploads_the_final_policy(write_recipe, models, monkeypatch,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the run itself stays offline; the hub is the stand-in
     FakeHub.calls = []
     monkeypatch.setattr("huggingface_hub.HfApi", FakeHub)
-    dpo.run(recipe)
+    dpo.run_recipe(recipe)
     uploads = [c for c in FakeHub.calls if c[0] == "upload_folder"]
     assert len(uploads) == 1
     _, repo_id, folder, revision, files = uploads[0]
@@ -154,7 +154,7 @@ def test_no_push_when_not_asked(write_recipe, monkeypatch):
     recipe = load_recipe(["--config", str(write_recipe(eva={"iterations": 1}))])
     FakeHub.calls = []
     monkeypatch.setattr("huggingface_hub.HfApi", FakeHub)
-    dpo.run(recipe, stop_after="prompts")
+    dpo.run_recipe(recipe, stop_after="prompts")
     assert FakeHub.calls == []
 
 

@@ -86,7 +86,7 @@ def test_length_sorted_token_budget_batches_equal_one_at_a_time(models):
 
 
 def test_length_batches_respect_size_and_token_budget():
-    from eva_plugin.rewards.batching import length_batches
+    from eva_plugin.batching import length_batches
 
     lengths = [5, 40, 12, 11, 3, 100, 12]
     batches = length_batches(lengths, batch_size=3, max_tokens=40)

@@ -63,7 +63,7 @@ def _column_equal(name: str, a: list, b: list) -> bool:
 def test_two_processes_write_the_artifacts_of_one(write_recipe, tmp_path):
     """Both runs: 2 EVA iterations on tiny models. Iteration 1's data artifacts must agree (texts
     exactly, rewards within 1e-5); the 2-process run must have split the work and trained on 2 ranks."""
-    from eva_plugin.dpo import run
+    from eva_plugin.dpo import run_recipe as run
     from eva_plugin.recipe import load_recipe
 
     one = write_recipe("one.yaml", output_dir=str(tmp_path / "one"),
@@ -136,15 +136,15 @@ def per_rank(idx):
 
 try:
     if sys.argv[1] == "run":
-        shards.run(5, work)
+        shards.share(5, work)
     elif sys.argv[1] == "ok":
-        results, counts = shards.run(5, work)
+        results, counts = shards.share(5, work)
         print(f"rank {state.process_index}: {results} {counts}", flush=True)
     elif sys.argv[1] == "group":  # both ranks are one engine: the same share, rank 0's results count once
-        results, counts = shards.run(5, per_rank, group_size=2)
+        results, counts = shards.share(5, per_rank, group_size=2)
         print(f"rank {state.process_index}: {results} {counts} {shards.items}", flush=True)
     elif sys.argv[1] == "disagree":
-        shards.run(5, work, key=f"list-of-rank-{state.process_index}")
+        shards.share(5, work, key=f"list-of-rank-{state.process_index}")
     else:
         shards.together(load)
 except Exception as err:  # both ranks get here; meet once more so neither is killed before it prints

@@ -73,7 +73,7 @@ def test_simpo_nll_term_matches_a_direct_computation(models, tmp_path):
 def test_nll_alpha_trains_in_the_loop(write_recipe):
     import json
 
-    from eva_plugin.dpo import run
+    from eva_plugin.dpo import run_recipe as run
     from eva_plugin.recipe import load_recipe
 
     recipe = load_recipe(["--config", str(write_recipe(eva={"iterations": 1, "loss_args": {"nll_alpha": 0.2}}))])

@@ -170,7 +170,7 @@ def test_openai_backend_needs_a_base_url_at_parse_time(write_recipe):
 def test_the_loop_evolves_through_a_server(server, write_recipe):
     from datasets import load_from_disk
 
-    from eva_plugin.dpo import run
+    from eva_plugin.dpo import run_recipe as run
     from eva_plugin.recipe import load_recipe
 
     eva = {"iterations": 1, "evolver_model": "gpt-4-0125-preview",
@@ -191,7 +191,7 @@ def test_the_rewriter_rewrites_chosen_responses_through_a_server(server, write_r
 
     from datasets import load_from_disk
 
-    from eva_plugin.dpo import run
+    from eva_plugin.dpo import run_recipe as run
     from eva_plugin.recipe import load_recipe
     from eva_plugin.stage_list import round_stages
 
@@ -229,7 +229,7 @@ def test_a_401_stops_the_call_with_the_servers_message_and_no_key(server, monkey
 
 
 def test_the_loop_stops_on_a_refusing_evolver_server(server, write_recipe):
-    from eva_plugin.dpo import run
+    from eva_plugin.dpo import run_recipe as run
     from eva_plugin.errors import EvaError
     from eva_plugin.recipe import load_recipe
 

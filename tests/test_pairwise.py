@@ -54,7 +54,7 @@ def test_random_order_is_seeded_and_judges_each_pair_once(models):
 
 
 def test_pairwise_reward_in_the_loop(write_recipe, models):
-    from eva_plugin.dpo import run
+    from eva_plugin.dpo import run_recipe as run
     from eva_plugin.recipe import load_recipe
 
     eva = {"iterations": 1, "reward_type": "pairwise", "reward_model": str(models["policy"]),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from datasets import load_from_disk
 
-from eva_plugin.dpo import run
+from eva_plugin.dpo import run_recipe as run
 from eva_plugin.errors import RecipeError
 from eva_plugin.recipe import load_recipe
 from eva_plugin.stage_list import CREATOR, STAGES

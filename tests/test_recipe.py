@@ -175,7 +175,7 @@ def _run(code: str):
 
 
 def test_layers_import_downward_only():
-    out = _run("import sys, eva_plugin.config, eva_plugin.mixture, eva_plugin.data; "
+    out = _run("import sys, eva_plugin.config, eva_plugin.dataset_mixture, eva_plugin.data; "
                "print(sorted(m for m in ('eva_plugin.plugins', 'eva_plugin.solver.losses', "
                "'eva_plugin.creator.proxies', 'eva_plugin.recipe') if m in sys.modules))")
     assert out.returncode == 0, out.stderr

@@ -87,7 +87,7 @@ def _tiny_overrides(path: Path, tmp_path: Path, models: dict, prompts_file: Path
 @pytest.mark.parametrize("path", [p for p in MODEL_RECIPES if p.name != "config_iterative.yaml"],
                          ids=lambda p: str(p.relative_to(ROOT / "recipes")))
 def test_each_model_recipe_runs_a_short_round_on_tiny_models(path, tmp_path, models, prompts_file):
-    from eva_plugin.dpo import run
+    from eva_plugin.dpo import run_recipe as run
 
     recipe = load_recipe(_tiny_overrides(path, tmp_path, models, prompts_file))
     assert recipe.eva.generation.backend == recipe.eva.evolver_generation.backend == "transformers"

@@ -22,9 +22,9 @@ def runs(tmp_path_factory, recipe_writer) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("report_runs")
     write_recipe = recipe_writer(root)
     full = write_recipe("full.yaml", output_dir=str(root / "full"))
-    dpo.run(recipe.load_recipe(["--config", str(full)]))
+    dpo.run_recipe(recipe.load_recipe(["--config", str(full)]))
     stopped = write_recipe("stopped.yaml", output_dir=str(root / "stopped"))
-    dpo.run(recipe.load_recipe(["--config", str(stopped)]), stop_after="iter_2/evolved")
+    dpo.run_recipe(recipe.load_recipe(["--config", str(stopped)]), stop_after="iter_2/evolved")
     return {"full": root / "full", "stopped": root / "stopped"}
 
 

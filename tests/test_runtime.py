@@ -84,7 +84,7 @@ def test_shared_stages_record_the_items_each_process_took(tmp_path):
     rt, _ = runtime(tmp_path)
 
     def work(tmp):
-        results, _ = rt.shards.run(5, lambda idx: ([i * 2 for i in idx], {}))
+        results, _ = rt.shards.share(5, lambda idx: ([i * 2 for i in idx], {}))
         return StageResult(Dataset.from_dict({"y": results}))
 
     assert rt.run(1, "creator_samples", {}, work, SHARED)["y"] == [0, 2, 4, 6, 8]
@@ -130,7 +130,7 @@ def test_a_backend_that_reserves_the_gpu_never_shares_it(write_recipe):
     from eva_plugin.context import Iteration, exclusive
     from eva_plugin.loop import EvaLoop
     from eva_plugin.recipe import load_recipe
-    from eva_plugin.runtime import Lazy
+    from eva_plugin.runtime import OnDemand
 
     assert exclusive("vllm") and not exclusive("transformers")
     loop = EvaLoop(load_recipe(["--config", str(write_recipe())]))
@@ -147,7 +147,7 @@ def test_a_backend_that_reserves_the_gpu_never_shares_it(write_recipe):
     for reserves in (True, False):
         events.clear()
         it = Iteration(loop.run_facts, 1)
-        it.policy, it.rewarder = Lazy(lambda: Model("policy")), Lazy(lambda: Model("reward"))
+        it.policy, it.rewarder = OnDemand(lambda: Model("policy")), OnDemand(lambda: Model("reward"))
         it.evolver_llm = it.policy
         it._exclusive = {id(it.policy): reserves}
         for needed in (it.policy, it.rewarder, it.policy):

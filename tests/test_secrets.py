@@ -59,7 +59,7 @@ def test_an_inline_secret_is_refused_at_parse_time(write_recipe, eva):
 
 
 def test_the_evolved_manifest_never_holds_the_key(server, write_recipe, monkeypatch):
-    from eva_plugin.dpo import run
+    from eva_plugin.dpo import run_recipe as run
     from eva_plugin.recipe import load_recipe
 
     monkeypatch.setenv("EVA_TEST_KEY", "sk-env-key-424242")

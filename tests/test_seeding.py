@@ -87,10 +87,10 @@ def test_an_instruction_sent_again_in_a_later_call_is_sampled_afresh(models):
     from accelerate import PartialState
 
     from eva_plugin.generation.completions import Completions
-    from eva_plugin.runtime import Lazy
+    from eva_plugin.runtime import OnDemand
     from eva_plugin.sharding import Shards
 
-    llm = Lazy(lambda: TransformersBackend(str(models["policy"])))
+    llm = OnDemand(lambda: TransformersBackend(str(models["policy"])))
     complete = Completions(llm, SamplingParams(temperature=0.9, top_p=1.0, max_new_tokens=12, seed=5),
                             Shards(PartialState()))
     (first,), _ = complete(["rewrite: the sky is blue"])

@@ -11,7 +11,7 @@ from trl import DPOConfig
 
 from eva_plugin.modeling import load_causal_lm, load_tokenizer
 from eva_plugin.solver.losses import loss_knobs, pair_columns, round_config, trainer_class, trainer_kwargs
-from eva_plugin.solver.nll import SoftSPPOTrainer
+from eva_plugin.solver.sppo import SoftSPPOTrainer
 from eva_plugin.solver.training import round_arguments
 
 BETA = 0.5  # large enough that the targets (P − ½)/β stay near the tiny model's log-ratios
@@ -60,7 +60,7 @@ def test_soft_sppo_loss_matches_the_formula(models, tmp_path):
     assert soft_as_hard == pytest.approx(float(expected_hard), rel=1e-4)
 
 def test_a_round_trains_with_soft_sppo(write_recipe):
-    from eva_plugin.dpo import run
+    from eva_plugin.dpo import run_recipe as run
     from eva_plugin.recipe import load_recipe
 
     recipe = load_recipe(["--config", str(write_recipe(eva={"iterations": 1, "loss": "sppo"}))])

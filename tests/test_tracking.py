@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from eva_plugin.dpo import run
+from eva_plugin.dpo import run_recipe as run
 from eva_plugin.recipe import load_recipe
 
 pytest.importorskip("tensorboard")

@@ -1,4 +1,4 @@
-"""TRL is pinned to one minor version because ``eva_plugin.solver.nll`` builds on its private names."""
+"""TRL is pinned to one minor version: ``eva_plugin.solver.nll`` and ``solver.sppo`` build on its private names."""
 
 from __future__ import annotations
 

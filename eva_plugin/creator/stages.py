@@ -29,7 +29,7 @@ from eva_plugin.secrets import redact
 
 
 def _sampling(it: Iteration) -> dict:
-    return {"policy": it.run.policy_id(it.t), "generation": as_dict(it.eva.generation), "seed": it.run.seed}
+    return {"policy": it.run.policy_id(it.t - 1), "generation": as_dict(it.eva.generation), "seed": it.run.seed}
 
 
 class CreatorSamples(Stage):
@@ -94,7 +94,7 @@ class Selected(Stage):
     name = "selected"
 
     def config(self, it: Iteration) -> dict:
-        return {**it.upstream("scores"), "selector": it.eva.selector, "fraction": it.eva.subset_fraction,
+        return {**it.upstream("scores"), "selector": it.eva.selector, "subset_fraction": it.eva.subset_fraction,
                 "seed": it.run.seed}
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
@@ -121,7 +121,7 @@ class Evolved(Stage):
                   "feedback": eva.evolver_feedback, "min_words": eva.evolved_min_words,
                   "max_words": eva.evolved_max_words, "near_duplicate": eva.near_duplicate_threshold,
                   "drop_refusals": eva.evolved_drop_refusals,
-                  "llm": local_id(eva.evolver_model) or it.run.policy_id(it.t),
+                  "llm": local_id(eva.evolver_model) or it.run.policy_id(it.t - 1),
                   "evolver_generation": as_dict(eva.evolver_generation),
                   "policy_generation": as_dict(eva.generation) if eva.evolver_model is None else None}
         if eva.evolver_options:

@@ -12,7 +12,7 @@ from eva_plugin.sharding import generate as shared_generate
 
 
 class Completions:
-    """Calls an LLM (a ``runtime.Lazy`` backend) with a list of instructions, counting tokens and failures."""
+    """Calls an LLM (a ``runtime.OnDemand`` backend) with a list of instructions, counting tokens and failures."""
 
     def __init__(self, llm, params: SamplingParams, shards: Shards) -> None:
         self.llm, self.params, self.shards = llm, params, shards

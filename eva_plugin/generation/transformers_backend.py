@@ -20,13 +20,13 @@ import logging
 
 import torch
 
+from eva_plugin.batching import context_limit, length_batches
 from eva_plugin.generation import BackendBase, Conversation, Generations, SamplingParams, render_prompt
 from eva_plugin.generation.options import TransformersOptions
 from eva_plugin.generation.seeding import SeededSampling, prompt_seeds, sample_seed
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, pick_device, quantized, release, whole_weights
 from eva_plugin.options import ModelContext, Options
 from eva_plugin.progress import bar
-from eva_plugin.rewards.batching import context_limit, length_batches
 
 logger = logging.getLogger(__name__)
 

@@ -185,7 +185,7 @@ def _load(engine: _Engine, path: str) -> None:
 
 
 def shutdown_engines() -> None:
-    """Release this process's engines at the end of the run (``eva_plugin.dpo.run``, before the
+    """Release this process's engines at the end of the run (``eva_plugin.dpo.run_recipe``, before the
     process group goes). vLLM's model-parallel groups are destroyed; the default process group is
     left to its owner. Under ``external_launcher`` the engine stays referenced (asleep) until the
     interpreter exits, so vLLM's finaliser cannot tear down accelerate's group."""

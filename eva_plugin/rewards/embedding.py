@@ -10,11 +10,11 @@ import re
 
 import torch
 
+from eva_plugin.batching import context_limit
 from eva_plugin.generation import Conversation, last_user_turn
 from eva_plugin.modeling import load_tokenizer, pick_device, release, torch_dtype, whole_weights
 from eva_plugin.options import ModelContext
 from eva_plugin.progress import bar
-from eva_plugin.rewards.batching import context_limit
 from eva_plugin.rewards.options import EmbeddingOptions
 
 

@@ -16,11 +16,11 @@ import logging
 import numpy as np
 import torch
 
+from eva_plugin.batching import context_limit, length_batches
 from eva_plugin.generation import Conversation, last_user_turn
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, loading_options, pick_device, release, whole_weights
 from eva_plugin.options import ModelContext
 from eva_plugin.progress import bar
-from eva_plugin.rewards.batching import context_limit, length_batches
 from eva_plugin.rewards.options import PAIRWISE_TEMPLATE, PairwiseOptions
 
 logger = logging.getLogger(__name__)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from eva_plugin.batching import context_limit, length_batches
 from eva_plugin.generation import Conversation
 from eva_plugin.modeling import load_tokenizer, loading_options, pick_device, release, torch_dtype, whole_weights
 from eva_plugin.options import ModelContext
 from eva_plugin.progress import bar
-from eva_plugin.rewards.batching import context_limit, length_batches
 from eva_plugin.rewards.options import SequenceClassificationOptions
 
 

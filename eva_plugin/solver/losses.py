@@ -11,8 +11,8 @@
 | null        | DPOTrainer with the recipe's own `loss_type` / `loss_weights` / `beta` | nll_alpha only |
 
 ``nll_alpha`` (default 0) adds α · length-normalised NLL of the chosen response for every
-DPOTrainer loss and simpo (``eva_plugin.solver.nll``). TRL only rejects a bad loss at the
-first training step; here it fails at parse time.
+DPOTrainer loss and simpo (``eva_plugin.solver.nll``; sppo: ``eva_plugin.solver.sppo``). TRL
+only rejects a bad loss at the first training step; here it fails at parse time.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def trainer_class(name: str | None):
 
         return NLLDPOTrainer
     if trainer == "sppo":
-        from eva_plugin.solver.nll import SoftSPPOTrainer
+        from eva_plugin.solver.sppo import SoftSPPOTrainer
 
         return SoftSPPOTrainer
     if trainer == "cpo":

@@ -41,7 +41,7 @@ class Prompts(Stage):
             # "prompts": the seed pool's folder name before it was `seed_pool` (fingerprints stay as they were)
             return {"pool": {"prompts": prompt_set_id(it.run, 0)}, "size": eva.prompts_per_iteration,
                     "split": split_index(it.run, it.t), "reuse_pool": eva.reuse_pool}
-        config = {**it.upstream("evolved"), "fraction": eva.evolved_fraction, "seed": it.run.seed}
+        config = {**it.upstream("evolved"), "evolved_fraction": eva.evolved_fraction, "seed": it.run.seed}
         if eva.buffer != "previous" or eva.creator_input != "previous":  # fingerprints of older runs hold
             config.update(buffer=eva.buffer, creator_input=eva.creator_input,
                           buffer_split=split_index(it.run, it.t))
@@ -83,7 +83,7 @@ class SolverSamples(Stage):
     name, mode = "solver_samples", SHARED
 
     def config(self, it: Iteration) -> dict:
-        return {**it.upstream("prompts"), "n": it.eva.solver_samples, "policy": it.run.policy_id(it.t),
+        return {**it.upstream("prompts"), "n": it.eva.solver_samples, "policy": it.run.policy_id(it.t - 1),
                 "reuse": it.upstream("creator_rewards") if can_reuse(it) else None,
                 "generation": as_dict(it.eva.generation), "seed": it.run.seed}
 
@@ -173,7 +173,7 @@ class Rewritten(Stage):
 
     def config(self, it: Iteration) -> dict:
         return {**it.upstream("pairs"), "ratio": it.eva.rewriter_max_length_ratio,
-                "llm": local_id(it.eva.evolver_model) or it.run.policy_id(it.t),
+                "llm": local_id(it.eva.evolver_model) or it.run.policy_id(it.t - 1),
                 "generation": as_dict(self.generation(it))}
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
@@ -193,8 +193,8 @@ class Policy(Stage):
 
     def config(self, it: Iteration) -> dict:
         recipe = it.run.recipe
-        reference = {"reference_model": it.run.policy_id(1)} if it.eva.reference == "initial" and it.t > 1 else {}
-        return {**it.upstream(self.source(it)), "policy": it.run.policy_id(it.t), "reference": it.eva.reference,
+        reference = {"reference_model": it.run.policy_id(0)} if it.eva.reference == "initial" and it.t > 1 else {}
+        return {**it.upstream(self.source(it)), "policy": it.run.policy_id(it.t - 1), "reference": it.eva.reference,
                 **reference,
                 "loss": it.eva.loss, "knobs": recipe.loss_knobs(), "training": training_config(recipe.training),
                 "model": dataclasses.asdict(recipe.model)}
@@ -205,7 +205,7 @@ class Policy(Stage):
         # in memory: the trainer's tokenising map must not write cache files into the artifact
         pairs = it.load(self.source(it), keep_in_memory=True)
         recipe = it.run.recipe
-        stats = train_round(pairs, policy_path=it.run.policy_path(it.t), reference_path=it.run.reference_path(it.t),
+        stats = train_round(pairs, policy_path=it.run.policy_path(it.t - 1), reference_path=it.run.reference_path(it.t),
                             training=recipe.training, model_args=recipe.model, save_dir=tmp, loss=it.eva.loss,
                             knobs=recipe.loss_knobs(), attach=lambda trainer: it.run.tracker.attach(trainer, it.t))
         shutil.rmtree(tmp / "trainer_state", ignore_errors=True)

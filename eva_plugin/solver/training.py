@@ -149,7 +149,7 @@ def train_round(
         "reference_logp_probe": probe,
     }
     # close this round's trackers; not ``trainer.end()``: that also destroys the process group,
-    # which the next stages and rounds still use (dpo.run destroys it once, at the end)
+    # which the next stages and rounds still use (dpo.run_recipe destroys it once, at the end)
     for tracker in trainer.accelerator.trackers:
         tracker.finish()
     del trainer, model, ref_model

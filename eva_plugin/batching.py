@@ -1,4 +1,5 @@
-"""Length-sorted batches with a padded-token budget, shared by the reward models."""
+"""Length-sorted batches under a padded-token budget, and a model's context limit: shared by the
+generation backends and the reward models."""
 
 from __future__ import annotations
 
