@@ -5,9 +5,21 @@ checked once the recipe is read, before any model loads. Each failure is one lin
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING
+
 from eva_plugin import plugins
-from eva_plugin.config import EvaArguments, generations
 from eva_plugin.errors import RecipeError
+
+if TYPE_CHECKING:
+    from eva_plugin.config import EvaArguments
+
+
+
+def generations(eva: EvaArguments) -> list:
+    """The sampling blocks of ``eva`` (its dataclass-valued fields) with their keys."""
+    return [(f.name, getattr(eva, f.name)) for f in dataclasses.fields(eva)
+            if dataclasses.is_dataclass(getattr(eva, f.name))]
 
 #: (plugin kind, ``eva.`` key) for every name a recipe gives a plugin.
 PLUGIN_KEYS = (

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from eva_plugin import plugins
@@ -22,6 +23,10 @@ def list_plugins() -> None:
             continue
         for name, entry in sorted(table.items()):
             print(f"  {name:<24} {entry.source}")
+            if kind in plugins.BUILT_KINDS:
+                schema = plugins.options_schema(kind, name)
+                names = ", ".join(f.name for f in dataclasses.fields(schema)) or "none"
+                print(f"  {'':<24} options: {names}")
     for entry in plugins.skipped():
         print(entry.line())
 
@@ -53,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="eva", description="EVA iterative preference optimisation for TRL recipes")
     sub = parser.add_subparsers(dest="command", required=True)
-    # `eva run RECIPE --help` is answered by eva_plugin.dpo (every eva: key), so `run` has no argparse help
+    # everything after `run` is eva_plugin.dpo's command line (eva_plugin.command_line), `--help` included
     run_p = sub.add_parser("run", add_help=False,
                            help="run a recipe (same as accelerate launch -m eva_plugin.dpo --config RECIPE); "
                                 "`eva run --help` lists every option")
-    run_p.add_argument("recipe", nargs="?", help="recipe YAML")
+    run_p.add_argument("args", nargs=argparse.REMAINDER, help="RECIPE [--eva.KEY VALUE …] [--TRL_FIELD VALUE …]")
     sub.add_parser("plugins", help="list every registered proxy, selector, evolver, reward model and backend")
     report_p = sub.add_parser("report", help="write RUN_DIR/report/ (report.md, report.html, report.json, "
                                              "PNG plots) from a run's artifacts, finished, stopped or crashed")
@@ -76,13 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         return report_command(args)
     from eva_plugin import dpo
 
-    if args.recipe is None or args.recipe.startswith("-"):
-        if args.recipe is not None:
-            rest.insert(0, args.recipe)
-        if not {"-h", "--help", "--help-trl"} & set(rest):
-            parser.error("run needs a RECIPE (a YAML file); `eva run --help` lists every option")
-        return dpo.main(rest, prog="eva run RECIPE")
-    return dpo.main(["--config", args.recipe, *rest], prog="eva run RECIPE")
+    return dpo.main([*args.args, *rest], prog="eva run RECIPE")
 
 
 if __name__ == "__main__":

@@ -61,8 +61,8 @@ class GenerationArguments:
     )
     options: dict[str, Any] = field(
         default_factory=dict,
-        metadata={"help": "The backend's own options, checked against the options it declares (`eva plugins "
-                  "--options` lists them; vllm: tensor_parallel_size, gpu_memory_utilization, max_model_len, "
+        metadata={"help": "The backend's own options, checked against the options it declares (`eva plugins` "
+                  "lists them; vllm: tensor_parallel_size, gpu_memory_utilization, max_model_len, "
                   "…, engine_args; openai: base_url, api_key_env, concurrency, timeout, max_retries, backoff)."},
     )
     #: the recipe key of this block, for messages (``eva.generation``, ``eva.evolver_generation``, …)

@@ -12,8 +12,10 @@ import logging
 import os
 import sys
 
+from eva_plugin.checks import check_model_paths
+from eva_plugin.command_line import parse_command
 from eva_plugin.errors import EvaError
-from eva_plugin.recipe import Recipe, load_recipe
+from eva_plugin.recipe import Recipe, build_recipe
 
 logger = logging.getLogger("eva_plugin")
 
@@ -135,29 +137,23 @@ def setup_logging(recipe: Recipe | None = None) -> None:
 
 
 def main(argv: list[str] | None = None, *, prog: str = "python -m eva_plugin.dpo --config RECIPE") -> int:
-    """Run a recipe; ``--help`` lists every option and ``eva:`` key; user errors are one line, exit 2."""
+    """Parse the command line, build the recipe, run it; user errors are one line, exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "-h" in argv or "--help" in argv:
-        from eva_plugin.docs import help_text
-
-        print(help_text(prog), end="")
-        return 0
-    if "--help-trl" in argv:
-        from eva_plugin.docs import trl_help
-
-        print(trl_help(), end="")
-        return 0
-    setup_logging()
     try:
-        stop_after = _pop_option(argv, "--stop_after")
-        overwrite_stale = _pop_flag(argv, "--overwrite_stale")
-        recipe = load_recipe(argv)
-        check_stop_after(recipe, stop_after)
-        from eva_plugin.checks import check_model_paths
+        command = parse_command(argv, prog)
+        if command.help or command.help_trl:
+            from eva_plugin.docs import help_text, trl_help
 
-        check_model_paths(recipe.model.model_name_or_path or None, recipe.eva, recipe.creator)  # before any model loads
+            print(help_text(prog) if command.help else trl_help(), end="")
+            return 0
+        if command.config is None:
+            raise EvaError("no recipe: pass RECIPE (`eva run RECIPE`) or --config PATH; --help lists every option")
+        setup_logging()
+        recipe = build_recipe(command)
+        check_stop_after(recipe, command.stop_after)
+        check_model_paths(recipe.model.model_name_or_path or None, recipe.eva, recipe.creator)  # before any loads
         setup_logging(recipe)
-        run_recipe(recipe, stop_after=stop_after, overwrite_stale=overwrite_stale)
+        run_recipe(recipe, stop_after=command.stop_after, overwrite_stale=command.overwrite_stale)
     except EvaError as err:
         if os.environ.get("RANK", "0") == "0":  # every process fails alike: one line is enough
             print(f"eva: error: {err}", file=sys.stderr)
@@ -183,29 +179,6 @@ def check_stop_after(recipe: Recipe, stop_after: str | None) -> None:
         raise RecipeError(f"--stop_after {stop_after!r} is not a stage of this run; use iter_T/STAGE "
                           f"(T = 1..{recipe.eva.iterations}) or STAGE, with STAGE one of {', '.join(names)}; "
                           f"or {', '.join(setup)}")
-
-
-def _pop_option(argv: list[str], name: str) -> str | None:
-    for i, arg in enumerate(argv):
-        if arg == name and (i + 1 == len(argv) or argv[i + 1].startswith("--")):
-            from eva_plugin.errors import RecipeError
-
-            raise RecipeError(f"{name} needs a value")
-        if arg == name and i + 1 < len(argv):
-            value = argv[i + 1]
-            del argv[i : i + 2]
-            return value
-        if arg.startswith(name + "="):
-            del argv[i]
-            return arg.split("=", 1)[1]
-    return None
-
-
-def _pop_flag(argv: list[str], name: str) -> bool:
-    if name in argv:
-        argv.remove(name)
-        return True
-    return False
 
 
 if __name__ == "__main__":

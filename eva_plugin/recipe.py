@@ -18,36 +18,13 @@ from typing import Any
 import yaml
 
 from eva_plugin.checks import hub_offline
+from eva_plugin.command_line import Command, apply_overrides, parse_command
 from eva_plugin.config import CREATORS, EvaArguments, eva_arguments
 from eva_plugin.dataset_mixture import HANDBOOK, TRL, DatasetSpec, read_mixture
 from eva_plugin.errors import RecipeError
+from eva_plugin.legacy_keys import DROPPED, RENAMED
 
 logger = logging.getLogger(__name__)
-
-#: Legacy key → new key (renamed in TRL / transformers).
-RENAMED = {
-    "torch_dtype": "dtype",
-    "evaluation_strategy": "eval_strategy",
-    "preprocessing_num_workers": "dataset_num_proc",
-    "warmup_ratio": "warmup_steps",  # transformers 5: a float in [0, 1) is a ratio
-    "no_cuda": "use_cpu",
-}
-
-#: Legacy keys with no counterpart any more → why they are ignored.
-DROPPED = {
-    "max_prompt_length": "TRL 1.x removed it; `max_length` bounds prompt + response",
-    "max_target_length": "TRL 1.x removed it; `max_length` bounds prompt + response",
-    "max_completion_length": "TRL 1.x DPO has no separate completion bound; `max_length` is used",
-    "rpo_alpha": "TRL 1.x removed it",
-    "generate_during_eval": "TRL 1.x removed it",
-    "use_flash_attention_2": "set `attn_implementation: flash_attention_2` instead",
-    "hub_model_revision": "not used by TRL 1.x",
-    "chat_template": "not applied; save the template with the checkpoint's tokenizer",
-    "auto_insert_empty_system_msg": "not used by TRL 1.x",
-    "truncation_side": "not used by TRL 1.x",
-    "text_column": "not used by DPO",
-    "dataset_num_proc_eval": "not used",
-}
 
 @dataclass
 class Recipe:
@@ -78,55 +55,6 @@ class Recipe:
     @property
     def output_dir(self) -> Path:
         return Path(self.training.output_dir)
-
-
-def _split_cli(argv: list[str]) -> tuple[str | None, dict[str, Any], str | None, list[str]]:
-    """Pull ``--config``, ``--creator`` and ``--eva.<key>`` out of the command line."""
-    config_path, eva_overrides, creator, rest = None, {}, None, []
-    it = iter(argv)
-    for arg in it:
-        key, _, inline = arg.partition("=")
-        if key in ("--config", "--creator") or key.startswith("--eva."):
-            value = inline if inline else next(it, None)
-            if value is None:
-                raise RecipeError(f"{key} needs a value")
-            if key == "--config":
-                config_path = value
-            elif key == "--creator":
-                creator = value
-            else:
-                try:
-                    eva_overrides[key[len("--eva."):]] = yaml.safe_load(value)
-                except yaml.YAMLError as err:
-                    raise RecipeError(f"{key}: {value!r} is not a YAML value ({_first_line(err)})") from None
-        else:
-            rest.append(arg)
-    return config_path, eva_overrides, creator, rest
-
-
-def _legacy_cli(rest: list[str], notes: list[str]) -> list[str]:
-    """Map renamed TRL/transformers flags on the command line; drop removed ones (and their value)."""
-    out, it = [], iter(rest)
-    for arg in it:
-        key, eq, value = arg.partition("=")
-        name = key[2:] if key.startswith("--") else None
-        if name in RENAMED:
-            out.append(f"--{RENAMED[name]}{eq}{value}")
-            notes.append(f"`--{name}` is now `--{RENAMED[name]}`")
-        elif name in DROPPED:
-            if not eq:
-                next(it, None)
-            notes.append(f"`--{name}` ignored: {DROPPED[name]}")
-        else:
-            out.append(arg)
-    return out
-
-
-def _set_nested(block: dict, dotted: str, value: Any) -> None:
-    *parents, last = dotted.split(".")
-    for p in parents:
-        block = block.setdefault(p, {})
-    block[last] = value
 
 
 def _accelerator_precision(cfg: dict[str, Any], notes: list[str]) -> None:
@@ -243,10 +171,7 @@ def read_eva_side(cfg: dict[str, Any], eva_overrides: dict[str, Any], cli_creato
     eva_block = cfg.pop("eva", None) or {}
     if not isinstance(eva_block, dict):
         raise RecipeError(f"`eva` must be a mapping of eva keys, got {eva_block!r}")
-    eva_block = dict(eva_block)
-    for key, value in eva_overrides.items():
-        _set_nested(eva_block, key, value)
-    eva = eva_arguments(eva_block)
+    eva = eva_arguments(apply_overrides(eva_block, eva_overrides))
     _resolve_loss(eva, cfg, cli_keys)
     if creator is not None and eva.reward_model is None:
         raise RecipeError(f"`creator: {creator}` needs `eva.reward_model` (a local reward model path)")
@@ -270,18 +195,22 @@ def _resolve_loss(eva: EvaArguments, cfg: dict[str, Any], cli_keys: set[str]) ->
 
 
 def load_recipe(argv: list[str] | None = None, *, path: str | os.PathLike | None = None) -> Recipe:
-    """Parse a recipe (``--config file`` in ``argv`` or ``path``) plus command-line overrides.
+    """A recipe from a command line (``eva_plugin.command_line``: ``--config file`` or the recipe as
+    the first argument, or ``path``), with its overrides."""
+    command = parse_command(list(argv or []))
+    if path is not None:
+        command.config = str(path)
+    return build_recipe(command)
 
-    Everything on the EVA side (file, YAML, ``creator``, ``eva:`` values and plugin names,
-    dataset keys) is checked before TRL, transformers or torch is imported.
-    """
-    config_path, eva_overrides, cli_creator, rest = _split_cli(list(argv or []))
-    config_path = str(path) if path is not None else config_path
+
+def build_recipe(command: Command) -> Recipe:
+    """Read ``command.config`` and apply the command line. Everything on the EVA side (file, YAML,
+    ``creator``, ``eva:`` values, plugin names and options, dataset keys) is checked before TRL,
+    transformers or torch is imported."""
+    config_path, rest, notes = command.config, list(command.trl_args), list(command.notes)
     cfg = read_yaml(config_path)
-    notes: list[str] = []
-    rest = _legacy_cli(rest, notes)
     cli_keys = {a[2:].split("=", 1)[0] for a in rest if a.startswith("--")}
-    creator, eva = read_eva_side(cfg, eva_overrides, cli_creator, cli_keys)
+    creator, eva = read_eva_side(cfg, command.eva_overrides, command.creator, cli_keys)
 
     for old, new in RENAMED.items():
         if old in cfg:

@@ -14,12 +14,21 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _runtime_nodes(tree: ast.AST):
+    """Every node of ``tree`` except those under ``if TYPE_CHECKING:`` (annotations only, never imported)."""
+    for node in ast.iter_child_nodes(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            continue
+        yield node
+        yield from _runtime_nodes(node)
+
+
 def import_graph() -> dict[str, set[str]]:
     files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for name, path in files.items():
         deps: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in _runtime_nodes(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("eva_plugin"):
                 for alias in node.names:  # `from eva_plugin.x import y` may import the module x.y
                     full = f"{node.module}.{alias.name}"
@@ -66,4 +75,5 @@ def test_stages_and_the_runtime_never_import_the_loop():
                    "eva_plugin.context", "eva_plugin.runtime", "eva_plugin.config", "eva_plugin.data"):
         assert "eva_plugin.loop" not in graph[module], module
     assert "eva_plugin.recipe" not in graph["eva_plugin.data"]
-    assert not graph["eva_plugin.config"] - {"eva_plugin.errors"}  # the dataclasses stand alone
+    # the dataclasses check themselves: types and ranges (typed), plugin names and options (checks)
+    assert not graph["eva_plugin.config"] - {"eva_plugin.errors", "eva_plugin.typed", "eva_plugin.checks"}
