@@ -109,8 +109,8 @@ def parse_command(argv: list[str], prog: str = "python -m eva_plugin.dpo") -> Co
 
 
 def apply_overrides(eva_block: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The recipe's ``eva:`` mapping with the command line's ``--eva.KEY`` values set (a mapping given for a
-    mapping key, such as ``generation.options``, is merged into the recipe's)."""
+    """The recipe's ``eva:`` mapping with the command line's ``--eva.KEY`` values set; a value replaces the
+    recipe's whole value (``--eva.generation.options '{…}'`` replaces the options mapping)."""
     block = dict(eva_block)
     for dotted, value in overrides.items():
         *parents, last = dotted.split(".")
@@ -123,6 +123,5 @@ def apply_overrides(eva_block: dict[str, Any], overrides: dict[str, Any]) -> dic
                 raise RecipeError(f"--eva.{dotted}: `eva.{part}` is {inner!r}, not a mapping")
             target[part] = inner = dict(inner)
             target = inner
-        old = target.get(last)
-        target[last] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
+        target[last] = value
     return block

@@ -4,7 +4,8 @@ A plugin module implements any of these with ``@eva_plugin.hookimpl`` and calls
 ``register(name, obj)`` once per thing it provides. Built-ins use the same hooks
 (``eva_plugin/default_plugins/``). Hooks are called through pluggy, so ``tryfirst``,
 ``trylast`` and wrappers work as pluggy documents. A factory may be a
-``default_plugins.Lazy("package.module:attribute")`` so its module is imported only on use.
+``default_plugins.Lazy("package.module:attribute", options=TheOptions)`` so its module is imported
+only when it is built (its options are still checked when the recipe is read).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pluggy
 if TYPE_CHECKING:
     import numpy as np
 
-    from eva_plugin.creator.evolved import EvolvedPrompt
+    from eva_plugin.creator.evolved import Completion, EvolvedPrompt
+    from eva_plugin.options import Options
 
 hookspec = pluggy.HookspecMarker("eva_plugin")
 
@@ -38,21 +40,24 @@ class Evolver(Protocol):
     ``status`` "kept" for usable ones; the loop drops the rest and screens the kept ones).
     """
 
-    def evolve(self, seeds: Sequence[dict], generate: Callable[[list[str]], list[str | None]],
+    def evolve(self, seeds: Sequence[dict], generate: Callable[[list[str]], list[Completion | None]],
                rng: np.random.Generator) -> list[EvolvedPrompt]: ...
 
 
-class EvolverFactory(Protocol):
-    """What ``register_evolvers`` registers; the loop calls it as
-    ``factory(num_evolutions=eva.num_evolutions, candidates=eva.evolver_candidates, **eva.evolver_options)``.
+class Factory(Protocol):
+    """What ``register_evolvers``, ``register_reward_models`` and ``register_backends`` register: a class
+    (or any object) with
 
-    ``num_evolutions``: new prompts per seed; ``candidates``: LLM samples per step, of which the
-    first usable is kept. Every other keyword is an option of this evolver: declare each one
-    (``plugins.check_options`` rejects recipe options the signature does not take) and raise
-    ``errors.RecipeError`` for a bad value.
+    - ``Options``: an ``eva_plugin.options.Options`` dataclass declaring the recipe options it takes
+      (absent: none). The recipe's ``*_options`` mapping is checked against it when the recipe is read;
+      an unknown key, a wrong type or a value out of range is one line naming the key.
+    - ``from_options(…, options, context)``: builds the object from the parsed ``options`` and what the
+      run owns (``context``); see each hook for the arguments.
     """
 
-    def __call__(self, *, num_evolutions: int, candidates: int, **options: Any) -> Evolver: ...
+    Options: type[Options]
+
+    def from_options(self, *args: Any) -> Any: ...
 
 
 @hookspec
@@ -67,21 +72,21 @@ def register_selectors(register: Register) -> None:
 
 @hookspec
 def register_evolvers(register: Register) -> None:
-    """Register prompt evolvers: ``register(name, factory)``, an ``EvolverFactory`` building an ``Evolver``."""
+    """Register prompt evolvers: ``register(name, factory)``, a ``Factory`` whose
+    ``from_options(options, context: EvolverContext) -> Evolver`` (``eva.evolver_options``)."""
 
 
 @hookspec
 def register_reward_models(register: Register) -> None:
-    """Register reward model types: ``register(name, factory(path, **options) -> RewardModel)``.
-
-    ``options`` are the recipe's ``reward_options`` plus ``device`` (this process's device) when
-    the factory takes one."""
+    """Register reward model types: ``register(name, factory)``, a ``Factory`` whose
+    ``from_options(path, options, context: ModelContext) -> RewardModel`` (``eva.reward_options``)."""
 
 
 @hookspec
 def register_backends(register: Register) -> None:
-    """Register generation backends: ``register(name, factory(model_path, **options) -> Backend)``.
+    """Register generation backends: ``register(name, factory)``, a ``Factory`` whose
+    ``from_options(model_path, options, context: ModelContext) -> Backend`` (``eva.<block>.options``).
 
-    ``options``: ``batch_size``, ``dtype``, ``trust_remote_code``, ``device`` (when taken) and the recipe's
-    ``generation.options``. ``Backend.generate(conversations, n, params, seeds)`` gets one seed
-    per prompt; a prompt's samples should depend on its seed alone (see ``generation.seeding``)."""
+    ``generation.Backend`` states what the loop uses: ``generate(conversations, n, params, seeds)`` (one
+    seed per prompt; a prompt's samples should depend on its seed alone, see ``generation.seeding``),
+    ``close()``, ``exclusive`` and ``ranks_per_engine`` (``generation.BackendBase`` has their defaults)."""

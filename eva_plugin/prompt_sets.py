@@ -1,4 +1,4 @@
-"""The prompt sets of a run: the seed pool (``iter_0/prompts``), its splits, the creator's input
+"""The prompt sets of a run: the seed pool (``iter_0/seed_pool``), its splits, the creator's input
 and the buffer.
 
 The shuffled seed pool is cut into splits of ``prompts_per_iteration`` prompts (null: the pool

@@ -101,6 +101,30 @@ STAGES: tuple[StageSpec, ...] = (
               "π_t's answers to the held-out prompts, their rewards and win rate vs π_0", when=EVALUATING),
 )
 
+#: What each stage's ``data/`` folder holds (docs/run-folder.md's table).
+DATA_COLUMNS = {
+    "eval_prompts": "`prompt_id`, `prompt`, from `eva.eval_prompts` or the recipe's `test_split_size` share of "
+                    "the seed prompts",
+    "seed_pool": "`prompt_id`, `prompt` and the source's other columns (e.g. `category`)",
+    "creator_samples": "`prompt_id`, `prompt`, `origin`, `responses`",
+    "creator_rewards": "the same + `rewards`",
+    "scores": "`prompt_id`, `prompt`, `info` (the proxy value), `weight`",
+    "selected": "rows of `scores`",
+    "evolved": "`prompt`, `parent_id`, `mutation`, `step`, `status` ("
+               + " / ".join(EVOLVED_STATUSES) + "), `raw`",
+    "prompts": "`prompt_id`, `prompt`, `origin` (evolved / buffer / seed), `parent_id`",
+    "solver_samples": "the rows of `prompts` + `responses`, `reused` (taken from the creator), "
+                      "`reused_rewards`",
+    "solver_rewards": "the same with `rewards` (fresh and reused) in place of `reused_rewards`",
+    "pairs": "TRL conversational `prompt`, `chosen`, `rejected` + `chosen_reward`, `rejected_reward`",
+    "rewritten": "the pairs with `chosen` rewritten where kept, `chosen_original`, `rewrite_status`",
+    "policy": "a normal Hugging Face checkpoint folder; manifest: loss, reward accuracy, the reference used",
+    "judged": "`prompt_id`, `prompt`, `origin`, `complexity`, `quality` (1–5, null when the reply held no "
+              "rating) and the judge's replies; manifest: `mean_`/`stderr_`/`unrated_` per scale, `by_origin`",
+    "eval": "`prompt_id`, `prompt`, `responses`, `rewards`, `mean_reward`; manifest: `mean_reward`, `stderr`, "
+            "`win_rate`, `prompts`",
+}
+
 #: Summary columns that come from a stage listed after the one they describe.
 EXTRA_COLUMNS: tuple[Column, ...] = (("gens saved", _field("solver_samples", "generations_saved")),)
 

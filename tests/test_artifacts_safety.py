@@ -110,13 +110,13 @@ import sys, time
 from pathlib import Path
 from eva_plugin import artifacts
 go, started = Path(sys.argv.pop(1)), Path(sys.argv.pop(1))
-original = artifacts.StageStore.run
-def run(self, *args, **kwargs):
+original = artifacts.StageStore.make
+def make(self, *args, **kwargs):
     started.touch()
     while not go.exists():
         time.sleep(0.05)
     return original(self, *args, **kwargs)
-artifacts.StageStore.run = run
+artifacts.StageStore.make = make
 from eva_plugin.cli import main
 sys.exit(main())
 """

@@ -63,7 +63,7 @@ def test_the_stage_table_has_every_stage_in_order():
     table = docs.stage_table()
     rows = [line for line in table.splitlines()[2:]]
     assert [re.search(r"`iter_(?:0|<t>)/(\w+)`", row).group(1) for row in rows] == list(stage_list.ORDER)
-    assert set(docs.DATA_COLUMNS) == set(stage_list.ORDER)
+    assert set(stage_list.DATA_COLUMNS) == set(stage_list.ORDER)
     assert "`iter_0/seed_pool` (was `iter_0/prompts`)" in table
     for spec in stage_list.STAGES:
         assert spec.holds in table
@@ -141,3 +141,14 @@ def test_help_imports_no_heavy_library():
 
 def test_help_trl_prints_trls_own_parser_help():
     assert "--beta" in docs.trl_help()
+
+
+def test_the_options_table_lists_every_declared_option_of_every_builtin():
+    from eva_plugin import plugins
+
+    table = docs.options_table()
+    for kind in docs.OPTIONS_KEYS:
+        for name in plugins.names(kind):
+            for f in dataclasses.fields(plugins.options_schema(kind, name)):
+                assert f"| `{name}` | `{docs.OPTIONS_KEYS[kind]}` | `{f.name}` |" in table, (name, f.name)
+    assert docs.OPTIONS_START in (docs.CONFIGURATION).read_text()

@@ -10,6 +10,7 @@ from eva_plugin.creator.evolvers import (
     evolved_status,
     parse_evolved,
 )
+from eva_plugin.options import EvolverContext
 
 
 def llm_of(texts_for):
@@ -153,8 +154,8 @@ def test_multi_shot_keeps_the_first_usable_candidate():
 
 
 def test_every_registered_evolver_evolves_seeds_the_way_the_loop_calls_it():
-    """Each built-in evolver, built as the evolved stage builds it (``plugins.get``, then the factory
-    with ``num_evolutions`` and ``candidates``), turns the seeds into rows that name their seed: an
+    """Each built-in evolver, built as the evolved stage builds it (``plugins.build`` with its parsed
+    options and an ``EvolverContext``), turns the seeds into rows that name their seed: an
     LLM evolver sends each seed in an instruction and keeps the LLM's text; one that never calls the
     LLM hands the seeds on."""
     from eva_plugin.creator.evolvers import STATUSES
@@ -170,8 +171,9 @@ def test_every_registered_evolver_evolves_seeds_the_way_the_loop_calls_it():
             sent.extend(instructions)
             return [reply] * len(instructions)
 
-        evolver = plugins.get("evolvers", name)(num_evolutions=2, candidates=1)
-        rows = [e.as_row() for e in evolver.evolve(seeds, llm, np.random.default_rng(0))]
+        evolver = plugins.build("evolvers", name, options=plugins.parse_options("evolvers", name, {}, "w"),
+                                context=EvolverContext(num_evolutions=2, candidates=1))
+        rows = [e.as_row() for e in evolver.evolve(seeds, llm_of(llm), np.random.default_rng(0))]
         assert {r["parent_id"] for r in rows} == {"a", "b"} and {r["status"] for r in rows} <= set(STATUSES), name
         kept = {r["prompt"] for r in rows if r["status"] == "kept"}
         if sent:
@@ -311,7 +313,7 @@ def test_self_instruct_default_criteria_are_ours_not_appended_to_distilabels():
 
     default = Distilabel.model_fields["criteria_for_query_generation"].default
     sent, llm = _record("one\ntwo")
-    SelfInstruct(2).evolve([{"prompt_id": "a", "prompt": "Explain tides."}], llm, np.random.default_rng(0))
+    SelfInstruct(2).evolve([{"prompt_id": "a", "prompt": "Explain tides."}], llm_of(llm), np.random.default_rng(0))
     assert CRITERIA in sent[0]
     assert not [line for line in default.splitlines() if line in sent[0]]  # not one of distilabel's lines
 

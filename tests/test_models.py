@@ -189,24 +189,22 @@ def test_embedding_guard_floors_empty_short_and_echoed_answers(models):
 
 
 def test_every_builtin_reward_model_scores_when_built_as_the_run_builds_it(models):
-    """Each built-in reward model, built as ``Run.reward_model`` builds it (``plugins.get``, a model
-    path, the run's device where the factory takes one), gives one finite reward per response.
-    (The backends are built through ``plugins.get`` elsewhere: ``transformers`` in every loop test,
-    ``openai`` in test_openai_backend.py, ``vllm`` in test_vllm_backend.py.)"""
-    from types import SimpleNamespace
-
-    from eva_plugin.context import Run
+    """Each built-in reward model, built as ``Run.reward_model`` builds it (``plugins.build`` with its
+    parsed options and a ``ModelContext``), gives one finite reward per response. (The backends are
+    built the same way elsewhere: ``transformers`` in every loop test, ``openai`` in
+    test_openai_backend.py, ``vllm`` in test_vllm_backend.py.)"""
+    from eva_plugin.options import ModelContext
 
     checkpoints = {"sequence_classification": models["reward"], "embedding": models["encoder"],
                    "pairwise": models["policy"]}  # a built-in added without a tiny checkpoint here fails
-    run = SimpleNamespace(runtime=SimpleNamespace(state=SimpleNamespace(device=torch.device("cpu"))))
     responses = [["a poem about the waves at night", "the sea is blue and wide"],
                  ["subtract 3 and divide by 2: x = 4", "x is four", "I do not know the answer"]]
     builtins = sorted(n for n, e in plugins.registry("reward_models").items() if e.source == plugins.BUILTIN)
     assert builtins
     for name in builtins:
-        factory = plugins.get("reward_models", name)
-        rm = factory(str(checkpoints[name]), **Run.device_options(run, factory, {}))
+        options = plugins.parse_options("reward_models", name, {}, "eva.reward_options")
+        rm = plugins.build("reward_models", name, str(checkpoints[name]), options=options,
+                           context=ModelContext(device="cpu"))
         try:
             scores = rm.score(CONVS[:2], responses)
         finally:

@@ -356,3 +356,29 @@ def test_a_third_party_factory_gets_its_typed_options_and_the_runs_context():
         plugins.parse_options("reward_models", "plain", {"alpha": 1}, "eva.reward_options")
     assert isinstance(plugins.build("reward_models", "plain", "/m", options=plugins.parse_options(
         "reward_models", "plain", {}, "w"), context=context), Plain)
+
+
+def test_the_plugins_page_example_declares_options_and_scores():
+    """The reward-model example of docs/plugins.md, run as written: registered, its options checked
+    from the recipe's mapping, built and used."""
+    import re
+    import types
+
+    page = (ROOT / "docs" / "plugins.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", page, re.S) if "class LengthReward" in block)
+    module = types.ModuleType("length_reward_example")
+    sys.modules[module.__name__] = module  # dataclasses look their module up there
+    try:
+        exec(compile(code, "docs/plugins.md", "exec"), module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
+    add(module, "length-reward-example")
+    from eva_plugin.options import ModelContext
+
+    options = plugins.parse_options("reward_models", "length", {"target": 4}, "eva.reward_options")
+    model = plugins.build("reward_models", "length", "-", options=options, context=ModelContext())
+    assert model.score([[{"role": "user", "content": "x"}]], [["abcd", "ab"]]) == [[0.0, -0.5]]
+    with pytest.raises(RecipeError, match=r"`eva.reward_options.target` must be >= 1, got 0"):
+        plugins.parse_options("reward_models", "length", {"target": 0}, "eva.reward_options")
+    with pytest.raises(RecipeError, match="length takes no option 'targett'; it takes: target"):
+        plugins.parse_options("reward_models", "length", {"targett": 4}, "eva.reward_options")

@@ -34,8 +34,8 @@ def rows(n: int):
 def test_a_stage_runs_once_and_its_manifest_is_recorded(tmp_path):
     rt, lines = runtime(tmp_path)
     work, calls = rows(3)
-    first = rt.run(1, "scores", {"a": 1}, work)
-    again = rt.run(1, "scores", {"a": 1}, work)
+    first = rt.run_stage(1, "scores", {"a": 1}, work)
+    again = rt.run_stage(1, "scores", {"a": 1}, work)
     assert calls == [3] and first["x"] == again["x"] == [0, 1, 2]
     manifest = json.loads((tmp_path / "out" / "iter_1" / "scores" / "manifest.json").read_text())
     assert manifest["rows"] == 3 and manifest["made"] == 3 and manifest["config"] == {"a": 1}
@@ -45,9 +45,9 @@ def test_a_stage_runs_once_and_its_manifest_is_recorded(tmp_path):
 
 def test_a_changed_config_is_refused_in_one_line_naming_the_fix(tmp_path):
     rt, _ = runtime(tmp_path)
-    rt.run(1, "scores", {"proxy": "a_min"}, rows(2)[0])
+    rt.run_stage(1, "scores", {"proxy": "a_min"}, rows(2)[0])
     with pytest.raises(StaleArtifactError) as err:
-        rt.run(1, "scores", {"proxy": "variance"}, rows(2)[0])
+        rt.run_stage(1, "scores", {"proxy": "variance"}, rows(2)[0])
     message = str(err.value)
     assert isinstance(err.value, EvaError) and "\n" not in message
     assert "iter_1/scores was made with a different config (changed: proxy)" in message
@@ -56,9 +56,9 @@ def test_a_changed_config_is_refused_in_one_line_naming_the_fix(tmp_path):
 
 def test_overwrite_stale_rebuilds_and_keeps_the_old_artifact_aside(tmp_path):
     rt, _ = runtime(tmp_path)
-    rt.run(1, "scores", {"proxy": "a_min"}, rows(2)[0])
+    rt.run_stage(1, "scores", {"proxy": "a_min"}, rows(2)[0])
     rt, _ = runtime(tmp_path, overwrite_stale=True)
-    assert len(rt.run(1, "scores", {"proxy": "variance"}, rows(5)[0])) == 5
+    assert len(rt.run_stage(1, "scores", {"proxy": "variance"}, rows(5)[0])) == 5
     assert len(list((tmp_path / "out" / "iter_1").glob(".scores.stale-*"))) == 1
 
 
@@ -72,7 +72,7 @@ def test_leftovers_of_a_killed_stage_are_removed_when_it_runs_again(tmp_path):
         return StageResult(None, {"rows": 4}, note="trained on 4 pairs")
 
     rt, lines = runtime(tmp_path)
-    assert rt.run(1, "policy", {"lr": 1}, train, EVERY) is None
+    assert rt.run_stage(1, "policy", {"lr": 1}, train, EVERY) is None
     assert not leftover.exists()
     final = tmp_path / "out" / "iter_1" / "policy"
     assert (final / "model.safetensors").read_bytes() == b"weights"
@@ -87,20 +87,20 @@ def test_shared_stages_record_the_items_each_process_took(tmp_path):
         results, _ = rt.shards.share(5, lambda idx: ([i * 2 for i in idx], {}))
         return StageResult(Dataset.from_dict({"y": results}))
 
-    assert rt.run(1, "creator_samples", {}, work, SHARED)["y"] == [0, 2, 4, 6, 8]
+    assert rt.run_stage(1, "creator_samples", {}, work, SHARED)["y"] == [0, 2, 4, 6, 8]
     assert rt.reports[-1].manifests["creator_samples"]["items_per_process"] == [5]
 
 
 def test_stop_after_ends_the_run_after_the_stage_but_not_when_it_was_skipped(tmp_path):
     rt, _ = runtime(tmp_path, stop_after="scores")
     with pytest.raises(StopAfterStage, match="iter_1/scores"):
-        rt.run(1, "scores", {}, rows(1)[0])
+        rt.run_stage(1, "scores", {}, rows(1)[0])
     rt, _ = runtime(tmp_path, stop_after="scores")
-    rt.run(1, "scores", {}, rows(1)[0])  # done before: the rerun moves on
+    rt.run_stage(1, "scores", {}, rows(1)[0])  # done before: the rerun moves on
     rt, _ = runtime(tmp_path, stop_after="iter_1/pairs")
-    rt.run(1, "scores", {}, rows(1)[0])
+    rt.run_stage(1, "scores", {}, rows(1)[0])
     with pytest.raises(StopAfterStage, match="iter_1/pairs"):
-        rt.run(1, "pairs", {}, rows(1)[0])
+        rt.run_stage(1, "pairs", {}, rows(1)[0])
 
 
 def test_a_failing_stage_leaves_no_artifact(tmp_path):
@@ -111,7 +111,7 @@ def test_a_failing_stage_leaves_no_artifact(tmp_path):
         raise MemoryError("out of memory")
 
     with pytest.raises(MemoryError):
-        rt.run(1, "evolved", {}, broken, SHARED)
+        rt.run_stage(1, "evolved", {}, broken, SHARED)
     folder = tmp_path / "out" / "iter_1"
     assert not (folder / "evolved").exists() and not list(folder.glob(".evolved.tmp-*"))
 

@@ -155,7 +155,8 @@ def pick_templates(templates: dict[str, str], names: list[str] | None, evolver: 
 
 @dataclass(frozen=True)
 class EvolInstructOptions(Options):
-    mutations: list[str] | None = option(None, "The mutation templates to draw from (default: all of them).")
+    mutations: list[str] | None = option(None, "The mutation templates to draw from, e.g. [CONSTRAINTS, DEEPENING] "
+                                         "(default: all of them).")
 
 
 class EvolInstruct:
