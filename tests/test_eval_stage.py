@@ -150,3 +150,24 @@ def test_eval_temperature_zero_answers_greedily(write_recipe, prompts_file):
     sampled = load_recipe(["--config", str(sampled)])
     run(sampled)
     assert any(len(set(r)) == 2 for r in data(sampled.output_dir, 0, "eval")["responses"])  # T 0.7: they differ
+
+
+def test_stop_after_names_every_stage_the_run_has_and_only_those(write_recipe, prompts_file):
+    """``--stop_after`` takes its names from stage_list: ``iter_1/eval`` exists when the run evaluates
+    (and stops the run right there), not when it does not."""
+    from eva_plugin.dpo import check_stop_after
+    from eva_plugin.errors import RecipeError, StopAfterStage
+    from eva_plugin.loop import EvaLoop
+
+    plain = load_recipe(["--config", str(write_recipe("plain.yaml", eva={"iterations": 1}))])
+    with pytest.raises(RecipeError, match="'iter_1/eval' is not a stage of this run"):
+        check_stop_after(plain, "iter_1/eval")
+    path = write_recipe("eval.yaml", creator="none", eva={"iterations": 1, "eval_size": 2},
+                        dataset_mixture={"datasets": [{"id": str(prompts_file), "split": "train", "weight": 1.0}],
+                                         "seed": 0, "test_split_size": 3})
+    evaluated = load_recipe(["--config", str(path)])
+    for name in ("iter_1/eval", "eval", "iter_0/eval", "iter_0/seed_pool", "iter_0/eval_prompts"):
+        check_stop_after(evaluated, name)
+    with pytest.raises(StopAfterStage, match="iter_1/eval"):
+        EvaLoop(evaluated, stop_after="iter_1/eval").run()
+    assert (evaluated.output_dir / "iter_1" / "eval" / "manifest.json").exists()
