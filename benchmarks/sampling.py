@@ -7,6 +7,11 @@ multinomial sampling (``sampling="native"``) and vs the former sampler with one
     python benchmarks/sampling.py --model tiny          # a random tiny Llama (eva_plugin.testing)
     python benchmarks/sampling.py --model /path/policy  # any local causal LM
 Prints generated tokens per second for each and the ratios to native.
+
+    python benchmarks/sampling.py --backend vllm        # the backends instead, as the loop builds them
+    python benchmarks/sampling.py --backend transformers
+Prints the build (or engine start) time and generated tokens per second of one backend on the same
+prompts, samples and token limit (seeded, the loop's default); run it once per backend.
 """
 
 from __future__ import annotations
@@ -49,7 +54,10 @@ def main() -> None:
     parser.add_argument("--top-p", type=float, default=0.9)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--no-per-row", action="store_true", help="skip the former per-row-generator sampler")
+    parser.add_argument("--backend", choices=["transformers", "vllm"], help="measure this backend instead")
     args = parser.parse_args()
+    if args.backend:
+        return backend_rate(args)
 
     from eva_plugin.embedded import resolve
 
@@ -85,6 +93,32 @@ def main() -> None:
             rates[name] = max(rates[name], tokens / (time.perf_counter() - start))
     for name, rate in rates.items():
         print(f"{name:>17}: {rate:8.1f} tokens/s  ({rate / rates['native do_sample']:.2f}x native)")
+
+
+def backend_rate(args) -> None:
+    """One backend, built through the plugin manager as the loop builds it, on CPU."""
+    from eva_plugin import plugins
+    from eva_plugin.embedded import resolve
+    from eva_plugin.options import ModelContext
+
+    model = resolve(args.model)
+    options = {"max_model_len": 1024} if args.backend == "vllm" else {}
+    context = ModelContext(device="cpu", batch_size=args.batch_size, batch_tokens=args.batch_tokens)
+    start = time.perf_counter()
+    backend = plugins.build("backends", args.backend, model, context=context,
+                            options=plugins.parse_options("backends", args.backend, options, "options"))
+    built = time.perf_counter() - start
+    convs = [[{"role": "user", "content": f"Write {i % 4 + 1} sentences about {TOPICS[i % len(TOPICS)]}."}]
+             for i in range(args.prompts)]
+    params = SamplingParams(temperature=0.7, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=1)
+    backend.generate(convs[:2], 1, params)  # warm-up
+    best = 0.0
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        tokens = backend.generate(convs, args.samples, params).num_tokens
+        best = max(best, tokens / (time.perf_counter() - start))
+    print(f"{args.backend}: {model}, {args.prompts} prompts x {args.samples}, {args.max_new_tokens} new tokens, "
+          f"torch threads {torch.get_num_threads()}: built in {built:.1f} s, {best:.1f} tokens/s")
 
 
 if __name__ == "__main__":

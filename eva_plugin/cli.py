@@ -23,6 +23,10 @@ def list_plugins() -> None:
             continue
         for name, entry in sorted(table.items()):
             print(f"  {name:<24} {entry.source}")
+            if kind == "backends" and name == "vllm":
+                from eva_plugin.generation.vllm_engines import build_info
+
+                print(f"  {'':<24} installed: {build_info()}")
             if kind in plugins.BUILT_KINDS:
                 schema = plugins.options_schema(kind, name)
                 names = ", ".join(f.name for f in dataclasses.fields(schema)) or "none"

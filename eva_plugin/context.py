@@ -221,13 +221,12 @@ class Iteration:
         to itself (a sleeping vLLM engine gives its memory back; it wakes on next use)."""
         others = [x for x in {id(x): x for x in (self.policy, self.rewarder, self.evolver_llm)}.values()
                   if x is not needed]
-        if self._exclusive.get(id(needed)):
-            for held in others:
-                held.close()
-        else:
-            for held in others:
-                if self._exclusive.get(id(held)):
+        for held in others:
+            if self._exclusive.get(id(needed)) or self._exclusive.get(id(held)):
+                if held is self.rewarder:
                     held.close()
+                else:  # a backend: the same weights come back later in this round
+                    held.pause()
 
     def close(self) -> None:
         """Free every generation and reward model of this iteration (each process, before training)."""

@@ -76,7 +76,7 @@ def run_recipe(recipe: Recipe, *, stop_after: str | None = None, overwrite_stale
             print(f"stopped after {stop.args[0]} as asked; rerun without --stop_after to continue")
         return
     finally:
-        getattr(sys.modules.get("eva_plugin.generation.vllm_backend"), "shutdown_engines", lambda: None)()
+        getattr(sys.modules.get("eva_plugin.generation.vllm_engines"), "release_engines", lambda: None)()
         loop.state.destroy_process_group()  # a no-op with one process
     if loop.state.is_main_process:
         print_summary(recipe.output_dir)

@@ -47,6 +47,13 @@ class OnDemand:
             self._obj.close()
             self._obj = None
 
+    def pause(self) -> None:
+        """Release a generation backend for a model that needs the room; it keeps what it can for its
+        next use (``Backend.pause``)."""
+        if self._obj is not None:
+            self._obj.pause()
+            self._obj = None
+
 
 @dataclass
 class IterationReport:

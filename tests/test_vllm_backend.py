@@ -1,7 +1,10 @@
-"""The vLLM backend against a stand-in ``vllm`` module (vLLM needs a GPU; none here).
+"""The vLLM backend's GPU-only paths against a stand-in ``vllm`` module: sleep mode (vLLM's CPU build
+refuses it), bitsandbytes loading and ranks of an ``external_launcher`` group. Everything the CPU
+build can run is tested against the real engine in ``test_vllm_engine.py``.
 
-The stand-in mimics the slice of vLLM's (0.22–0.31) offline API the backend uses and its
-lifecycle: ``LLM(**engine_args)`` (one per process; sleep mode on), ``LLM.generate(prompts,
+The stand-in stands for vLLM 0.22–0.31 on a CUDA platform (``current_platform`` has sleep mode and
+is not the CPU) and mimics the slice of the offline API the backend uses and its lifecycle:
+``LLM(**engine_args)`` (one per process; sleep mode on), ``LLM.generate(prompts,
 params, use_tqdm)`` taking ``{"prompt_token_ids": [...]}`` prompts and refusing one longer
 than ``max_model_len`` (as vLLM does, for the whole batch), ``sleep(level)``,
 ``wake_up(tags)`` (weights, then KV cache), ``collective_rpc(method, kwargs=…)`` with the
@@ -22,7 +25,7 @@ import pytest
 
 from eva_plugin import plugins
 from eva_plugin.generation import SamplingParams
-from eva_plugin.generation import vllm_backend as vb
+from eva_plugin.generation import vllm_engines as engines
 from eva_plugin.generation.seeding import prompt_seeds
 from eva_plugin.options import ModelContext
 
@@ -120,12 +123,15 @@ def fake_vllm(monkeypatch):
     state = types.ModuleType("vllm.distributed.parallel_state")
     state.destroy_model_parallel = lambda: calls["destroyed"].append("model_parallel")
     state.destroy_distributed_environment = lambda: calls["destroyed"].append("distributed")
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = types.SimpleNamespace(is_sleep_mode_available=lambda: True, is_cpu=lambda: False)
     modules = {"vllm": vllm, "vllm.distributed": dist, "vllm.distributed.parallel_state": state,
-               "vllm.engine": types.ModuleType("vllm.engine"), "vllm.engine.arg_utils": arg_utils}
+               "vllm.engine": types.ModuleType("vllm.engine"), "vllm.engine.arg_utils": arg_utils,
+               "vllm.platforms": platforms}
     for name, module in modules.items():
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setattr(vb, "_ENGINES", {})
-    monkeypatch.setattr(vb, "_RETIRED", [])
+    monkeypatch.setattr(engines, "ENGINES", {})
+    monkeypatch.setattr(engines, "RETIRED", [])
     return calls
 
 
@@ -162,30 +168,6 @@ def test_a_template_that_writes_bos_gets_exactly_one(fake_vllm, models):
     assert ids == tok(rendered, add_special_tokens=False)["input_ids"]
 
 
-def test_every_option_reaches_the_engine_and_nothing_of_the_runs(fake_vllm, models):
-    options = {"max_num_seqs": 64, "enforce_eager": True, "max_model_len": 512, "enable_prefix_caching": False}
-    extra = {"swap_space": 2, "kv_cache_dtype": "fp8"}
-    run = ModelContext(batch_size=4, batch_tokens=512, sampling="seeded", device="cuda:0", seed=3)
-    make(models["policy"], run, **options, engine_args=extra)
-    (init,) = fake_vllm["init"]
-    assert {k: init[k] for k in {**options, **extra}} == {**options, **extra}
-    for key in ("batch_size", "batch_tokens", "sampling", "device", "engine_args"):  # the run's, not vLLM's
-        assert key not in init
-    assert init["enable_sleep_mode"] is True
-
-
-def test_unknown_options_are_refused_before_an_engine_is_built(fake_vllm, models):
-    from eva_plugin.errors import EvaError, RecipeError
-
-    with pytest.raises(RecipeError, match="vllm takes no option 'swap_space'.*engine_args"):
-        make(models["policy"], swap_space=2)
-    with pytest.raises(EvaError, match="EngineArgs has no 'swap_spaec'"):
-        make(models["policy"], engine_args={"swap_spaec": 2})
-    with pytest.raises(EvaError, match="max_model_len are set by generation.options"):
-        make(models["policy"], engine_args={"max_model_len": 2})
-    assert fake_vllm["init"] == []
-
-
 def test_one_engine_for_the_run_slept_at_close_and_reloaded_with_each_round(fake_vllm, models, tmp_path):
     round1 = make(models["policy"], gpu_memory_utilization=0.5)
     round1.generate(CONVS, 2, PARAMS)
@@ -211,19 +193,24 @@ def test_one_engine_for_the_run_slept_at_close_and_reloaded_with_each_round(fake
     assert len(fake_vllm["init"]) == 2
 
 
-def test_over_long_prompts_are_dropped_and_counted_before_the_engine(fake_vllm, models):
-    backend = make(models["policy"], max_model_len=40)
-    long = [{"role": "user", "content": " ".join(["word"] * 200)}]
-    assert len(backend.prompt_ids(long)) > 39
-    gens = backend.generate([CONVS[0], long, CONVS[1]], 2, PARAMS)
-    (prompts, sps, _), = fake_vllm["generate"]
-    assert len(prompts) == 2 and all(len(p["prompt_token_ids"]) <= 39 for p in prompts)
-    assert [sp.seed for sp in sps] == [prompt_seeds(5, [CONVS[0], long, CONVS[1]])[i] for i in (0, 2)]
-    assert gens.texts == [["answer 0", "answer 1"], ["", ""], ["answer 0", "answer 1"]]
-    assert gens.finished[1] == [True, True]
-    assert gens.dropped_too_long == 1 and gens.failed == 2
-    every = backend.generate([long], 2, PARAMS)  # nothing left to send: the engine is not called
-    assert len(fake_vllm["generate"]) == 1 and every.texts == [["", ""]] and every.dropped_too_long == 1
+def test_a_pause_sleeps_at_level_one_and_the_same_weights_wake_without_a_reload(fake_vllm, models, tmp_path):
+    """creator → reward model → solver of one round: the engine makes room (level 1: weights offloaded,
+    not discarded) and wakes with the same weights, no read of the checkpoint; another checkpoint
+    after a pause is reloaded."""
+    first = make(models["policy"])
+    first.pause()
+    assert fake_vllm["lifecycle"] == [("sleep", 1)]
+    again = make(models["policy"])
+    again.generate(CONVS, 1, PARAMS)
+    assert fake_vllm["lifecycle"][1:] == [("wake_up", ("weights", "kv_cache"))] and again.llm is first.llm
+    again.close()
+    again.close()  # already at level 2: not slept twice
+    assert fake_vllm["lifecycle"][2:] == [("sleep", 2)]
+    other = str(shutil.copytree(models["policy"], tmp_path / "other"))
+    make(other).pause()
+    assert ("collective_rpc", "reload_weights", {"weights_path": other, "is_checkpoint_format": True}) in \
+        fake_vllm["lifecycle"]
+    assert fake_vllm["lifecycle"][-1] == ("sleep", 1)
 
 
 @pytest.mark.parametrize("world", [1, 4])
@@ -236,14 +223,16 @@ def test_shutdown_leaves_the_default_process_group_alone(fake_vllm, models, monk
     monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: destroyed.append(a))
     backend = make(models["policy"], tensor_parallel_size=2 if world > 1 else 1)
     backend.close()
-    vb.shutdown_engines()
-    assert fake_vllm["destroyed"] == ["model_parallel"]  # vLLM's own groups only
-    assert destroyed == [] and not vb._ENGINES
+    engines.release_engines()
+    assert destroyed == []  # the default process group is left to its owner
     assert fake_vllm["lifecycle"] == [("sleep", 2)]  # already asleep: not slept twice
-    kept = list(vb._RETIRED)
-    assert kept == ([backend.llm] if world > 1 else [])  # under external_launcher kept until exit
-    vb.shutdown_engines()  # a second call (or none built) is a no-op
-    assert fake_vllm["destroyed"] == ["model_parallel"]
+    if world > 1:  # under external_launcher: vLLM's own groups go, the engine is kept referenced until exit
+        assert fake_vllm["destroyed"] == ["model_parallel"] and not engines.ENGINES
+        assert [backend.llm] == engines.RETIRED
+    else:  # one process: the engine sleeps and stays for a later run in this process
+        assert fake_vllm["destroyed"] == [] and len(engines.ENGINES) == 1 and not engines.RETIRED
+    engines.release_engines()  # a second call is a no-op
+    assert fake_vllm["lifecycle"] == [("sleep", 2)]
 
 
 def test_under_several_processes_each_rank_group_is_one_external_launcher_engine(fake_vllm, models, monkeypatch):
@@ -272,12 +261,15 @@ def test_recipe_revision_and_4bit_reach_the_engine(fake_vllm, models):
     from transformers import BitsAndBytesConfig
 
     quant = BitsAndBytesConfig(load_in_4bit=True)
-    make(models["policy"], ModelContext(model_kwargs={"revision": "main", "attn_implementation": "eager",
+    make(models["policy"], ModelContext(model_kwargs={"revision": "v2", "attn_implementation": "eager",
                                                        "quantization_config": quant, "device_map": {"": 0}}))
     (init,) = fake_vllm["init"]
-    assert init["revision"] == init["tokenizer_revision"] == "main"
     assert init["quantization"] == "bitsandbytes"
+    assert "revision" not in init  # a local folder has no revisions
     assert "attn_implementation" not in init and "device_map" not in init  # not vLLM keywords
+    from eva_plugin.generation.vllm_backend import _vllm_loading
+
+    assert _vllm_loading({"revision": "v2"}) == {"revision": "v2", "tokenizer_revision": "v2"}  # a hub model's
 
 
 def test_8bit_is_refused_by_the_vllm_backend(fake_vllm, models):

@@ -61,7 +61,8 @@ class Backend(Protocol):
     the loop frees every other model before it is used. ``ranks_per_engine``: consecutive processes
     that share one engine (tensor parallel under ``external_launcher``) and so get the same prompts.
     ``generate``: ``n`` samples per conversation; ``seeds[i]`` is prompt ``i``'s seed, and a prompt's
-    samples should depend on its seed alone. ``close``: free the model (before training).
+    samples should depend on its seed alone. ``pause``: make room for another model of this round
+    (these weights are used again next). ``close``: done with these weights (before training).
     """
 
     exclusive: bool
@@ -70,11 +71,20 @@ class Backend(Protocol):
     def generate(self, conversations: list[Conversation], n: int, params: SamplingParams,
                  seeds: list[int] | None = None) -> Generations: ...
 
+    def pause(self) -> None: ...
+
     def close(self) -> None: ...
 
 
 class BackendBase:
-    """The ``Backend`` attributes most backends share: one process per engine, other models may stay."""
+    """The ``Backend`` attributes most backends share: one process per engine, other models may stay,
+    nothing to keep when paused."""
 
     exclusive: bool = False
     ranks_per_engine: int = 1
+
+    def pause(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError

@@ -15,7 +15,11 @@ class VLLMOptions(Options):
     """``vllm.LLM`` engine settings; any other engine keyword goes in ``engine_args``."""
 
     tensor_parallel_size: int = option(1, "GPUs one engine spans (vLLM tensor parallelism).", ge=1)
-    gpu_memory_utilization: float = option(0.9, "Share of the GPU's memory the engine reserves.", gt=0, le=1)
+    gpu_memory_utilization: float | None = option(None, "Share of the accelerator's memory the engine reserves "
+                                                  "(on CPU: of the memory node); null: vLLM's 0.9 on a GPU, "
+                                                  "a KV cache sized from free memory on CPU.", gt=0, le=1)
+    kv_cache_memory_bytes: int | None = option(None, "KV cache size in bytes (overrides gpu_memory_utilization); "
+                                               "null: see gpu_memory_utilization.", ge=1)
     max_model_len: int | None = option(None, "Context length of the engine; null: the model's.", ge=1)
     max_num_seqs: int | None = option(None, "Most sequences the engine runs at once; null: vLLM's default.", ge=1)
     enable_prefix_caching: bool = option(True, "Reuse the KV cache of shared prompt prefixes.")

