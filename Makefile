@@ -41,6 +41,11 @@ install-vllm: $(VLLM_VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/eva run recipes/demo/config_eva.yaml
 
+# the demo with vLLM's CPU build sampling for the policy and the evolver (docs/vllm.md)
+demo-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_VENV)/bin/eva run recipes/demo/config_eva.yaml --output_dir runs/demo-eva-vllm \
+	    --eva.generation.backend vllm --eva.evolver_generation.backend vllm
+
 demo-baseline: $(VENV)/.installed
 	$(VENV)/bin/eva run recipes/demo/config_dpo_iterative.yaml
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from pathlib import Path
 
 from eva_plugin.errors import EvaError
@@ -62,6 +63,8 @@ class VLLMBackend(BackendBase):
                                         revision=loading.get("revision"))
         kwargs = engine_kwargs(str(model_path), options, context, loading)
         world = _world_size()
+        if engines.on_cpu() and world == 1:
+            bind_all_cores()
         self.external = world > 1
         self.ranks_per_engine = options.tensor_parallel_size if self.external else 1
         if self.external:
@@ -160,6 +163,18 @@ def with_cpu_defaults(kwargs: dict) -> dict:
     if kwargs.get("dtype") in (None, "auto", "bfloat16") and not bf16:
         out["dtype"] = "float32"
     return out
+
+
+def bind_all_cores() -> None:
+    """One process on vLLM's CPU build: its engine may use every core this process may (vLLM's ``auto``
+    binding leaves it one on a small machine; sampling and training never run at the same time here).
+    ``VLLM_CPU_OMP_THREADS_BIND`` set by the user or the recipe's ``env:`` wins."""
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        return
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = sorted(affinity(0)) if affinity else list(range(os.cpu_count() or 1))
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, cores))
+    logger.info("vLLM CPU engine bound to cores %s", os.environ["VLLM_CPU_OMP_THREADS_BIND"])
 
 
 @functools.cache
