@@ -125,8 +125,9 @@ def test_rates_divide_the_counters_by_the_seconds():
 
 
 def test_a_backend_that_reserves_the_gpu_never_shares_it(write_recipe):
-    """vLLM reserves most of the GPU: the reward model loads only after the engine slept, and the
-    engine wakes only after the reward model is gone. Other backends keep every model loaded."""
+    """vLLM reserves most of the GPU: the reward model loads only after the engine paused (it sleeps,
+    keeping what it can for the same weights), and the engine wakes only after the reward model is
+    gone; before training everything is closed. Other backends keep every model loaded."""
     from eva_plugin.context import Iteration, exclusive
     from eva_plugin.loop import EvaLoop
     from eva_plugin.recipe import load_recipe
@@ -144,6 +145,9 @@ def test_a_backend_that_reserves_the_gpu_never_shares_it(write_recipe):
         def close(self) -> None:
             events.append(f"free {self.name}")
 
+        def pause(self) -> None:
+            events.append(f"pause {self.name}")
+
     for reserves in (True, False):
         events.clear()
         it = Iteration(loop.run_facts, 1)
@@ -155,7 +159,7 @@ def test_a_backend_that_reserves_the_gpu_never_shares_it(write_recipe):
             needed.get()
         it.close()
         if reserves:
-            assert events == ["load policy", "free policy", "load reward", "free reward", "load policy",
+            assert events == ["load policy", "pause policy", "load reward", "free reward", "load policy",
                               "free policy"]
         else:
             assert events == ["load policy", "load reward", "free policy", "free reward"]
