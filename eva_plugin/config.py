@@ -348,7 +348,6 @@ def eva_arguments(block: dict[str, Any] | None) -> EvaArguments:
             if not isinstance(given, dict):
                 raise RecipeError(f"`eva.{key}` must be a mapping, got {short_repr(given)}")
             base = dataclasses.asdict(defaults[key])
-            unknown_keys(GenerationArguments, given, f"eva.{key}")
             block[key] = from_mapping(GenerationArguments, {**base, **given}, f"eva.{key}", key=f"eva.{key}")
     return from_mapping(EvaArguments, block, "eva")
 
