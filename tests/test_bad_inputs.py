@@ -1,6 +1,7 @@
-"""The bad-input catalogue (issue 13): every malformed recipe, prompt file or command line below
-ends ``eva_plugin.dpo.main`` with exit code 2 and one line on stderr (``eva: error: …`` naming the
-real cause), never a traceback, and before any model or tokenizer is loaded.
+"""The bad-input catalogue (issue 13; its harness is ``catalogue.py``): every malformed recipe,
+prompt file or command line below ends ``eva_plugin.dpo.main`` with exit code 2 and one line on
+stderr (``eva: error: …`` naming the real cause), never a traceback, and before any model or
+tokenizer is loaded.
 
 Each case builds its inputs under ``tmp_path`` and returns the command line; ``expect`` is a
 fragment the error line must contain (so that the message blames the right thing).
@@ -14,35 +15,17 @@ from pathlib import Path
 
 import pytest
 import yaml
+from catalogue import Case, Ctx, ModelLoaded, assert_case, install_model_spy
+from catalogue import raw as _raw
+from catalogue import recipe as _recipe
+from catalogue import write as _write
 
 from eva_plugin import dpo
 
 
-class ModelLoaded(AssertionError):
-    """A model or tokenizer load was attempted: the input should have been refused before."""
-
-
 @pytest.fixture
 def no_models(monkeypatch):
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()  # progress bars are not error lines
-
-    def boom(*args, **kwargs):
-        raise ModelLoaded(f"a model was loaded: {args[:1]}")
-
-    for name in ("AutoModelForCausalLM", "AutoModelForSequenceClassification", "AutoModel", "AutoTokenizer"):
-        monkeypatch.setattr(getattr(transformers, name), "from_pretrained", boom)
-
-
-def _write(tmp_path: Path, name: str, text: str | bytes) -> Path:
-    path = tmp_path / name
-    if isinstance(text, bytes):
-        path.write_bytes(text)
-    else:
-        path.write_text(text)
-    return path
+    install_model_spy(monkeypatch)
 
 
 def _prompts(tmp_path: Path, lines: list[str] | bytes, name: str = "bad.jsonl") -> Path:
@@ -52,18 +35,6 @@ def _prompts(tmp_path: Path, lines: list[str] | bytes, name: str = "bad.jsonl") 
 
 def _good_rows(n: int = 12) -> list[str]:
     return [json.dumps({"prompt": f"write about topic number {i}"}) for i in range(n)]
-
-
-def _raw(text: str | bytes):
-    def build(ctx):
-        return ["--config", str(_write(ctx.tmp, "raw.yaml", text))]
-    return build
-
-
-def _recipe(*extra: str, eva: dict | None = None, **top):
-    def build(ctx):
-        return ["--config", str(ctx.write(eva=eva, **top)), *extra]
-    return build
 
 
 def _with_prompts(content, *extra: str, name: str = "bad.jsonl", **eva):
@@ -120,7 +91,7 @@ def _legacy_and_unknown(ctx):
 
 W = {"weight": 1.0, "split": "train"}
 
-CASES: dict[str, tuple] = {
+_CASES: dict[str, tuple] = {
     # the recipe file itself
     "yaml-syntax": (_raw("eva:\n  iterations: [1, 2\nseed: 3\n"), "line"),
     "yaml-tab-indent": (_raw("eva:\n\titerations: 2\n"), "line"),
@@ -265,13 +236,11 @@ def _eva_not_mapping(value):
     return build
 
 
-CASES["eva-list"] = (_eva_not_mapping([{"iterations": 2}]), "`eva`")
-CASES["eva-string"] = (_eva_not_mapping("iterations=2"), "`eva`")
+_CASES["eva-list"] = (_eva_not_mapping([{"iterations": 2}]), "`eva`")
+_CASES["eva-string"] = (_eva_not_mapping("iterations=2"), "`eva`")
 
 
-class Ctx:
-    def __init__(self, tmp: Path, write, prompts: Path) -> None:
-        self.tmp, self.write, self.prompts = tmp, write, prompts
+CASES = {name: Case(build, expect) for name, (build, expect) in _CASES.items()}
 
 
 def test_the_catalogues_base_recipe_passes_every_check(write_recipe, no_models, capsys):
@@ -283,18 +252,8 @@ def test_the_catalogues_base_recipe_passes_every_check(write_recipe, no_models, 
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_is_one_line(case, tmp_path, write_recipe, prompts_file, no_models, capsys, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    build, expect = CASES[case]
-    argv = build(Ctx(tmp_path, write_recipe, prompts_file))
-    capsys.readouterr()
-    rc = dpo.main(argv)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("eva: error: "), err
-    assert rc == 2, err
-    assert expect and expect.lower() in lines[0].lower(), lines[0]  # the line blames the case's own fault
+def test_bad_input_is_one_line(case, tmp_path, write_recipe, prompts_file, models, capsys, monkeypatch):
+    assert_case(CASES[case], Ctx(tmp_path, write_recipe, prompts_file, models), capsys, monkeypatch)
 
 
 def test_duplicate_prompts_are_counted(tmp_path, write_recipe, no_models, capsys, caplog):
