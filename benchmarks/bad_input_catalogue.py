@@ -62,6 +62,8 @@ def run_one(name: str, root: Path) -> dict:
     loads: list = []
     stderr = io.StringIO()
     with pytest.MonkeyPatch.context() as monkeypatch:
+        if case.setup is not None:
+            case.setup(ctx, monkeypatch)
         install_model_spy(monkeypatch, loads)
         with contextlib.redirect_stderr(stderr):
             try:
@@ -78,7 +80,7 @@ def run_one(name: str, root: Path) -> dict:
         except BaseException:
             checked = False
     return {"rc": rc, "lines": error_lines(err), "traceback": "Traceback" in err, "loaded": bool(loads),
-            "checked": checked, "expect": case.expect, "group": case.group}
+            "checked": checked, "expect": case.expect, "group": case.group, "exit": case.exit_code}
 
 
 def outcome(result: dict | None) -> str:
@@ -86,16 +88,16 @@ def outcome(result: dict | None) -> str:
         return "hang"
     if result["traceback"]:
         return "traceback"
-    one_line = len(result["lines"]) == 1 and result["lines"][0].startswith("eva: error: ")
+    one_line = len(result["lines"]) == 1 and result["lines"][0].startswith("eva: ")
     if result["rc"] == 0:
         if result["expect"] is not None:
             return "accepted silently"
         return "handled" if result["checked"] in (None, True) else "wrong result"
-    if result["rc"] == 2 and one_line and result["checked"] is not False:
+    if result["rc"] == result.get("exit", 2) and one_line and result["checked"] is not False:
         if result["expect"] is None:
             return "handled"  # a run-folder fault may end in one line that says what to do
         return "one line after a model loaded" if result["loaded"] else "one line before any model"
-    return "noisy error" if result["rc"] == 2 else "traceback"
+    return "noisy error" if result["rc"] == result.get("exit", 2) else "traceback"
 
 
 def spawn(name: str, root: Path, code: str | None, timeout: float) -> tuple[str, dict | None]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import numbers
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -23,9 +25,11 @@ from typing import Any
 
 from datasets import Dataset, load_from_disk
 
+from eva_plugin.content import hash_file
 from eva_plugin.errors import StaleArtifactError
 
 MANIFEST = "manifest.json"
+logger = logging.getLogger("eva_plugin")
 
 
 def fingerprint(payload: Any) -> str:
@@ -87,17 +91,53 @@ def publish_dir(tmp: Path, final: Path) -> None:
 
 
 def remove_leftovers(root: Path) -> list[Path]:
-    """Remove the temporary stage folders and JSON files that killed runs left (call under the run lock)."""
+    """Remove the temporary stage folders and JSON files that killed runs left (call under the run lock).
+
+    Only names this project creates are touched: ``iter_<t>/.<stage>.tmp-*`` for a known stage and
+    ``.<name>.json.*.tmp`` beside the manifests; anything else in the folder stays."""
+    from eva_plugin.stage_list import LEGACY_NAMES, ORDER
+
+    stages = "|".join(re.escape(name) for name in (*ORDER, *LEGACY_NAMES))
+    stage_tmp, json_tmp = re.compile(rf"^\.(?:{stages})\.tmp-\w+$"), re.compile(r"^\.\w+\.json\.\w+\.tmp$")
     removed = []
-    for pattern in (".*.tmp-*", "iter_*/.*.tmp-*", ".*.json.*.tmp", "iter_*/.*.json.*.tmp",
-                    "iter_*/*/.*.json.*.tmp"):
-        for leftover in Path(root).glob(pattern):
-            if leftover.is_dir():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
-            removed.append(leftover)
+    folders = [Path(root), *(d for d in Path(root).glob("iter_*") if ITERATION.match(d.name) and d.is_dir())]
+    for folder in folders:
+        for stage in [folder, *(d for d in folder.iterdir() if d.is_dir() and d.name in ORDER)]:
+            for leftover in stage.glob(".*"):
+                made_here = json_tmp.match(leftover.name) or (stage is folder and stage_tmp.match(leftover.name))
+                if not made_here:
+                    continue
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+                removed.append(leftover)
     return removed
+
+
+ITERATION = re.compile(r"^iter_\d+$")
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file a stage wrote (relative name → hash), its manifest aside: the manifest
+    records them, and a reuse checks them (``damaged``)."""
+    return {f.relative_to(folder).as_posix(): hash_file(f) for f in sorted(folder.rglob("*"))
+            if f.is_file() and f.relative_to(folder).as_posix() != MANIFEST}
+
+
+def damaged(folder: Path, manifest: dict) -> str:
+    """What differs from the files the manifest recorded (a truncated weight or arrow file, one
+    edited or removed); "" when all are as written, or the manifest predates the record."""
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return ""
+    for name, digest in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if hash_file(path) != digest:
+            return f"{name} changed"
+    return ""
 
 
 def has_content(folder: Path) -> bool:
@@ -148,11 +188,13 @@ class StageStore:
         return moved
 
     def manifest(self, iteration: int, stage: str) -> dict | None:
+        """The stage's manifest; None when there is none or it is no JSON object (not finished)."""
         file = self.path(iteration, stage) / MANIFEST
         try:
-            return read_json(file) if file.exists() else None
-        except ValueError:  # unreadable: not finished
+            data = read_json(file) if file.exists() else None
+        except (ValueError, OSError):  # unreadable: not finished
             return None
+        return data if isinstance(data, dict) else None
 
     def is_done(self, iteration: int, stage: str, config: dict[str, Any]) -> bool:
         """True when the stage finished with this config; a different config raises unless overwriting.
@@ -163,7 +205,11 @@ class StageStore:
         if manifest is None or not has_content(self.path(iteration, stage)):
             return False
         if manifest.get("fingerprint") in (fingerprint(config), fingerprint(_with_old_keys(stage, config))):
-            return True
+            damage = damaged(self.path(iteration, stage), manifest)
+            if damage:
+                logger.warning("iter_%d/%s: %s since it finished; rebuilding it (the old folder is kept aside)",
+                               iteration, stage, damage)
+            return not damage
         where = self.path(iteration, stage).relative_to(self.root)
         changed = _changed_keys(manifest.get("config", {}), config)
         if not self.overwrite_stale:
@@ -204,6 +250,7 @@ class StageStore:
             result = fn(tmp)
             if result.data is not None:
                 result.data.save_to_disk(str(tmp / "data"))
+            files = file_hashes(tmp)
             manifest = {
                 "stage": stage,
                 "iteration": iteration,
@@ -214,6 +261,7 @@ class StageStore:
                 "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
                 **result.stats,
                 **rates(result.stats, seconds),
+                "files": files,
             }
             write_json_atomic(tmp / MANIFEST, manifest)
             publish_dir(tmp, final)

@@ -17,7 +17,9 @@ The one place that says how the two dialects differ:
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from eva_plugin.errors import RecipeError
@@ -42,6 +44,32 @@ class DatasetSpec:
     data_files: Any = None
     data_dir: str | None = None
     fraction: float | None = None
+
+    def local_paths(self) -> list[str]:
+        """The local files and folders this dataset is read from (``path``, and the files that
+        ``data_files`` names or matches, e.g. ``{path: json, data_files: …}``), sorted; hub ids none."""
+        found = {self.path} if Path(self.path).exists() else set()
+        bases = [Path(self.path) / (self.data_dir or "")] if Path(self.path).is_dir() else []
+        bases += [Path(self.data_dir)] if self.data_dir else []
+        for pattern in _file_patterns(self.data_files):
+            for base in [*bases, Path()]:
+                matches = sorted(str(m) for m in base.glob(pattern)) if not Path(pattern).is_absolute() else \
+                    sorted(glob.glob(pattern))
+                if matches:
+                    found.update(m for m in matches if Path(m).is_file())
+                    break
+        return sorted(found)
+
+
+def _file_patterns(data_files: Any) -> list[str]:
+    """The file names or patterns of a ``data_files`` value (a string, a list, or split → either)."""
+    if isinstance(data_files, str):
+        return [data_files]
+    if isinstance(data_files, list | tuple):
+        return [p for item in data_files for p in _file_patterns(item)]
+    if isinstance(data_files, dict):
+        return [p for item in data_files.values() for p in _file_patterns(item)]
+    return []
 
 
 @dataclass

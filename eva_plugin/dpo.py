@@ -158,6 +158,10 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m eva_plugin.dpo
         if os.environ.get("RANK", "0") == "0":  # every process fails alike: one line is enough
             print(f"eva: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # finished stages are on disk, the unfinished one is rebuilt on resume
+        if os.environ.get("RANK", "0") == "0":
+            print("eva: interrupted; run the same command to resume (finished stages are kept)", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -58,7 +58,7 @@ def pool_config(it: Iteration) -> dict:
     config = {"datasets": [dataclasses.asdict(s) for s in recipe.datasets], "column": it.eva.prompt_column,
               "seed": it.run.seed, "mixture_seed": recipe.mixture_seed}
     # a prompt file (or saved dataset) replaced at the same path is another pool
-    contents = {s.path: content_id(s.path) for s in recipe.datasets if Path(s.path).exists()}
+    contents = {p: content_id(p) for s in recipe.datasets for p in s.local_paths()}
     if contents:
         config["contents"] = contents
     return config

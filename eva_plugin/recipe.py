@@ -23,6 +23,7 @@ from eva_plugin.config import CREATORS, EvaArguments, eva_arguments
 from eva_plugin.dataset_mixture import HANDBOOK, TRL, DatasetSpec, read_mixture
 from eva_plugin.errors import RecipeError
 from eva_plugin.legacy_keys import DROPPED, RENAMED
+from eva_plugin.output_folder import check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +246,6 @@ def build_recipe(command: Command) -> Recipe:
         script, training, model = parser.parse_args_into_dataclasses(args=rest)
     except (ValueError, TypeError) as err:
         raise RecipeError(f"recipe {config_path}: {str(err).splitlines()[0] if str(err) else err!r}") from None
-    _check_output_dir(training.output_dir)
     _attention_fallback(model, notes)
     _hub_push(training, notes)
     specs, mixture_dialect, mixture_seed = mixture.datasets, mixture.dialect, mixture.seed
@@ -269,6 +269,8 @@ def build_recipe(command: Command) -> Recipe:
         raise RecipeError("recipe has no `model_name_or_path`; set it to the policy checkpoint")
     if not specs:
         raise RecipeError("recipe names no data: set `dataset_mixture`, `datasets`, `dataset_name` or `eva.prompts`")
+    check_output_dir(training.output_dir, data=[p for s in specs for p in s.local_paths()] + [eva.eval_prompts or ""],
+                     eva_run=creator is not None)
     for note in notes:
         logger.warning("recipe: %s", note)
     return Recipe(
@@ -293,22 +295,6 @@ def _unknown_keys(cfg: dict[str, Any], known: set[str]) -> None:
     more = f" (and {len(unknown) - 1} more: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
     raise RecipeError(f"unknown recipe key `{key}`{more}: not a ScriptArguments/DPOConfig/ModelConfig "
                       f"field{hint}")
-
-
-def _check_output_dir(output_dir: str | None) -> None:
-    """``output_dir`` must be a folder this process can create and write, checked before any model loads."""
-    if not output_dir:
-        raise RecipeError("recipe has no `output_dir`; set it to the run's folder")
-    path = Path(output_dir).expanduser()
-    if path.exists() and not path.is_dir():
-        raise RecipeError(f"`output_dir` {output_dir} is a file; point it at a folder")
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir():
-        raise RecipeError(f"`output_dir` {output_dir} cannot be created: {probe} is a file")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise RecipeError(f"`output_dir` {output_dir} is not writable ({probe} denies it); pick another folder")
 
 
 def _beside_recipe(path: str, recipe_dir: Path) -> str:

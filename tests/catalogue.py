@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -49,6 +50,10 @@ class Case:
     """For a run that ends well or refuses: asserts what the run folder holds afterwards."""
     after_load: bool = False
     """The fault only shows once a model loaded or ran: no spy, the refusal may come after stages."""
+    setup: Callable[[Ctx, Any], None] | None = None
+    """``setup(ctx, monkeypatch)`` before the run: environment or a fault to inject (a Ctrl-C)."""
+    exit_code: int = 2
+    """The exit status of the refusal (130: interrupted)."""
 
 
 def write(tmp: Path, name: str, text: str | bytes) -> Path:
@@ -116,6 +121,8 @@ def assert_case(case: Case, ctx: Ctx, capsys, monkeypatch) -> None:
 
     monkeypatch.chdir(ctx.tmp)
     argv = case.build(ctx)
+    if case.setup is not None:
+        case.setup(ctx, monkeypatch)
     if not case.after_load:
         install_model_spy(monkeypatch)
     capsys.readouterr()
@@ -126,8 +133,8 @@ def assert_case(case: Case, ctx: Ctx, capsys, monkeypatch) -> None:
         assert rc == 0, err
     else:
         lines = error_lines(err)
-        assert len(lines) == 1 and lines[0].startswith("eva: error: "), err
-        assert rc == 2, err
+        assert len(lines) == 1 and lines[0].startswith("eva: "), err
+        assert rc == case.exit_code, err
         assert case.expect.lower() in lines[0].lower(), lines[0]  # the line blames the case's own fault
     if case.check is not None:
         case.check(ctx)
