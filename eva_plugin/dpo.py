@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from eva_plugin.checks import check_model_paths
+from eva_plugin.checks import check_generation_room, check_model_paths
 from eva_plugin.command_line import parse_command
 from eva_plugin.errors import EvaError
 from eva_plugin.recipe import Recipe, build_recipe
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m eva_plugin.dpo
         recipe = build_recipe(command)
         check_stop_after(recipe, command.stop_after)
         check_model_paths(recipe.model.model_name_or_path or None, recipe.eva, recipe.creator)  # before any loads
+        check_generation_room(recipe.model.model_name_or_path or None, recipe.eva, recipe.creator)
         setup_logging(recipe)
         run_recipe(recipe, stop_after=command.stop_after, overwrite_stale=command.overwrite_stale)
     except EvaError as err:
