@@ -50,6 +50,24 @@ def _one_round(**top):
     return recipe(creator="none", disable_tqdm=True, eva={"iterations": 1}, **top)
 
 
+def _plain_dpo(**top):
+    """A plain DPO round (no ``creator:``) on a small preference file, two steps."""
+    def build(ctx: Ctx) -> list[str]:
+        prefs = ctx.tmp / "prefs.jsonl"
+        turn = [{"role": "user", "content": "name a colour"}]
+        prefs.write_text("".join(json.dumps({
+            "chosen": [*turn, {"role": "assistant", "content": f"blue, the colour of the sea {i}"}],
+            "rejected": [*turn, {"role": "assistant", "content": "no"}]}) + "\n" for i in range(4)))
+        mixture = {"datasets": [{"id": str(prefs), "columns": ["chosen", "rejected"]}], "seed": 0}
+        path = ctx.write(creator=None, eva=None, dataset_mixture=mixture, max_steps=2, disable_tqdm=True, **top)
+        return ["--config", str(path)]
+    return build
+
+
+def _nothing_saved(ctx: Ctx) -> None:
+    assert not list((ctx.tmp / "out").glob("*.safetensors")), "a plain DPO round saved NaN weights"
+
+
 def _mixture(**changes):
     def edit(cfg: dict, ctx: Ctx) -> None:
         cfg["dataset_mixture"].update(changes)
@@ -175,6 +193,8 @@ CASES: dict[str, Case] = {
     # training: one line, the pairs kept, no policy published
     "weights-not-finite": Case(_one_round(learning_rate=1.0e39, max_grad_norm=0.0), "iter_1/policy not published",
                                group="20.1", after_load=True, check=_not_published, setup=_quiet),
+    "plain-dpo-weights-not-finite": Case(_plain_dpo(learning_rate=1.0e39, max_grad_norm=0.0), "NaN or infinite",
+                                         group="20.1", after_load=True, check=_nothing_saved, setup=_quiet),
     # a max_length every prompt fills (TRL drops each such pair) is refused before training, no policy published
     "max-length-below-every-prompt": Case(_one_round(max_length=3), "raise max_length", group="20.2",
                                           after_load=True, check=_not_published, setup=_quiet),
