@@ -6,6 +6,7 @@ The cases are part of the bad-input catalogue (``catalogue.py``)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -268,3 +269,29 @@ def test_generation_room_follows_the_model_that_generates(tmp_path, models):
     served = eva_arguments({"evolver_model": "served", "evolver_generation": {
         "max_new_tokens": 100000, "backend": "openai", "options": {"base_url": "http://localhost:1/v1"}}})
     check_generation_room(str(models["policy"]), served, "eva")  # the server knows its own limit
+
+
+def test_the_policy_stage_check_on_a_real_trainer(models, tmp_path):
+    """``check_trained`` on a real DPO trainer (what ``train_round`` calls before it saves): zero steps or a
+    NaN weight raise ``TrainingError``, whose message the policy stage prints; a finite model after steps passes."""
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from eva_plugin.modeling import load_tokenizer
+    from eva_plugin.solver.training import check_trained
+
+    model = load_causal_lm(str(models["policy"]), dtype=None)
+    turn = [{"role": "user", "content": "name a colour"}]
+    pairs = Dataset.from_list([{"prompt": turn, "chosen": [{"role": "assistant", "content": "blue"}],
+                                "rejected": [{"role": "assistant", "content": "no"}]}] * 2)
+    args = DPOConfig(output_dir=str(tmp_path), report_to="none", bf16=False, use_cpu=True, max_steps=1,
+                     per_device_train_batch_size=2, disable_tqdm=True)
+    trainer = DPOTrainer(model=model, ref_model=copy.deepcopy(model), args=args, train_dataset=pairs,
+                         processing_class=load_tokenizer(str(models["policy"])))
+    check_trained(trainer, 1)
+    with pytest.raises(TrainingError, match="no optimiser step"):
+        check_trained(trainer, 0)
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = NAN
+    with pytest.raises(TrainingError, match="1 of .* NaN or infinite .*lm_head.weight"):
+        check_trained(trainer, 1)
