@@ -6,6 +6,7 @@ checked once the recipe is read, before any model loads. Each failure is one lin
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import TYPE_CHECKING
 
 from eva_plugin import plugins
@@ -48,6 +49,8 @@ def check_plugins(eva: EvaArguments) -> None:
     for key, value in eva.loss_args.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise RecipeError(f"`eva.loss_args.{key}` must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise RecipeError(f"`eva.loss_args.{key}` must be a finite number, got {value!r}")
     if eva.loss is not None:  # null: settled against the recipe's `loss_type` (recipe.read_eva_side)
         loss_knobs(eva.loss, eva.loss_args)
     if eva.weighting not in WEIGHTINGS:
@@ -153,3 +156,137 @@ def _in_hub_cache(repo_id: str) -> bool:
         return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
     except Exception:  # not a valid repo id
         return False
+
+
+#: Training keys (DPOConfig / TrainingArguments) that TRL and transformers accept although they cannot
+#: train: the range each must be in (``typed.range_problem``: ``ge``/``gt``/``le``/``lt``; a bound also
+#: means finite), and the type it must have. A list value (``loss_weights``) is checked item by item.
+TRAINING_RULES: dict[str, tuple[str, dict]] = {
+    "learning_rate": ("float", {"gt": 0}),
+    "num_train_epochs": ("float", {"gt": 0}),  # unless max_steps > 0 (it overrides epochs)
+    "max_steps": ("int", {"ge": -1}),  # -1 (or 0): train num_train_epochs
+    "per_device_train_batch_size": ("int", {"ge": 1}),
+    "per_device_eval_batch_size": ("int", {"ge": 1}),
+    "gradient_accumulation_steps": ("int", {"ge": 1}),
+    "max_length": ("int | None", {"ge": 2}),  # TRL drops every pair whose prompt alone fills it
+    "warmup_steps": ("float", {"ge": 0}),
+    "weight_decay": ("float", {"ge": 0}),
+    "adam_beta1": ("float", {"ge": 0, "lt": 1}),
+    "adam_beta2": ("float", {"ge": 0, "lt": 1}),
+    "adam_epsilon": ("float", {"gt": 0}),
+    "max_grad_norm": ("float", {"ge": 0}),  # 0: no clipping (transformers); NaN would poison every weight
+    "label_smoothing_factor": ("float", {"ge": 0, "lt": 1}),
+    "seed": ("int", {"ge": 0, "le": 2**32 - 1}),
+    "data_seed": ("int | None", {"ge": 0, "le": 2**32 - 1}),
+    "logging_steps": ("float", {"gt": 0}),
+    "save_steps": ("float", {"gt": 0}),
+    "eval_steps": ("float | None", {"gt": 0}),
+    "dataloader_num_workers": ("int", {"ge": 0}),
+    "dataset_num_proc": ("int | None", {"ge": 1}),
+    "torch_empty_cache_steps": ("int | None", {"ge": 1}),
+    "neftune_noise_alpha": ("float | None", {"ge": 0}),
+    # the DPO loss
+    "beta": ("float", {"gt": 0}),
+    "label_smoothing": ("float", {"ge": 0, "le": 0.5}),
+    "loss_weights": ("list | None", {"ge": 0}),
+    "ld_alpha": ("float | None", {"ge": 0, "le": 1}),
+    "f_alpha_divergence_coef": ("float", {"gt": 0}),
+    "discopop_tau": ("float", {"gt": 0}),
+    "ref_model_mixup_alpha": ("float", {"ge": 0, "le": 1}),
+    "ref_model_sync_steps": ("int", {"ge": 1}),
+}
+
+
+def _rule_applies(training, key: str) -> bool:
+    """Whether ``key`` is used at all: ``max_steps > 0`` makes transformers ignore ``num_train_epochs``."""
+    return not (key == "num_train_epochs" and (getattr(training, "max_steps", -1) or -1) > 0)
+
+
+def training_problem(key: str, value, annotation: str, bounds: dict) -> str | None:
+    """Why ``value`` cannot train as ``key`` (``TRAINING_RULES``), or None."""
+    from eva_plugin.typed import range_problem, type_problem
+
+    problem = type_problem(annotation, value)
+    if problem is None and isinstance(value, (list, tuple)):
+        items = [range_problem(bounds, v) or type_problem("float", v) for v in value]
+        problem = next((f"items {p}" for p in items if p), None)
+    return problem or range_problem(bounds, value)
+
+
+def check_training(training) -> None:
+    """Every ``TRAINING_RULES`` key of the parsed trainer config (recipe and command line alike), before
+    any model loads: one line naming the key, its value and the range it must be in."""
+    for key, (annotation, bounds) in TRAINING_RULES.items():
+        if not hasattr(training, key) or not _rule_applies(training, key):
+            continue
+        problem = training_problem(key, getattr(training, key), annotation, bounds)
+        if problem:
+            hint = " (or set max_steps > 0)" if key == "num_train_epochs" else ""
+            raise RecipeError(f"`{key}` {problem}{hint}; change it in the recipe or on the command line")
+
+
+#: config.json keys that give a model's context length (the first one present counts).
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
+
+
+def context_length(model: str | None) -> int | None:
+    """A model's context length from its ``config.json`` (a local folder or the hub cache), read without
+    loading the model; None when there is no such file or it names no length."""
+    import json
+    from pathlib import Path
+
+    if not model:
+        return None
+    path = Path(model).expanduser() / "config.json"
+    if not path.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model, "config.json")
+        except Exception:  # not a valid repo id
+            return None
+        if not isinstance(cached, str):
+            return None
+        path = Path(cached)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # an unreadable config is refused where the model loads
+    for block in (config, config.get("text_config") or {}) if isinstance(config, dict) else ():
+        for key in CONTEXT_KEYS:
+            if isinstance(block, dict) and isinstance(block.get(key), int) and block[key] > 0:
+                return block[key]
+    return None
+
+
+def generation_budgets(recipe_model: str | None, eva: EvaArguments) -> list[tuple[str, int, str | None, str]]:
+    """(recipe key, new tokens asked for, the model that generates them, whose model it is) for every
+    sampling the run does with a local model (an ``openai`` backend's server knows its own limit): the
+    policy's responses, the evolver's rewrites (the policy when ``evolver_model`` is null), the
+    rewriter's (``generation.max_new_tokens`` × the ratio, by the evolver) and the judge's."""
+    import math
+
+    evolver = (eva.evolver_model, "evolver's") if eva.evolver_model else (recipe_model, "policy's")
+    budgets = [("eva.generation.max_new_tokens", eva.generation, eva.generation.max_new_tokens, recipe_model,
+                "policy's"),
+               ("eva.evolver_generation.max_new_tokens", eva.evolver_generation,
+                eva.evolver_generation.max_new_tokens, *evolver)]
+    if eva.rewriter:
+        budgets.append(("eva.generation.max_new_tokens × eva.rewriter_max_length_ratio", eva.evolver_generation,
+                        math.ceil(eva.generation.max_new_tokens * eva.rewriter_max_length_ratio), *evolver))
+    if eva.judge_model:
+        budgets.append(("eva.judge_generation.max_new_tokens", eva.judge_generation,
+                        eva.judge_generation.max_new_tokens, eva.judge_model, "judge's"))
+    return [(key, asked, model, whose) for key, gen, asked, model, whose in budgets if gen.backend != "openai"]
+
+
+def check_generation_room(recipe_model: str | None, eva: EvaArguments, creator: str | None) -> None:
+    """Every ``max_new_tokens`` of an EVA run leaves room for a prompt in the context of the model that
+    generates (its ``config.json``), before any model loads; a model whose length is unknown is not checked."""
+    if creator is None:
+        return  # a plain DPO round samples nothing
+    for key, asked, model, whose in generation_budgets(recipe_model, eva):
+        context = context_length(model)
+        if context is not None and asked >= context:
+            raise RecipeError(f"`{key}` asks for {asked} new tokens but the {whose} context ({model}) holds "
+                              f"{context} tokens, prompt included; lower it below {context}")

@@ -8,6 +8,7 @@ imports): every field's ``help`` and default feed ``--help`` and the table in do
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import InitVar, dataclass, field
 from typing import Any
 
@@ -70,6 +71,7 @@ class GenerationArguments:
 
     def __post_init__(self, key: str) -> None:
         check_fields(self, key)
+        check_finite(self, key)
         checks = [
             (0 < self.top_p <= 1, f"{key}.top_p must be in (0, 1]"),
             (self.temperature >= 0, f"{key}.temperature must be >= 0"),
@@ -91,6 +93,15 @@ def _evolver_generation() -> GenerationArguments:
 def _judge_generation() -> GenerationArguments:
     # a rating is one number: greedy, a few tokens of room for a model that writes "Rating: 4"
     return GenerationArguments(temperature=0.0, top_p=1.0, max_new_tokens=16, key="eva.judge_generation")
+
+
+def check_finite(obj: Any, where: str) -> None:
+    """Every float field of the dataclass ``obj`` finite: NaN passes no comparison and infinity passes
+    ``>= 0``, so the range checks alone would let them through."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise RecipeError(f"`{where}.{f.name}` must be a finite number, got {value!r}")
 
 
 def _raise_first(checks: list[tuple[bool, str]]) -> None:
@@ -319,6 +330,7 @@ class EvaArguments:
         for key, cls in NESTED.items():
             if not isinstance(getattr(self, key), cls):
                 raise RecipeError(f"`eva.{key}` must be a mapping, got {short_repr(getattr(self, key))}")
+        check_finite(self, "eva")
         check_values(self)
         from eva_plugin.checks import check_plugins
 
@@ -381,4 +393,5 @@ def check_values(args: EvaArguments) -> None:
          "eva.generation.temperature must be > 0: several responses per prompt need sampling"),
         (args.judge_size is None or args.judge_size >= 1, "eva.judge_size must be >= 1 or null"),
         (args.eval_temperature is None or args.eval_temperature >= 0, "eva.eval_temperature must be >= 0 or null"),
+        (args.seed is None or 0 <= args.seed <= 2**32 - 1, "eva.seed must be in [0, 2**32 - 1] or null"),
     ])

@@ -18,6 +18,7 @@ The one place that says how the two dialects differ:
 from __future__ import annotations
 
 import glob
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,43 @@ def _entries(value: Any, where: str, known: set[str]) -> list[dict[str, Any]]:
             raise RecipeError(f"unknown key(s) {', '.join(unknown)} in `{where}`; known: {', '.join(sorted(known))}")
         if not (d.get("id") or d.get("path")):
             raise RecipeError(f"every entry of `{where}` needs `{'id' if 'id' in known else 'path'}`")
+        for key, problem in ((k, _entry_type_problem(k, d[k])) for k in d):
+            if problem:
+                raise RecipeError(f"`{where}[].{key}` {problem}")
+    return value
+
+
+#: The type each entry key must have (``typed.type_problem``); ``data_files`` is a string, list or mapping.
+_ENTRY_TYPES = {"id": "str", "path": "str", "config": "str | None", "name": "str | None", "split": "str",
+                "data_dir": "str | None", "columns": "list | None", "weight": "float | None",
+                "fraction": "float | None"}
+
+
+def _entry_type_problem(key: str, value: Any) -> str | None:
+    from eva_plugin.typed import type_problem
+
+    if key == "columns" and isinstance(value, list) and not all(isinstance(c, str) for c in value):
+        return f"must be a list of column names, got {value!r}"
+    return type_problem(_ENTRY_TYPES[key], value) if key in _ENTRY_TYPES else None
+
+
+def _seed(value: Any, where: str) -> int:
+    """A shuffle seed: an int in [0, 2**32 - 1] (numpy's range); null is 0."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 2**32 - 1:
+        raise RecipeError(f"`{where}` must be an int in [0, 2**32 - 1], got {value!r}")
+    return value
+
+
+def _test_size(value: Any, where: str) -> float | int | None:
+    """A held-out share in (0, 1) or a row count >= 1 (``datasets.train_test_split``'s ``test_size``)."""
+    if value is None:
+        return None
+    fits = not isinstance(value, bool) and (isinstance(value, int) and value >= 1 or
+                                            isinstance(value, float) and 0 < value < 1)
+    if not fits:
+        raise RecipeError(f"`{where}` must be a share in (0, 1) or a number of rows >= 1, got {value!r}")
     return value
 
 
@@ -103,8 +141,8 @@ def _share(value: Any, where: str) -> float:
         share = float(value)
     except (TypeError, ValueError):
         raise RecipeError(f"`{where}` must be a number, got {value!r}") from None
-    if share < 0:
-        raise RecipeError(f"`{where}` must be >= 0, got {share}")
+    if isinstance(value, bool) or not math.isfinite(share) or share < 0:
+        raise RecipeError(f"`{where}` must be a finite number >= 0, got {value!r}")
     return share
 
 
@@ -122,7 +160,8 @@ def _handbook_mixture(mixture: Any) -> Mixture:
         specs.append(DatasetSpec(path=d.get("id") or d["path"], config=d.get("config"), split=d.get("split", "train"),
                                  columns=d.get("columns"), weight=weight, data_files=d.get("data_files"),
                                  data_dir=d.get("data_dir")))
-    return Mixture(specs, int(mixture.get("seed") or 0), mixture.get("test_split_size"), HANDBOOK)
+    return Mixture(specs, _seed(mixture.get("seed"), "dataset_mixture.seed"),
+                   _test_size(mixture.get("test_split_size"), "dataset_mixture.test_split_size"), HANDBOOK)
 
 
 def _trl_mixture(entries: Any) -> list[DatasetSpec]:
@@ -140,7 +179,7 @@ def _trl_mixture(entries: Any) -> list[DatasetSpec]:
 
 def read_mixture(cfg: dict[str, Any], notes: list[str]) -> Mixture:
     """Pop the dataset keys of a recipe (either dialect, or the old ``dataset_mixer``) into a ``Mixture``."""
-    test_size = cfg.pop("test_split_size", None)
+    test_size = _test_size(cfg.pop("test_split_size", None), "test_split_size")
     mixture = cfg.pop("dataset_mixture", None)
     mixer = cfg.pop("dataset_mixer", None)
     splits = cfg.pop("dataset_splits", None)

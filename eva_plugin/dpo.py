@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from eva_plugin.checks import check_model_paths
+from eva_plugin.checks import check_generation_room, check_model_paths
 from eva_plugin.command_line import parse_command
 from eva_plugin.errors import EvaError
 from eva_plugin.recipe import Recipe, build_recipe
@@ -26,6 +26,7 @@ def plain_dpo(recipe: Recipe) -> None:
 
     from eva_plugin.data import load_preferences
     from eva_plugin.modeling import model_kwargs
+    from eva_plugin.solver.training import check_trained
 
     training, model_args = recipe.training, recipe.model
     training.model_init_kwargs = {
@@ -48,7 +49,8 @@ def plain_dpo(recipe: Recipe) -> None:
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    output = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    check_trained(trainer, output.global_step)  # NaN weights or no step: nothing saved over output_dir
     trainer.save_model(training.output_dir)
     if trainer.accelerator.is_main_process:
         trainer.processing_class.save_pretrained(training.output_dir)
@@ -152,6 +154,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m eva_plugin.dpo
         recipe = build_recipe(command)
         check_stop_after(recipe, command.stop_after)
         check_model_paths(recipe.model.model_name_or_path or None, recipe.eva, recipe.creator)  # before any loads
+        check_generation_room(recipe.model.model_name_or_path or None, recipe.eva, recipe.creator)
         setup_logging(recipe)
         run_recipe(recipe, stop_after=command.stop_after, overwrite_stale=command.overwrite_stale)
     except EvaError as err:

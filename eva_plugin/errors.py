@@ -24,5 +24,10 @@ class StaleArtifactError(EvaError, RuntimeError):
     """A finished stage was made with a different configuration than the current recipe."""
 
 
+class TrainingError(EvaError, RuntimeError):
+    """A training round that cannot give a usable policy (no optimiser step, weights not finite): the
+    policy is not published, the stages before it are kept."""
+
+
 class StopAfterStage(Exception):
     """Not an error: ``--stop_after`` ends a run right after the named stage finished."""

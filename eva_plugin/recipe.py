@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from eva_plugin.checks import hub_offline
+from eva_plugin.checks import check_training, hub_offline
 from eva_plugin.command_line import Command, apply_overrides, parse_command
 from eva_plugin.config import CREATORS, EvaArguments, eva_arguments
 from eva_plugin.dataset_mixture import HANDBOOK, TRL, DatasetSpec, read_mixture
@@ -246,6 +246,7 @@ def build_recipe(command: Command) -> Recipe:
         script, training, model = parser.parse_args_into_dataclasses(args=rest)
     except (ValueError, TypeError) as err:
         raise RecipeError(f"recipe {config_path}: {str(err).splitlines()[0] if str(err) else err!r}") from None
+    check_training(training)
     _attention_fallback(model, notes)
     _hub_push(training, notes)
     specs, mixture_dialect, mixture_seed = mixture.datasets, mixture.dialect, mixture.seed

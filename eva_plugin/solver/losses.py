@@ -22,6 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from eva_plugin.errors import RecipeError
+from eva_plugin.typed import range_problem
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,13 @@ LOSSES: dict[str, Loss] = {
     "sppo_hard": Loss("dpo", "sppo_hard", {"beta": 0.001, "nll_alpha": 0.0}),
     "simpo": Loss("cpo", "simpo", {"beta": 10.0, "gamma": 5.0, "nll_alpha": 0.0}, uses_reference=False),
     "orpo": Loss("orpo", None, {"lambda": 0.5}, uses_reference=False),
+}
+
+#: The range of each knob (``typed.range_problem``): beta scales the log-ratio (0 or less cannot learn a
+#: preference), a margin or weight below 0 turns the loss around, DPO's label smoothing is at most 0.5.
+KNOB_RANGES: dict[str, dict[str, float]] = {
+    "beta": {"gt": 0}, "gamma": {"ge": 0}, "lambda": {"gt": 0}, "nll_alpha": {"ge": 0},
+    "label_smoothing": {"ge": 0, "le": 0.5},
 }
 
 #: ``eva.loss: null`` with a recipe ``loss_type``: the recipe's own DPOConfig loss, untouched.
@@ -69,6 +77,10 @@ def loss_knobs(name: str | None, loss_args: dict, recipe_beta: float | None = No
     if recipe_beta is not None and row.trainer in ("dpo", "sppo") and name is not None:
         knobs["beta"] = float(recipe_beta)
     knobs.update({k: float(v) for k, v in loss_args.items()})
+    for key, value in knobs.items():
+        problem = range_problem(KNOB_RANGES.get(key, {}), value)
+        if problem:
+            raise RecipeError(f"`eva.loss_args.{key}` {problem}")
     return knobs
 
 

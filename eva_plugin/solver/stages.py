@@ -20,6 +20,7 @@ from eva_plugin.content import local_id
 from eva_plugin.context import Iteration, Stage, as_dict
 from eva_plugin.creator.mixing import plan_mix
 from eva_plugin.data import prompt_id
+from eva_plugin.errors import TrainingError
 from eva_plugin.generation.completions import Completions
 from eva_plugin.prompt_sets import buffer_source, creator_input, prompt_set_id, seed_split, split_index
 from eva_plugin.runtime import EVERY, SHARED
@@ -205,9 +206,13 @@ class Policy(Stage):
         # in memory: the trainer's tokenising map must not write cache files into the artifact
         pairs = it.load(self.source(it), keep_in_memory=True)
         recipe = it.run.recipe
-        stats = train_round(pairs, policy_path=it.run.policy_path(it.t - 1), reference_path=it.run.reference_path(it.t),
-                            training=recipe.training, model_args=recipe.model, save_dir=tmp, loss=it.eva.loss,
-                            knobs=recipe.loss_knobs(), attach=lambda trainer: it.run.tracker.attach(trainer, it.t))
+        try:
+            stats = train_round(pairs, policy_path=it.run.policy_path(it.t - 1),
+                                reference_path=it.run.reference_path(it.t), training=recipe.training,
+                                model_args=recipe.model, save_dir=tmp, loss=it.eva.loss, knobs=recipe.loss_knobs(),
+                                attach=lambda trainer: it.run.tracker.attach(trainer, it.t))
+        except TrainingError as err:  # nothing published; the stages before it are kept
+            raise TrainingError(f"iter_{it.t}/policy not published: {err}") from None
         shutil.rmtree(tmp / "trainer_state", ignore_errors=True)
         return StageResult(None, {"rows": len(pairs), **stats},
                            note=f"trained on {len(pairs)} pairs (loss {stats['train_loss']:.4f})")

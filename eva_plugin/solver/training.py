@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from datasets import Dataset
 
+from eva_plugin.errors import TrainingError
 from eva_plugin.modeling import load_causal_lm, load_tokenizer, model_kwargs, pick_device, quantized, release
 from eva_plugin.solver.losses import loss_knobs, pair_columns, round_config, spec, trainer_class, trainer_kwargs
 from eva_plugin.tracking import continued
@@ -39,6 +40,45 @@ def round_arguments(training, output_dir: Path):
     if torch.device(pick_device()).type == "cpu":
         args.dataloader_pin_memory = False  # nothing to pin for
     return args
+
+
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    """Names of the parameters holding a NaN or an infinity (this process's shard under ZeRO-3)."""
+    with torch.no_grad():
+        return [name for name, p in model.named_parameters()
+                if not bool(torch.isfinite(getattr(p, "ds_tensor", p).detach()).all())]
+
+
+def unusable_round(steps: int, nonfinite: list[str], total: int) -> str | None:
+    """Why a trained round must not be published as a policy, or None."""
+    if steps == 0:
+        return ("training took no optimiser step, so the policy would be the previous one unchanged; check "
+                "num_train_epochs / max_steps against the number of pairs")
+    if nonfinite:
+        return (f"training left {len(nonfinite)} of {total} weight tensors NaN or infinite (first: {nonfinite[0]}); "
+                "lower learning_rate (or check beta, weight_decay, max_grad_norm) and rerun")
+    return None
+
+
+def check_trained(trainer, steps: int) -> None:
+    """Refuse (``TrainingError``, on every process alike) a round that took no step or left a weight
+    that is not finite: the caller publishes nothing, the earlier stages stay."""
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    bad = nonfinite_parameters(model)
+    flags = torch.tensor([len(bad)], device=trainer.accelerator.device)
+    if int(trainer.accelerator.reduce(flags, reduction="sum").item()) and not bad:
+        bad = ["(on another process)"]
+    problem = unusable_round(steps, bad, sum(1 for _ in model.parameters()))
+    if problem:
+        raise TrainingError(problem)
+
+
+def check_trainable(trainer, pairs: int) -> None:
+    """Refuse a round whose pairs TRL all dropped: every prompt alone fills ``max_length`` (TRL drops such
+    a pair, its response would be cut off entirely)."""
+    if len(trainer.train_dataset) == 0:
+        raise TrainingError(f"max_length {trainer.args.max_length} leaves no room for a response: the prompt of "
+                            f"each of the {pairs} pairs alone is as long; raise max_length")
 
 
 def parameter_checksum(model: torch.nn.Module) -> float:
@@ -116,7 +156,9 @@ def train_round(
     reference_checksum = parameter_checksum(ref) if ref is not None else None
     # the reference's log-prob of the first pair's chosen response: shows which model it is
     probe = sequence_logp(ref, tokenizer, pairs[0]["prompt"], pairs[0]["chosen"]) if ref is not None else None
+    check_trainable(trainer, len(pairs))
     output = trainer.train()
+    check_trained(trainer, output.global_step)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     last = logs[-1] if logs else {}
     if hasattr(trainer.model, "merge_and_unload"):
