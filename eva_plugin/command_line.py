@@ -17,9 +17,11 @@ from typing import Any
 
 import yaml
 
+from eva_plugin import recipe_yaml
 from eva_plugin.config import NESTED, EvaArguments, GenerationArguments
 from eva_plugin.errors import RecipeError
 from eva_plugin.legacy_keys import DROPPED, RENAMED
+from eva_plugin.typed import short_repr
 
 
 @dataclass
@@ -49,10 +51,10 @@ def eva_flags() -> list[str]:
 
 def _yaml_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return recipe_yaml.load(text)
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise argparse.ArgumentTypeError(f"{text!r} is not a YAML value ({problem})") from None
+        raise argparse.ArgumentTypeError(f"{short_repr(text)} is not a YAML value ({problem})") from None
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -120,7 +122,7 @@ def apply_overrides(eva_block: dict[str, Any], overrides: dict[str, Any]) -> dic
             if inner is None:
                 inner = {}
             if not isinstance(inner, dict):
-                raise RecipeError(f"--eva.{dotted}: `eva.{part}` is {inner!r}, not a mapping")
+                raise RecipeError(f"--eva.{dotted}: `eva.{part}` is {short_repr(inner)}, not a mapping")
             target[part] = inner = dict(inner)
             target = inner
         target[last] = value
