@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,7 +288,12 @@ def build_recipe(command: Command) -> Recipe:
     parser.error = refuse  # type: ignore[method-assign]
     parser.set_defaults_with_config(**cfg)
     try:
-        script, training, model = parser.parse_args_into_dataclasses(args=rest)
+        with warnings.catch_warnings():
+            # transformers 5 still honours the Handbook's `gradient_checkpointing*` keys (they mirror
+            # `activation_checkpointing*`); its FutureWarning would come before any error line
+            warnings.filterwarnings("ignore", message=r"`gradient_checkpointing(_kwargs)?` is deprecated",
+                                    category=FutureWarning)
+            script, training, model = parser.parse_args_into_dataclasses(args=rest)
     except (ValueError, TypeError) as err:
         raise RecipeError(f"recipe {config_path}: {str(err).splitlines()[0] if str(err) else err!r}") from None
     check_run_name(training.run_name)
