@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,9 @@ def train_round(
     reference_checksum = parameter_checksum(ref) if ref is not None else None
     # the reference's log-prob of the first pair's chosen response: shows which model it is
     probe = sequence_logp(ref, tokenizer, pairs[0]["prompt"], pairs[0]["chosen"]) if ref is not None else None
-    output = trainer.train()
+    with warnings.catch_warnings():  # TRL reads the deprecated alias; transformers 5 warns on each round
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        output = trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     last = logs[-1] if logs else {}
     if hasattr(trainer.model, "merge_and_unload"):
