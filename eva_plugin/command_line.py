@@ -52,6 +52,8 @@ def eva_flags() -> list[str]:
 def _yaml_value(text: str) -> Any:
     try:
         return recipe_yaml.load(text)
+    except recipe_yaml.RecipeYAMLError as err:
+        raise argparse.ArgumentTypeError(err.problem) from None
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise argparse.ArgumentTypeError(f"{short_repr(text)} is not a YAML value ({problem})") from None
