@@ -17,7 +17,7 @@ from test_openai_backend import Server
 
 from eva_plugin import secrets
 from eva_plugin.errors import RecipeError
-from eva_plugin.recipe import env_names, load_recipe
+from eva_plugin.recipe import load_recipe
 
 OPENAI = {"backend": "openai", "options": {"base_url": "http://localhost:1/v1"}}
 
@@ -138,6 +138,8 @@ def test_env_allow_lets_a_redirecting_variable_through(write_recipe, monkeypatch
 
 
 def test_env_names_are_checked_before_any_is_set():
+    from eva_plugin.recipe import env_names
+
     with pytest.raises(RecipeError, match="HF_ENDPOINT"):
         env_names({"OMP_NUM_THREADS": 1, "HF_ENDPOINT": "http://x"}, [])
     assert env_names({"HTTPS_PROXY": "http://p"}, ["https_proxy"]) == {"HTTPS_PROXY"}

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from catalogue import Case, Ctx, ModelLoaded, assert_case, install_model_spy, raw, recipe, write
 
-from eva_plugin import cli, dpo, recipe_yaml
+from eva_plugin import cli, dpo
 from eva_plugin.command_line import apply_overrides
-from eva_plugin.errors import RecipeError, one_line
+from eva_plugin.errors import RecipeError
 from eva_plugin.legacy_keys import DROPPED, RENAMED
 from eva_plugin.recipe import load_recipe
 
@@ -152,6 +152,8 @@ def test_bad_input_is_one_line(case, tmp_path, write_recipe, prompts_file, model
 
 
 def test_a_bomb_is_refused_in_time_proportional_to_the_file():
+    from eva_plugin import recipe_yaml
+
     start = time.perf_counter()
     with pytest.raises(recipe_yaml.RecipeYAMLError, match="expands to more than"):
         recipe_yaml.load(BOMB_FILE)
@@ -161,6 +163,8 @@ def test_a_bomb_is_refused_in_time_proportional_to_the_file():
 
 
 def test_what_yaml_allows_still_loads():
+    from eva_plugin import recipe_yaml
+
     text = ("base: &base {lr: 0.1, seed: 1}\nrun:\n  <<: *base\n  seed: 2\nlist: [*base, *base]\n"
             "same_key_elsewhere: {seed: 3}\n")
     assert recipe_yaml.load(text) == {"base": {"lr": 0.1, "seed": 1}, "run": {"lr": 0.1, "seed": 2},
@@ -172,6 +176,8 @@ def test_what_yaml_allows_still_loads():
 
 def test_an_error_line_never_floods(write_recipe, capsys, monkeypatch):
     """A value of 20,000 items is named in a few dozen characters (and any line is capped)."""
+    from eva_plugin.errors import one_line
+
     monkeypatch.chdir(write_recipe().parent)
     install_model_spy(monkeypatch)
     assert dpo.main(_huge_value(Ctx(write_recipe().parent, write_recipe, Path(), {}))) == 2
