@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from eva_plugin import plugins
 from eva_plugin.errors import RecipeError
+from eva_plugin.typed import short_repr
 
 if TYPE_CHECKING:
     from eva_plugin.config import EvaArguments
@@ -48,18 +49,18 @@ def check_plugins(eva: EvaArguments) -> None:
 
     for key, value in eva.loss_args.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"`eva.loss_args.{key}` must be a number, got {value!r}")
+            raise RecipeError(f"`eva.loss_args.{key}` must be a number, got {short_repr(value)}")
         if not math.isfinite(value):
-            raise RecipeError(f"`eva.loss_args.{key}` must be a finite number, got {value!r}")
+            raise RecipeError(f"`eva.loss_args.{key}` must be a finite number, got {short_repr(value)}")
     if eva.loss is not None:  # null: settled against the recipe's `loss_type` (recipe.read_eva_side)
         loss_knobs(eva.loss, eva.loss_args)
     if eva.weighting not in WEIGHTINGS:
-        raise RecipeError(f"unknown eva.weighting {eva.weighting!r}; known: {', '.join(WEIGHTINGS)}")
+        raise RecipeError(f"unknown eva.weighting {short_repr(eva.weighting)}; known: {', '.join(WEIGHTINGS)}")
     for kind, key in PLUGIN_KEYS:
         name = _value(eva, key)
         if name not in plugins.registry(kind):
             known = ", ".join(plugins.names(kind))
-            raise RecipeError(f"unknown eva.{key} {name!r}; known: {known} (`eva plugins` lists them)")
+            raise RecipeError(f"unknown eva.{key} {short_repr(name)}; known: {known} (`eva plugins` lists them)")
     check_inline_secrets(eva)
     for kind, name, values, where in plugin_options(eva):
         plugins.parse_options(kind, name, values, where)

@@ -60,6 +60,10 @@ def report_command(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:  # verbatim: argparse would reorder `--config X` behind the bare words
+        from eva_plugin import dpo
+
+        return dpo.main(argv[1:], prog="eva run RECIPE")
     parser = argparse.ArgumentParser(prog="eva", description="EVA iterative preference optimisation for TRL recipes")
     sub = parser.add_subparsers(dest="command", required=True)
     # everything after `run` is eva_plugin.dpo's command line (eva_plugin.command_line), `--help` included

@@ -17,9 +17,11 @@ from typing import Any
 
 import yaml
 
+from eva_plugin import recipe_yaml
 from eva_plugin.config import NESTED, EvaArguments, GenerationArguments
 from eva_plugin.errors import RecipeError
 from eva_plugin.legacy_keys import DROPPED, RENAMED
+from eva_plugin.typed import short_repr
 
 
 @dataclass
@@ -49,10 +51,12 @@ def eva_flags() -> list[str]:
 
 def _yaml_value(text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return recipe_yaml.load(text)
+    except recipe_yaml.RecipeYAMLError as err:
+        raise argparse.ArgumentTypeError(err.problem) from None
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise argparse.ArgumentTypeError(f"{text!r} is not a YAML value ({problem})") from None
+        raise argparse.ArgumentTypeError(f"{short_repr(text)} is not a YAML value ({problem})") from None
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -88,6 +92,9 @@ def parse_command(argv: list[str], prog: str = "python -m eva_plugin.dpo") -> Co
     values = vars(namespace)
     if recipe and values["config"] and recipe != values["config"]:
         raise RecipeError(f"two recipes given ({recipe} and --config {values['config']}); pass one")
+    other = _bare_recipe(rest)
+    if other and (values["config"] or recipe):
+        raise RecipeError(f"two recipes given ({values['config'] or recipe} and {other}); pass one")
     unknown_eva = [a.split("=", 1)[0] for a in rest if a.startswith("--eva.")]
     if unknown_eva:
         raise RecipeError(f"unknown flag {unknown_eva[0]}: not an eva key (`--help` lists them; options mappings "
@@ -108,19 +115,36 @@ def parse_command(argv: list[str], prog: str = "python -m eva_plugin.dpo") -> Co
     return command
 
 
+def _bare_recipe(rest: list[str]) -> str | None:
+    """A YAML file name among the words argparse left for TRL that is no flag's value: a second recipe."""
+    for i, word in enumerate(rest):
+        follows_flag = i > 0 and rest[i - 1].startswith("--") and "=" not in rest[i - 1]
+        if word.lower().endswith((".yaml", ".yml")) and not word.startswith("-") and not follows_flag:
+            return word
+    return None
+
+
 def apply_overrides(eva_block: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """The recipe's ``eva:`` mapping with the command line's ``--eva.KEY`` values set; a value replaces the
-    recipe's whole value (``--eva.generation.options '{…}'`` replaces the options mapping)."""
+    recipe's whole value (``--eva.generation.options '{…}'`` replaces the options mapping). A block set on the
+    command line is applied before the keys set inside it, whatever their order; a key inside a block that
+    the command line sets to something other than a mapping is refused (one of the two flags is wrong)."""
     block = dict(eva_block)
-    for dotted, value in overrides.items():
+    for dotted, value in sorted(overrides.items(), key=lambda item: item[0].count(".")):
         *parents, last = dotted.split(".")
         target = block
-        for part in parents:
+        for depth, part in enumerate(parents):
             inner = target.get(part)
+            parent = ".".join(parents[:depth + 1])
+            if parent in overrides and not isinstance(overrides[parent], dict):
+                given = "null" if overrides[parent] is None else short_repr(overrides[parent])
+                raise RecipeError(f"--eva.{dotted} sets a key inside `eva.{parent}`, but --eva.{parent} sets it "
+                                  f"to {given}; drop one flag or give the block as a "
+                                  f"mapping (--eva.{parent} '{{{last}: …}}')")
             if inner is None:
                 inner = {}
             if not isinstance(inner, dict):
-                raise RecipeError(f"--eva.{dotted}: `eva.{part}` is {inner!r}, not a mapping")
+                raise RecipeError(f"--eva.{dotted}: `eva.{part}` is {short_repr(inner)}, not a mapping")
             target[part] = inner = dict(inner)
             target = inner
         target[last] = value

@@ -7,9 +7,11 @@ loads and mixes a TRL ``datasets:`` list whenever it can read every entry; local
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +54,8 @@ def load_spec(spec: DatasetSpec) -> Dataset:
         if builder in ("json", "csv"):
             _check_utf8(spec.path, builder)
         try:
-            ds = load_dataset(builder, data_files=spec.path, split="train")
+            with _reader_errors_reported_here():
+                ds = load_dataset(builder, data_files=spec.path, split="train")
         except Exception as err:  # datasets wraps the reader's error; find the real cause
             raise RecipeError(_diagnose_file(spec.path, builder, err)) from None
     else:
@@ -62,6 +65,25 @@ def load_spec(spec: DatasetSpec) -> Dataset:
         except Exception as err:  # datasets raises many types for "not found / offline"
             raise RecipeError(_unreadable(spec, err)) from None
     return _select_columns(ds, spec)
+
+
+class _DropReaderError(logging.Filter):
+    """Drops the JSON reader's own error log ("Failed to load JSON from file …")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to load JSON from file")
+
+
+@contextlib.contextmanager
+def _reader_errors_reported_here() -> Iterator[None]:
+    """Hold back the JSON reader's error log while a local file loads: ``_diagnose_file`` reports the same
+    fault as one line naming the file's line."""
+    reader, drop = logging.getLogger("datasets.packaged_modules.json.json"), _DropReaderError()
+    reader.addFilter(drop)
+    try:
+        yield
+    finally:
+        reader.removeFilter(drop)
 
 
 def _check_not_empty(path: str) -> None:

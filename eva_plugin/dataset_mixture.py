@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from eva_plugin.errors import RecipeError
+from eva_plugin.typed import short_repr
 
 HANDBOOK, TRL = "handbook", "trl"
 
@@ -89,7 +90,7 @@ _TRL_ENTRY = {"path", "name", "data_dir", "data_files", "split", "columns", "fra
 
 def _entries(value: Any, where: str, known: set[str]) -> list[dict[str, Any]]:
     if not isinstance(value, list) or not all(isinstance(d, dict) for d in value):
-        raise RecipeError(f"`{where}` must be a list of mappings, got {value!r}")
+        raise RecipeError(f"`{where}` must be a list of mappings, got {short_repr(value)}")
     for d in value:
         unknown = sorted(set(d) - known)
         if unknown:
@@ -140,15 +141,15 @@ def _share(value: Any, where: str) -> float:
     try:
         share = float(value)
     except (TypeError, ValueError):
-        raise RecipeError(f"`{where}` must be a number, got {value!r}") from None
+        raise RecipeError(f"`{where}` must be a number, got {short_repr(value)}") from None
     if isinstance(value, bool) or not math.isfinite(share) or share < 0:
-        raise RecipeError(f"`{where}` must be a finite number >= 0, got {value!r}")
+        raise RecipeError(f"`{where}` must be a finite number >= 0, got {short_repr(value)}")
     return share
 
 
 def _handbook_mixture(mixture: Any) -> Mixture:
     if not isinstance(mixture, dict):
-        raise RecipeError(f"`dataset_mixture` must be a mapping with `datasets:`, got {mixture!r}")
+        raise RecipeError(f"`dataset_mixture` must be a mapping with `datasets:`, got {short_repr(mixture)}")
     entries = _entries(mixture.get("datasets") or [], "dataset_mixture.datasets", _HANDBOOK_ENTRY)
     specs = []
     for d in entries:
@@ -199,7 +200,7 @@ def read_mixture(cfg: dict[str, Any], notes: list[str]) -> Mixture:
     specs: list[DatasetSpec] = []
     if mixer:
         if not isinstance(mixer, dict):
-            raise RecipeError(f"`dataset_mixer` must map dataset ids to weights, got {mixer!r}")
+            raise RecipeError(f"`dataset_mixer` must map dataset ids to weights, got {short_repr(mixer)}")
         train_splits = [s for s in (splits or ["train"]) if "test" not in s] or ["train"]
         configs = configs or [None] * len(mixer)
         for (name, weight), conf in zip(mixer.items(), configs):

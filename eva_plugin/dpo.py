@@ -14,7 +14,7 @@ import sys
 
 from eva_plugin.checks import check_generation_room, check_model_paths
 from eva_plugin.command_line import parse_command
-from eva_plugin.errors import EvaError
+from eva_plugin.errors import EvaError, one_line
 from eva_plugin.recipe import Recipe, build_recipe
 
 logger = logging.getLogger("eva_plugin")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m eva_plugin.dpo
         run_recipe(recipe, stop_after=command.stop_after, overwrite_stale=command.overwrite_stale)
     except EvaError as err:
         if os.environ.get("RANK", "0") == "0":  # every process fails alike: one line is enough
-            print(f"eva: error: {err}", file=sys.stderr)
+            print(f"eva: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # finished stages are on disk, the unfinished one is rebuilt on resume
         if os.environ.get("RANK", "0") == "0":

@@ -31,3 +31,13 @@ class TrainingError(EvaError, RuntimeError):
 
 class StopAfterStage(Exception):
     """Not an error: ``--stop_after`` ends a run right after the named stage finished."""
+
+
+#: The longest error line printed (a message that quotes a huge value is cut, never a flood).
+MAX_LINE = 1000
+
+
+def one_line(message: object, limit: int = MAX_LINE) -> str:
+    """``message`` as the one line the terminal gets: line breaks become spaces, cut at ``limit`` characters."""
+    text = " ".join(str(message).splitlines())
+    return text if len(text) <= limit else text[:limit - 1] + "…"

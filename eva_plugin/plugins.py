@@ -26,7 +26,7 @@ from eva_plugin import hookspecs
 from eva_plugin.default_plugins import MODULES, Lazy, resolve
 from eva_plugin.errors import EvaError, RecipeError, UnknownPluginError
 from eva_plugin.options import NoOptions, Options
-from eva_plugin.typed import from_mapping
+from eva_plugin.typed import from_mapping, short_repr
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def _registered(kind: str, name: str) -> Registered:
     table = registry(kind)
     if name not in table:
         known = ", ".join(sorted(table))
-        raise UnknownPluginError(f"unknown {SINGULAR[kind]} {name!r}; known: {known}")
+        raise UnknownPluginError(f"unknown {SINGULAR[kind]} {short_repr(name)}; known: {known}")
     return table[name]
 
 

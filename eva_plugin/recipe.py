@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from eva_plugin import recipe_yaml
 from eva_plugin.checks import check_training, hub_offline
 from eva_plugin.command_line import Command, apply_overrides, parse_command
 from eva_plugin.config import CREATORS, EvaArguments, eva_arguments
@@ -24,6 +26,7 @@ from eva_plugin.dataset_mixture import HANDBOOK, TRL, DatasetSpec, read_mixture
 from eva_plugin.errors import RecipeError
 from eva_plugin.legacy_keys import DROPPED, RENAMED
 from eva_plugin.output_folder import check_output_dir
+from eva_plugin.typed import short_repr
 
 logger = logging.getLogger(__name__)
 
@@ -119,11 +122,13 @@ def read_yaml(config_path: str | None) -> dict[str, Any]:
         return {}
     try:
         with open(config_path) as fh:
-            cfg = yaml.safe_load(fh) or {}
+            cfg = recipe_yaml.load(fh) or {}
     except FileNotFoundError:
         raise RecipeError(f"recipe {config_path} not found; pass --config PATH to an existing YAML") from None
     except IsADirectoryError:
         raise RecipeError(f"recipe {config_path} is a folder; pass --config PATH to a YAML file") from None
+    except recipe_yaml.RecipeYAMLError as err:
+        raise RecipeError(f"recipe {config_path}: {err.problem}") from None
     except yaml.YAMLError as err:
         raise RecipeError(f"recipe {config_path} is not valid YAML: {_first_line(err)}") from None
     except UnicodeDecodeError as err:
@@ -144,21 +149,61 @@ def _first_line(err: yaml.YAMLError) -> str:
 #: ``env:`` may set variables with these prefixes only (threads, kernels, caches, logging).
 ENV_PREFIXES = ("CUDA_", "NCCL_", "TOKENIZERS_", "OMP_", "MKL_", "PYTORCH_", "TORCH_", "HF_", "TRANSFORMERS_",
                 "WANDB_", "VLLM_")
+#: ``env:`` variables that redirect where credentials are read or sent, or where traffic goes: refused
+#: unless the recipe's ``env_allow:`` list names them (a recipe from elsewhere must not reroute a token).
+REDIRECTING = ("HF_ENDPOINT", "HF_HOME", "HF_TOKEN_PATH", "HF_STORED_TOKENS_PATH", "WANDB_BASE_URL", "WANDB_HOST",
+               "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
+REDIRECTING_SUFFIXES = ("_PROXY", "_ENDPOINT", "_BASE_URL", "_CA_BUNDLE")
 
 
-def _set_env(block: Any) -> None:
-    """The recipe's ``env:`` mapping into ``os.environ``: allow-listed prefixes (``ENV_PREFIXES``), never
-    a secret (``*_TOKEN``, ``*_API_KEY``, …: those come from the real environment) nor an offline switch."""
+def env_names(block: Any, allow: Any) -> set[str]:
+    """Check the recipe's ``env:`` mapping against the rules (``ENV_PREFIXES``, never a secret nor an
+    *_OFFLINE switch, ``REDIRECTING`` only when ``allow`` — the recipe's ``env_allow:`` list — names it);
+    the allow-listed names."""
     from eva_plugin.secrets import is_secret_key
 
     if not isinstance(block, dict):
-        raise RecipeError(f"`env` must be a mapping of environment variables, got {block!r}")
+        raise RecipeError(f"`env` must be a mapping of environment variables, got {short_repr(block)}")
+    if not isinstance(allow, list) or not all(isinstance(name, str) for name in allow):
+        raise RecipeError(f"`env_allow` must be a list of variable names, got {short_repr(allow)}")
+    allowed = {name.upper() for name in allow}
     for key in map(str, block):
-        if not key.upper().startswith(ENV_PREFIXES) or is_secret_key(key) or key.upper().endswith("_OFFLINE"):
+        if not key or "=" in key or "\0" in key:
+            raise RecipeError(f"env: {short_repr(key)} is not an environment variable name (empty, or holding "
+                              "`=` or a NUL byte); name one variable per key")
+        upper = key.upper()
+        if is_secret_key(key) or upper.endswith("_OFFLINE"):
+            raise RecipeError(f"env.{key}: a recipe may set only {', '.join(p + '*' for p in ENV_PREFIXES)} "
+                              "variables, never a secret or an *_OFFLINE switch; set it in the shell instead")
+        if upper in REDIRECTING or upper.endswith(REDIRECTING_SUFFIXES):
+            if upper in allowed:
+                continue
+            raise RecipeError(f"env.{key} redirects where credentials or traffic go; set it in the shell, or "
+                              f"list it in `env_allow: [{key}]` beside `env:` if this recipe must set it")
+        if not upper.startswith(ENV_PREFIXES):
             raise RecipeError(f"env.{key}: a recipe may set only {', '.join(p + '*' for p in ENV_PREFIXES)} "
                               "variables, never a secret or an *_OFFLINE switch; set it in the shell instead")
     for key, value in block.items():
+        if "\0" in str(value):
+            raise RecipeError(f"env.{key}: the value holds a NUL byte, which no environment variable can hold")
+    return allowed
+
+
+def _set_env(block: Any, allow: Any = None) -> None:
+    """The recipe's ``env:`` mapping into ``os.environ``, once every name passed ``env_names``."""
+    env_names(block, [] if allow is None else allow)
+    for key, value in block.items():
         os.environ[str(key)] = str(value)
+
+
+def check_run_name(run_name: Any) -> None:
+    """``run_name`` names a TensorBoard folder under ``output_dir/runs``: no path separator, no ``..``."""
+    if run_name is None:
+        return
+    name = str(run_name)
+    if "/" in name or "\\" in name or name in (".", "..") or "\0" in name:
+        raise RecipeError(f"`run_name` {short_repr(name)} holds a path separator or `..`; it names a folder "
+                          "under output_dir/runs: use a plain name (e.g. my-run-1)")
 
 
 def read_eva_side(cfg: dict[str, Any], eva_overrides: dict[str, Any], cli_creator: str | None,
@@ -168,10 +213,10 @@ def read_eva_side(cfg: dict[str, Any], eva_overrides: dict[str, Any], cli_creato
     creator = cli_creator if cli_creator is not None else creator
     creator = None if creator is None else str(creator).lower()
     if creator is not None and creator not in CREATORS:
-        raise RecipeError(f"unknown creator {creator!r}; known: {', '.join(CREATORS)} (or leave it out)")
+        raise RecipeError(f"unknown creator {short_repr(creator)}; known: {', '.join(CREATORS)} (or leave it out)")
     eva_block = cfg.pop("eva", None) or {}
     if not isinstance(eva_block, dict):
-        raise RecipeError(f"`eva` must be a mapping of eva keys, got {eva_block!r}")
+        raise RecipeError(f"`eva` must be a mapping of eva keys, got {short_repr(eva_block)}")
     eva = eva_arguments(apply_overrides(eva_block, eva_overrides))
     _resolve_loss(eva, cfg, cli_keys)
     if creator is not None and eva.reward_model is None:
@@ -224,7 +269,7 @@ def build_recipe(command: Command) -> Recipe:
             cfg.pop(old)
             notes.append(f"`{old}` ignored: {why}")
     mixture = read_mixture(cfg, notes)
-    _set_env(cfg.pop("env", None) or {})
+    _set_env(cfg.pop("env", None) or {}, cfg.pop("env_allow", None) or [])
 
     from trl import DPOConfig, ModelConfig, ScriptArguments, TrlParser  # the EVA side is checked: now TRL
 
@@ -243,10 +288,16 @@ def build_recipe(command: Command) -> Recipe:
     parser.error = refuse  # type: ignore[method-assign]
     parser.set_defaults_with_config(**cfg)
     try:
-        script, training, model = parser.parse_args_into_dataclasses(args=rest)
+        with warnings.catch_warnings():
+            # transformers 5 still honours the Handbook's `gradient_checkpointing*` keys (they mirror
+            # `activation_checkpointing*`); its FutureWarning would come before any error line
+            warnings.filterwarnings("ignore", message=r"`gradient_checkpointing(_kwargs)?` is deprecated",
+                                    category=FutureWarning)
+            script, training, model = parser.parse_args_into_dataclasses(args=rest)
     except (ValueError, TypeError) as err:
         raise RecipeError(f"recipe {config_path}: {str(err).splitlines()[0] if str(err) else err!r}") from None
     check_training(training)
+    check_run_name(training.run_name)
     _attention_fallback(model, notes)
     _hub_push(training, notes)
     specs, mixture_dialect, mixture_seed = mixture.datasets, mixture.dialect, mixture.seed
@@ -290,7 +341,8 @@ def _unknown_keys(cfg: dict[str, Any], known: set[str]) -> None:
     if not unknown:
         return
     key = unknown[0]
-    close = difflib.get_close_matches(key, sorted(known | {"eva", "creator", "env", "dataset_mixture"}), n=3)
+    ours = {"eva", "creator", "env", "env_allow", "dataset_mixture"}
+    close = difflib.get_close_matches(key, sorted(known | ours), n=3)
     hint = f"; did you mean {' or '.join(f'`{c}`' for c in close)}?" if close else \
         " (`--help` lists every key; eva keys go under `eva:`)"
     more = f" (and {len(unknown) - 1} more: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""

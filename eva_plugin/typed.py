@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -50,9 +51,15 @@ def type_problem(annotation: str, value: Any) -> str | None:
 
 
 def short_repr(value: Any, limit: int = 60) -> str:
-    """``repr(value)`` cut to ``limit`` characters (a huge value must not flood the error line)."""
-    text = repr(value)
+    """``repr(value)`` cut to ``limit`` characters (a huge value must not flood the error line); built with
+    ``reprlib``, so the time it takes does not grow with the value's size."""
+    text = _REPR.repr(value)
     return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 3, 4, 6, 6, 6
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 80, 80, 40
 
 
 def range_problem(meta: Mapping[str, Any], value: Any) -> str | None:

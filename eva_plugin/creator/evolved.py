@@ -6,9 +6,12 @@ imports the other.
 
 from __future__ import annotations
 
+import importlib
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from types import ModuleType
 
 #: Maps a list of instructions for the evolver LLM to its completions (``None`` for a failed call).
 Generate = Callable[[list[str]], list["Completion | None"]]
@@ -78,3 +81,13 @@ def feedback_context(feedback: dict | None) -> str:
         f"Its worst answer (reward {feedback['worst_reward']:.3f}) was:\n{feedback['worst']}\n"
         "Use what the answers got wrong to make the new prompt test exactly that weakness.\n\n"
     )
+
+
+def distilabel(module: str) -> ModuleType:
+    """``import_module(module)`` of distilabel (the templates are read from it at run time). Its first import
+    builds distilabel's pydantic models, and pydantic 2.12 warns about a ``Field(default=None)`` in them
+    (UnsupportedFieldAttributeWarning): harmless for the templates, and noise on stderr, so held back here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"The '\w+' attribute with value .* `Field\(\)` function",
+                                category=UserWarning, module=r"pydantic\.")
+        return importlib.import_module(module)

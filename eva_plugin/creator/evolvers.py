@@ -39,6 +39,7 @@ from eva_plugin.creator.evolved import (
     Completion,
     EvolvedPrompt,
     Generate,
+    distilabel,
     evolved_status,
     feedback_context,
     text_of,
@@ -99,16 +100,12 @@ def parse_evolved(output: str | None) -> str | None:
 
 def mutation_templates() -> dict[str, str]:
     """distilabel's EvolInstruct templates (``CONSTRAINTS`` … ``BREADTH``), imported at run time."""
-    from distilabel.steps.tasks.evol_instruct.utils import MUTATION_TEMPLATES
-
-    return dict(MUTATION_TEMPLATES)
+    return dict(distilabel("distilabel.steps.tasks.evol_instruct.utils").MUTATION_TEMPLATES)
 
 
 def complexity_templates() -> dict[str, str]:
     """distilabel's EvolComplexity templates: the in-depth mutations only."""
-    from distilabel.steps.tasks.evol_instruct.evol_complexity.utils import MUTATION_TEMPLATES
-
-    return dict(MUTATION_TEMPLATES)
+    return dict(distilabel("distilabel.steps.tasks.evol_instruct.evol_complexity.utils").MUTATION_TEMPLATES)
 
 
 def _method(template: str, frame: str) -> str:
@@ -121,9 +118,8 @@ def _method(template: str, frame: str) -> str:
 
 def quality_methods() -> dict[str, str]:
     """EvolQuality's five method sentences (HELPFULNESS … DETAILS), cut out of distilabel's templates."""
-    from distilabel.steps.tasks.evol_quality.utils import MUTATION_TEMPLATES, REWRITE_INSTRUCTION
-
-    return {name: _method(t, REWRITE_INSTRUCTION) for name, t in MUTATION_TEMPLATES.items()}
+    utils = distilabel("distilabel.steps.tasks.evol_quality.utils")
+    return {name: _method(t, utils.REWRITE_INSTRUCTION) for name, t in utils.MUTATION_TEMPLATES.items()}
 
 
 def quality_templates() -> dict[str, str]:
@@ -133,9 +129,8 @@ def quality_templates() -> dict[str, str]:
     prompts. Each method sentence (with "Response" read as "Prompt") goes into
     distilabel's EvolInstruct prompt-rewriter frame.
     """
-    from distilabel.steps.tasks.evol_instruct.utils import REWRITE_INSTRUCTION
-
-    return {name: REWRITE_INSTRUCTION.format(re.sub(r"\b[Rr]esponse\b", "Prompt", m))
+    frame = distilabel("distilabel.steps.tasks.evol_instruct.utils").REWRITE_INSTRUCTION
+    return {name: frame.format(re.sub(r"\b[Rr]esponse\b", "Prompt", m))
             for name, m in quality_methods().items()}
 
 

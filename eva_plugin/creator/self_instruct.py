@@ -18,7 +18,14 @@ from importlib import resources
 
 import numpy as np
 
-from eva_plugin.creator.evolved import EvolvedPrompt, Generate, evolved_status, feedback_context, text_of
+from eva_plugin.creator.evolved import (
+    EvolvedPrompt,
+    Generate,
+    distilabel,
+    evolved_status,
+    feedback_context,
+    text_of,
+)
 from eva_plugin.errors import RecipeError
 from eva_plugin.options import EvolverContext, Options, option
 
@@ -35,7 +42,7 @@ _LIST_MARK = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s*")
 
 def self_instruct_template() -> tuple[str, str, str]:
     """distilabel's template text, its default criteria and application description."""
-    from distilabel.steps.tasks.self_instruct import SelfInstruct as Distilabel
+    Distilabel = distilabel("distilabel.steps.tasks.self_instruct").SelfInstruct  # noqa: N806
 
     text = (resources.files("distilabel") / "steps" / "tasks" / "templates" / "self-instruct.jinja2").read_text()
     fields = Distilabel.model_fields

@@ -7,6 +7,7 @@ import base64
 import html
 import json
 import math
+import re
 from pathlib import Path
 
 from eva_plugin.report.collect import collect
@@ -24,8 +25,24 @@ def _jsonable(value):
     return value
 
 
+def md_text(text: str) -> str:
+    """``text`` as literal Markdown: control characters (a newline in a folder's name) shown as escapes and
+    every character Markdown gives a meaning backslash-escaped."""
+    text = "".join(repr(c)[1:-1] if ord(c) < 32 or ord(c) == 127 else c for c in text)
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~&])", r"\\\1", text)
+
+
+def md_code(text: str) -> str:
+    """``text`` as a Markdown code span, fenced with more backticks than it holds in a row."""
+    text = "".join(repr(c)[1:-1] if ord(c) < 32 or ord(c) == 127 else c for c in text)
+    fence = "`" * (max(map(len, re.findall(r"`+", text)), default=0) + 1)
+    return f"{fence} {text} {fence}"
+
+
 def _markdown(run_dir: Path, data: dict, text: str, plots: list[tuple[str, str]]) -> str:
-    md = [f"# EVA run report: {run_dir.name}", "", f"`{run_dir}`: {data['status']}", "", "```", text, "```", ""]
+    fence = "`" * max(3, max(map(len, re.findall(r"`+", text)), default=0) + 1)
+    md = [f"# EVA run report: {md_text(run_dir.name)}", "", f"{md_code(str(run_dir))}: {data['status']}", "",
+          fence, text, fence, ""]
     md += [f"## {caption}\n\n![{caption}]({name})\n" for name, caption in plots]
     return "\n".join(md)
 

@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from eva_plugin.errors import RecipeError
-from eva_plugin.typed import range_problem
+from eva_plugin.typed import range_problem, short_repr
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def loss_knobs(name: str | None, loss_args: dict, recipe_beta: float | None = No
     then ``eva.loss_args``. Unknown losses and foreign knobs fail with the valid choices.
     ``None`` (the recipe's own loss) only takes ``nll_alpha``: its beta is the recipe's ``beta``."""
     if name is not None and name not in LOSSES:
-        raise RecipeError(f"unknown eva.loss {name!r}; known: {', '.join(LOSSES)}")
+        raise RecipeError(f"unknown eva.loss {short_repr(name)}; known: {', '.join(LOSSES)}")
     row = spec(name)
     foreign = sorted(set(loss_args) - set(row.knobs))
     if foreign:

@@ -20,11 +20,11 @@ _HEADER = re.compile(r"#\s*rewritten\s+response\s*#\s*:?|^[ \t*_#]*rewritten\s+r
 
 def rewrite_template() -> str:
     """distilabel's response-rewriting frame filled with all of EvolQuality's methods."""
-    from distilabel.steps.tasks.evol_quality.utils import REWRITE_INSTRUCTION
-
+    from eva_plugin.creator.evolved import distilabel
     from eva_plugin.creator.evolvers import quality_methods
 
-    return REWRITE_INSTRUCTION.format(" ".join(quality_methods().values()))
+    frame = distilabel("distilabel.steps.tasks.evol_quality.utils").REWRITE_INSTRUCTION
+    return frame.format(" ".join(quality_methods().values()))
 
 
 def rewrite_instruction(template: str, prompt: str, response: str) -> str:

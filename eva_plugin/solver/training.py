@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,9 @@ def train_round(
     # the reference's log-prob of the first pair's chosen response: shows which model it is
     probe = sequence_logp(ref, tokenizer, pairs[0]["prompt"], pairs[0]["chosen"]) if ref is not None else None
     check_trainable(trainer, len(pairs))
-    output = trainer.train()
+    with warnings.catch_warnings():  # TRL reads the deprecated alias; transformers 5 warns on each round
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        output = trainer.train()
     check_trained(trainer, output.global_step)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     last = logs[-1] if logs else {}
