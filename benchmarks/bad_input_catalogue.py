@@ -121,8 +121,8 @@ def outcome(result: dict | None) -> str:
             return "accepted silently"
         return "handled" if result["checked"] in (None, True) else "wrong result"
     if result["rc"] == result.get("exit", 2) and one_line and result["checked"] is not False:
-        if result["expect"] is None:
-            return "handled"  # a run-folder fault may end in one line that says what to do
+        if result["expect"] is None:  # a run-folder fault may end in one line that says what to do,
+            return "handled" if result["checked"] else "wrong result"  # if its check holds (not any refusal)
         return "one line after a model loaded" if result["loaded"] else "one line before any model"
     return "noisy error" if result["rc"] == result.get("exit", 2) else "traceback"
 
