@@ -22,8 +22,8 @@ from eva_plugin.errors import EvaError
 #: σ(r_i − r_j) and a length penalty stay exact. A reward beyond it is a scaling bug, not a preference.
 REWARD_BOUND = 1e100
 
-#: A stage needs this many distinct (prompt, response) pairs before one reward for all of them says the
-#: reward model is constant (two texts may truly tie).
+#: A stage needs this many distinct (prompt, response) pairs and finite rewards before one reward for all
+#: of them says the reward model is constant (two texts may truly tie).
 CONSTANT_MIN = 3
 
 
@@ -90,8 +90,9 @@ def check_spread(rewards: Sequence[Sequence[float]], prompts: Sequence[str], res
     """Refuse a reward model that gave every distinct response of a stage one and the same finite
     reward (it ranks nothing: no prompt would be informative and no pair could be built)."""
     distinct = {(p, y) for p, ys in zip(prompts, responses) for y in ys}
-    values = {r for rs in rewards for r in rs if math.isfinite(r)}
-    if len(values) == 1 and len(distinct) >= CONSTANT_MIN:
+    finite = [r for rs in rewards for r in rs if math.isfinite(r)]
+    values = set(finite)
+    if len(values) == 1 and min(len(finite), len(distinct)) >= CONSTANT_MIN:
         n = sum(map(len, rewards))
         raise PluginOutputError(
             f"{where}: reward model {plugin!r} gave all {n} responses to {len(prompts)} prompts the same reward "
