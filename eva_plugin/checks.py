@@ -100,14 +100,22 @@ BUILTIN_REWARD_TYPES = ("sequence_classification", "embedding", "pairwise")
 
 
 def check_model_paths(recipe_model: str | None, eva: EvaArguments, creator: str | None, *,
-                      hub: bool = True) -> None:
+                      hub: bool = True, trust_remote_code: bool = False) -> None:
     """Every model the run will load (policy, reward model, evolver), before the first one loads.
     ``eva_plugin.dpo.main`` calls it once the recipe is read (``load_recipe`` alone only parses, so
     shipped recipes parse on any machine); offline (HF_HUB_OFFLINE), a hub id must be in the local
-    cache. A plain DPO round (no ``creator:``) leaves a policy hub id to TRL."""
+    cache. A plain DPO round (no ``creator:``) leaves a policy hub id to TRL. A local folder's files
+    are checked too (``check_model_files``); ``trust_remote_code``: the recipe's, for the policy and
+    the evolver / judge LLMs (a reward model's is in ``eva.reward_options``)."""
     check_model_path(recipe_model, "model_name_or_path", hub=hub and creator is not None)
+    check_model_files(recipe_model, "model_name_or_path", trust_remote_code=trust_remote_code,
+                      chat=creator is not None)
     if creator is not None and eva.reward_type in BUILTIN_REWARD_TYPES:
         check_model_path(eva.reward_model, "eva.reward_model", hub=hub)
+        check_model_files(eva.reward_model, "eva.reward_model",
+                          trust_remote_code=bool((eva.reward_options or {}).get("trust_remote_code")))
+        if eva.reward_type == "sequence_classification":
+            check_reward_head(eva.reward_model)
     for role in ("evolver", "judge"):
         model, gen = getattr(eva, f"{role}_model"), getattr(eva, f"{role}_generation")
         if model is None:
@@ -117,6 +125,47 @@ def check_model_paths(recipe_model: str | None, eva: EvaArguments, creator: str 
                 raise RecipeError(f"`eva.{role}_model` is empty; name the server's model or leave it null")
         else:
             check_model_path(model, f"eva.{role}_model", hub=hub)
+            check_model_files(model, f"eva.{role}_model", trust_remote_code=trust_remote_code, chat=True)
+
+
+def check_model_files(path: str | None, where: str, *, trust_remote_code: bool, chat: bool = False) -> None:
+    """A local model folder's files as ``model_files`` reads them: weights present with sound
+    safetensors headers, a readable tokenizer, a chat template where the model answers chat
+    (``chat``), and no custom code (``auto_map``) unless ``trust_remote_code``. Hub ids: nothing to read."""
+    from pathlib import Path
+
+    from eva_plugin import model_files
+
+    folder = Path(path).expanduser() if isinstance(path, str) and path.strip() else None
+    if folder is None or not (folder / "config.json").is_file():
+        return
+    if fault := model_files.weights_fault(folder) or model_files.tokenizer_fault(folder):
+        raise RecipeError(f"`{where}`: {fault}; point it at a complete saved model folder (save_pretrained "
+                          "writes weights, config and tokenizer)")
+    own = model_files.custom_code(folder)
+    if own and not trust_remote_code:
+        switch = "eva.reward_options.trust_remote_code" if where == "eva.reward_model" else "trust_remote_code"
+        raise RecipeError(f"`{where}`: {path} runs its own code ({own} has auto_map); read that code, then set "
+                          f"`{switch}: true` to allow it, or use a model transformers supports natively")
+    if chat and not model_files.has_chat_template(folder):
+        raise RecipeError(f"`{where}`: the tokenizer of {path} has no chat template (no chat_template.jinja, no "
+                          "chat_template in tokenizer_config.json); use an instruct model or add its template")
+
+
+def check_reward_head(path: str | None) -> None:
+    """A ``sequence_classification`` reward model must have a score head: a folder whose config.json
+    names only causal-LM architectures would get a randomly initialised one (random rewards)."""
+    from pathlib import Path
+
+    from eva_plugin.model_files import causal_lm_only
+
+    if not isinstance(path, str) or not Path(path).expanduser().is_dir():
+        return
+    arch = causal_lm_only(Path(path).expanduser())
+    if arch:
+        raise RecipeError(f"`eva.reward_model`: {path} is a causal LM ({arch} in config.json), not a reward model; "
+                          "its score head would be random. Use a *ForSequenceClassification reward model, or "
+                          "`eva.reward_type: pairwise` for a preference LM")
 
 
 def check_model_path(path: str | None, where: str, *, hub: bool = True) -> None:

@@ -26,6 +26,7 @@ from eva_plugin.data import user_turn
 from eva_plugin.generation import SamplingParams
 from eva_plugin.generation.seeding import derive_seed
 from eva_plugin.options import EvolverContext, ModelContext
+from eva_plugin.plugin_outputs import check_spread
 from eva_plugin.runtime import MAIN, OnDemand, StageRuntime
 from eva_plugin.secrets import redact
 from eva_plugin.sharding import generate as shared_generate
@@ -202,13 +203,16 @@ class Iteration:
               what: str) -> tuple[list[list[float]], dict[str, int]]:
         """Rewards of the reward model (shared across the processes), length-penalised (RLHF
         Workflow) when ``length_penalty`` > 0, and the counts for the stage's manifest: responses
-        ``scored`` and ``nonfinite_rewards``. A reward that is not finite (NaN, ±inf) stays as NaN
+        ``scored`` and ``nonfinite_rewards``. What the reward model returns is checked (``plugin_outputs``:
+        one number per response, a stage not all one value). A reward that is not finite (NaN, ±inf) stays as NaN
         (the stages that use rewards drop it per response) and is said once, naming ``what``."""
         if not prompts:  # everything reused: no model to load
             return [], {"scored": 0, "nonfinite_rewards": 0}
         self.make_room(self.rewarder)
         model = self.run.runtime.shards.together(self.rewarder.get)
-        rewards = shared_score(self.run.runtime.shards, model, [user_turn(p) for p in prompts], responses)
+        plugin = self.eva.reward_type
+        rewards = shared_score(self.run.runtime.shards, model, [user_turn(p) for p in prompts], responses, plugin)
+        check_spread(rewards, prompts, responses, plugin, f"iteration {self.t}, {what} rewards")
         rewards = length_penalised(rewards, responses, self.eva.length_penalty)
         scored, bad = sum(map(len, rewards)), count_nonfinite(rewards)
         if bad:

@@ -44,8 +44,14 @@ def load_spec(spec: DatasetSpec) -> Dataset:
     if kind == "disk":
         ds = load_from_disk(spec.path)
         if isinstance(ds, DatasetDict):
-            ds = ds[spec.split] if spec.split in ds else ds[next(iter(ds))]
+            if spec.split not in ds:
+                raise RecipeError(f"dataset {spec.path} has no split {spec.split!r}; its splits are "
+                                  f"{', '.join(ds)}: set `split` to one of them")
+            ds = ds[spec.split]
     elif kind == "file":
+        if spec.split.split("[", 1)[0] != "train":
+            raise RecipeError(f"dataset {spec.path} is one data file, read as the split 'train'; it has no split "
+                              f"{spec.split!r}: set `split: train` (or save the splits with save_to_disk)")
         builder = FILE_BUILDERS.get(Path(spec.path).suffix.lower())
         if builder is None:
             raise RecipeError(f"cannot read {spec.path}: use one of {', '.join(FILE_BUILDERS)} or a save_to_disk "
@@ -225,9 +231,22 @@ def prompt_text(row: dict[str, Any], column: str | None = None) -> str | None:
             return value.strip()
         if isinstance(value, list):
             for turn in value:
-                if isinstance(turn, dict) and turn.get("role") == "user" and str(turn.get("content", "")).strip():
-                    return str(turn["content"]).strip()
+                if isinstance(turn, dict) and turn.get("role") == "user" and content_text(turn.get("content")):
+                    return content_text(turn["content"])
     return None
+
+
+def content_text(content: Any) -> str:
+    """A chat turn's ``content`` as text: a string, or the text parts of a list of parts
+    (``[{"type": "text", "text": …}, {"type": "image", …}]``, OpenAI / transformers style) joined by
+    new lines; anything else (an image alone, a number) is no text ("")."""
+    if isinstance(content, str):
+        return content.strip()
+    if isinstance(content, list):
+        texts = [part if isinstance(part, str) else part.get("text") if isinstance(part, dict)
+                 and part.get("type", "text") == "text" else None for part in content]
+        return "\n".join(t.strip() for t in texts if isinstance(t, str) and t.strip())
+    return ""
 
 
 def prompt_id(text: str) -> str:
@@ -253,6 +272,10 @@ def load_prompts(specs: list[DatasetSpec], column: str | None = None, seed: int 
         raise RecipeError(f"the recipe's dataset mixture selects no rows{why}; give a dataset a weight > 0")
     if tally["duplicates_dropped"]:
         logger.warning("seed prompts: %d duplicate prompt(s) dropped (%d kept)", tally["duplicates_dropped"], len(rows))
+    if tally["rows_without_prompt"] and rows:
+        where = column or f"one of {', '.join(TEXT_COLUMNS + CHAT_COLUMNS)}"
+        logger.warning("seed prompts: %d row(s) without a usable prompt dropped (no non-empty %s; %d kept)",
+                       tally["rows_without_prompt"], where, len(rows))
     if counts is not None:
         counts.update(tally)
     return _prompt_set(rows, column)

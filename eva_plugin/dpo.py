@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m eva_plugin.dpo
         setup_logging()
         recipe = build_recipe(command)
         check_stop_after(recipe, command.stop_after)
-        check_model_paths(recipe.model.model_name_or_path or None, recipe.eva, recipe.creator)  # before any loads
+        check_model_paths(recipe.model.model_name_or_path or None, recipe.eva, recipe.creator,  # before any loads
+                          trust_remote_code=bool(recipe.training.trust_remote_code))
         check_generation_room(recipe.model.model_name_or_path or None, recipe.eva, recipe.creator)
         setup_logging(recipe)
         run_recipe(recipe, stop_after=command.stop_after, overwrite_stale=command.overwrite_stale)

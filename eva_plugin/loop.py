@@ -22,7 +22,7 @@ from collections.abc import Callable
 from eva_plugin.artifacts import StageStore
 from eva_plugin.context import Iteration, Run
 from eva_plugin.locking import run_lock
-from eva_plugin.prompt_sets import SeedPool, check_supply
+from eva_plugin.prompt_sets import SeedPool, check_prompts_fit, check_supply
 from eva_plugin.runtime import IterationReport, StageRuntime
 from eva_plugin.stage_list import AFTER, CREATOR, SETUP, SOLVER, TRAIN, Plan, plan_of
 
@@ -53,6 +53,7 @@ class EvaLoop:
             setup = Iteration(facts, 0)
             made = {spec.name: setup.do(spec.build()) for spec in self.plan.stages(0, SETUP)}
             check_supply(facts, len(made[SeedPool.name]))  # enough seed prompts for every round
+            check_prompts_fit(facts, made[SeedPool.name])  # a policy context that holds them
             self.after_round(0)  # π_0 on the held-out prompts; the seed pool judged
             for t in range(1, facts.eva.iterations + 1):
                 self.runtime.begin(t)

@@ -49,6 +49,7 @@ class SeedPool(Stage):
         pool = pool.shuffle(seed=it.run.seed)
         return StageResult(pool.flatten_indices(), {"pool_size": len(pool),
                                                     "duplicates_dropped": counts.get("duplicates_dropped", 0),
+                                                    "dropped_rows": {"no_prompt": counts.get("rows_without_prompt", 0)},
                                                     **stats})
 
 
@@ -140,6 +141,24 @@ def check_supply(run: Run, pool_size: int) -> None:
             f"the {run.eva.iterations} rounds need {need} seed split(s) of {size} prompts ({need * size}) but "
             f"the seed pool has {pool_size}; add prompts, lower eva.prompts_per_iteration, or set "
             "eva.reuse_pool: true to use seed prompts again")
+
+
+def check_prompts_fit(run: Run, pool: Dataset) -> None:
+    """Refuse a policy whose context (``config.json``) holds none of the seed prompts with room for one
+    new token, before any model loads: counted with the folder's ``tokenizer.json`` (no model, no
+    chat template, so a lower bound). A few prompts too long are answered empty and counted later."""
+    from eva_plugin.model_files import context_length, prompt_token_counts
+
+    folder = Path(str(run.recipe.model.model_name_or_path)).expanduser()
+    limit = context_length(folder) if folder.is_dir() else None
+    if limit is None or not len(pool):
+        return
+    counts = prompt_token_counts(folder, list(pool["prompt"]))
+    if counts and min(counts) + 1 > limit:
+        raise RecipeError(
+            f"the policy's context is {limit} tokens (config.json of {folder}) but every one of the {len(counts)} "
+            f"seed prompts is longer (shortest: {min(counts)} tokens); use a model with a longer context or "
+            "shorter prompts")
 
 
 def seed_split(it: Iteration, index: int) -> Dataset:

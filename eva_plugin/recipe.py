@@ -323,6 +323,8 @@ def build_recipe(command: Command) -> Recipe:
         raise RecipeError("recipe names no data: set `dataset_mixture`, `datasets`, `dataset_name` or `eva.prompts`")
     check_output_dir(training.output_dir, data=[p for s in specs for p in s.local_paths()] + [eva.eval_prompts or ""],
                      eva_run=creator is not None)
+    if creator is not None:
+        _check_eval_prompts(eva.eval_prompts, specs, Path(config_path).parent if config_path else Path())
     for note in notes:
         logger.warning("recipe: %s", note)
     return Recipe(
@@ -348,6 +350,24 @@ def _unknown_keys(cfg: dict[str, Any], known: set[str]) -> None:
     more = f" (and {len(unknown) - 1} more: {', '.join(unknown[1:])})" if len(unknown) > 1 else ""
     raise RecipeError(f"unknown recipe key `{key}`{more}: not a ScriptArguments/DPOConfig/ModelConfig "
                       f"field{hint}")
+
+
+def _check_eval_prompts(eval_prompts: str | None, specs: list[DatasetSpec], recipe_dir: Path) -> None:
+    """``eva.eval_prompts`` must not be the seed data (the same file, or the same content elsewhere):
+    every seed prompt would be held out of training, and the evaluation would measure nothing held out."""
+    from eva_plugin.content import content_id
+
+    if not eval_prompts:
+        return
+    held = Path(_beside_recipe(eval_prompts, recipe_dir))
+    if not held.exists():
+        return  # iter_0/eval_prompts says so when it reads it
+    held_id = content_id(str(held))
+    for seed in (p for spec in specs for p in spec.local_paths()):
+        if Path(seed).resolve() == held.resolve() or content_id(seed) == held_id:
+            raise RecipeError(f"`eva.eval_prompts` {eval_prompts} is the seed data itself ({seed}, same "
+                              f"{'file' if Path(seed).resolve() == held.resolve() else 'content'}); hold out "
+                              "other prompts, or drop eva.eval_prompts and set test_split_size")
 
 
 def _beside_recipe(path: str, recipe_dir: Path) -> str:

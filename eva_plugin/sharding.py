@@ -179,13 +179,17 @@ def generate(shards: Shards, backend, conversations: list[Conversation], n: int,
 
 
 def score(shards: Shards, reward_model, conversations: list[Conversation],
-          responses: list[list[str]]) -> list[list[float]]:
+          responses: list[list[str]], plugin: str = "") -> list[list[float]]:
     """``reward_model.score`` over all processes, prompt by prompt (a prompt's responses stay together,
-    which pair-wise models need)."""
+    which pair-wise models need). Each share's result is checked where it leaves the plugin
+    (``plugin_outputs.checked_rewards``: one reward per response, numbers only), ``plugin`` named."""
+    from eva_plugin.plugin_outputs import checked_rewards
 
     def work(idx: list[int]) -> tuple[list, dict[str, int]]:
-        scores = reward_model.score([conversations[i] for i in idx], [responses[i] for i in idx]) if idx else []
-        return [list(s) for s in scores], {}
+        if not idx:
+            return [], {}
+        mine = [responses[i] for i in idx]
+        return checked_rewards(reward_model.score([conversations[i] for i in idx], mine), mine, plugin), {}
 
     results, _ = shards.share(len(conversations), work, key=fingerprint([conversations, responses]))
     return results

@@ -23,6 +23,7 @@ from eva_plugin.creator.proxies import finite, usable
 from eva_plugin.creator.proxies import weights as proxy_weights
 from eva_plugin.errors import EvaError
 from eva_plugin.generation.completions import Completions
+from eva_plugin.plugin_outputs import checked_evolved
 from eva_plugin.prompt_sets import creator_input, creator_input_id
 from eva_plugin.runtime import SHARED
 from eva_plugin.secrets import redact
@@ -140,7 +141,8 @@ class Evolved(Stage):
             return [Completion(text, truncated=not ok and eva.evolver_drop_truncated) if text else None
                     for text, ok in zip(texts, done)]
 
-        evolved = evolver.evolve(evolver_seeds(it), generate, it.rng(self.name))
+        seeds = evolver_seeds(it)
+        evolved = checked_evolved(evolver.evolve(seeds, generate, it.rng(self.name)), seeds, eva.evolver)
         rules = hygiene.Hygiene(eva.evolved_min_words, eva.evolved_max_words, eva.near_duplicate_threshold,
                                 eva.evolved_drop_refusals)
         if eva.evolver != "none":  # "none" hands the selected prompts on as they are: no new text to screen

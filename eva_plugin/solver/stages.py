@@ -22,6 +22,7 @@ from eva_plugin.creator.mixing import plan_mix
 from eva_plugin.data import prompt_id
 from eva_plugin.errors import TrainingError
 from eva_plugin.generation.completions import Completions
+from eva_plugin.plugin_outputs import PluginOutputError, no_pairs_message
 from eva_plugin.prompt_sets import buffer_source, creator_input, prompt_set_id, seed_split, split_index
 from eva_plugin.runtime import EVERY, SHARED
 from eva_plugin.solver.pairs import build_pairs
@@ -151,11 +152,10 @@ class Pairs(Stage):
         return {**it.upstream("solver_rewards"), **({"pairwise": True} if it.eva.reward_type == "pairwise" else {})}
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
-        rows, stats = build_pairs(it.load("solver_rewards"), pairwise=it.eva.reward_type == "pairwise")
+        scored = it.load("solver_rewards")
+        rows, stats = build_pairs(scored, pairwise=it.eva.reward_type == "pairwise")
         if not rows:
-            raise RuntimeError(f"iteration {it.t}: every prompt gave a tie, identical responses or fewer than two "
-                               "finite rewards; no pairs to train on (raise eva.solver_samples or the sampling "
-                               "temperature, or check the reward model)")
+            raise PluginOutputError(no_pairs_message(it.t, stats, len(scored), it.eva.reward_type))
         ds = Dataset.from_list(rows)
         stats.update(mean_chosen_reward=float(np.mean(ds["chosen_reward"])),
                      mean_rejected_reward=float(np.mean(ds["rejected_reward"])))
