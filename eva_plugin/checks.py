@@ -275,40 +275,6 @@ def check_training(training) -> None:
             raise RecipeError(f"`{key}` {problem}{hint}; change it in the recipe or on the command line")
 
 
-#: config.json keys that give a model's context length (the first one present counts).
-CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
-
-
-def context_length(model: str | None) -> int | None:
-    """A model's context length from its ``config.json`` (a local folder or the hub cache), read without
-    loading the model; None when there is no such file or it names no length."""
-    import json
-    from pathlib import Path
-
-    if not model:
-        return None
-    path = Path(model).expanduser() / "config.json"
-    if not path.is_file():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(model, "config.json")
-        except Exception:  # not a valid repo id
-            return None
-        if not isinstance(cached, str):
-            return None
-        path = Path(cached)
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # an unreadable config is refused where the model loads
-    for block in (config, config.get("text_config") or {}) if isinstance(config, dict) else ():
-        for key in CONTEXT_KEYS:
-            if isinstance(block, dict) and isinstance(block.get(key), int) and block[key] > 0:
-                return block[key]
-    return None
-
-
 def generation_budgets(recipe_model: str | None, eva: EvaArguments) -> list[tuple[str, int, str | None, str]]:
     """(recipe key, new tokens asked for, the model that generates them, whose model it is) for every
     sampling the run does with a local model (an ``openai`` backend's server knows its own limit): the
@@ -335,6 +301,8 @@ def check_generation_room(recipe_model: str | None, eva: EvaArguments, creator: 
     generates (its ``config.json``), before any model loads; a model whose length is unknown is not checked."""
     if creator is None:
         return  # a plain DPO round samples nothing
+    from eva_plugin.model_files import context_length
+
     for key, asked, model, whose in generation_budgets(recipe_model, eva):
         context = context_length(model)
         if context is not None and asked >= context:

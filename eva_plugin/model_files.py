@@ -118,9 +118,28 @@ def causal_lm_only(folder: Path) -> str:
     return lm[0] if names and len(lm) == len(names) else ""
 
 
-def context_length(folder: Path) -> int | None:
-    """The model's context in tokens from ``config.json`` (its ``text_config`` for multimodal models)."""
-    config = model_config(folder)
+def config_folder(model: str | Path | None) -> Path | None:
+    """The folder holding a model's ``config.json``: a local folder, or a hub id's snapshot in the cache
+    (None when neither has one)."""
+    if not model:
+        return None
+    folder = Path(model).expanduser()
+    if (folder / "config.json").is_file():
+        return folder
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(str(model), "config.json")
+    except Exception:  # not a valid repo id
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def context_length(model: str | Path | None) -> int | None:
+    """A model's context in tokens from its ``config.json`` (its ``text_config`` for multimodal models),
+    read without loading it; None when there is no config or it names no length."""
+    folder = config_folder(model)
+    config = model_config(folder) if folder is not None else {}
     for block in (config, config.get("text_config") or {}):
         for key in CONTEXT_KEYS:
             value = block.get(key) if isinstance(block, dict) else None

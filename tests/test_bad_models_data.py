@@ -141,7 +141,9 @@ CASES: dict[str, Case] = {
                                "runs its own code (config.json has auto_map)"),
     "reward-custom-code": Case(_model("reward", _config("tokenizer_config.json", auto_map={"AutoTokenizer": ["t.T"]})),
                                "set `eva.reward_options.trust_remote_code: true`"),
-    "policy-context-shorter-than-prompts": Case(_model("policy", _config("config.json", max_position_embeddings=4)),
+    "policy-context-shorter-than-prompts": Case(_model("policy", _config("config.json", max_position_embeddings=4),
+                                                       generation={"max_new_tokens": 2},
+                                                       evolver_generation={"max_new_tokens": 2}),
                                                 "the policy's context is 4 tokens"),
     # the data
     "split-missing-in-a-file": Case(_data(SOME_WITHOUT_PROMPT, split="test"), "has no split 'test'"),

@@ -15,9 +15,10 @@ import pytest
 import torch
 from catalogue import Case, Ctx, assert_case, edited, recipe
 
-from eva_plugin.checks import TRAINING_RULES, check_generation_room, check_training, context_length
+from eva_plugin.checks import TRAINING_RULES, check_generation_room, check_training
 from eva_plugin.config import eva_arguments
 from eva_plugin.errors import RecipeError, TrainingError
+from eva_plugin.model_files import context_length
 from eva_plugin.modeling import load_causal_lm
 from eva_plugin.solver.training import nonfinite_parameters, unusable_round
 
