@@ -19,9 +19,11 @@ import pytest
 from catalogue import Case, Ctx, assert_case, write
 from datasets import Dataset, DatasetDict, load_from_disk
 
-from eva_plugin import model_files
-from eva_plugin.data import DatasetSpec, content_text, load_prompts, load_spec
+from eva_plugin.data import DatasetSpec, load_prompts, load_spec
 from eva_plugin.errors import RecipeError
+
+# model_files and content_text are imported by the unit tests only: the benchmark runs these CASES on
+# older checkouts too
 
 POOL = "iter_0/seed_pool"
 
@@ -174,6 +176,8 @@ def test_a_trusted_custom_code_model_passes_the_file_checks(tmp_path, models):
 
 
 def test_safetensors_headers_are_read_without_the_tensors(tmp_path, models):
+    from eva_plugin import model_files
+
     good = models["policy"] / "model.safetensors"
     assert model_files.safetensors_fault(good) == ""
     short = write(tmp_path, "short.safetensors", b"\x01\x00")
@@ -183,6 +187,8 @@ def test_safetensors_headers_are_read_without_the_tensors(tmp_path, models):
 
 
 def test_tokenizer_files_and_chat_templates(tmp_path, models):
+    from eva_plugin import model_files
+
     assert model_files.tokenizer_fault(models["policy"]) == "" and model_files.has_chat_template(models["policy"])
     write(tmp_path, "tokenizer_config.json", json.dumps({"chat_template": "{{ messages }}"}))
     assert model_files.has_chat_template(tmp_path)
@@ -192,6 +198,8 @@ def test_tokenizer_files_and_chat_templates(tmp_path, models):
 
 
 def test_architectures_and_context_come_from_config_json(tmp_path, models):
+    from eva_plugin import model_files
+
     assert model_files.causal_lm_only(models["policy"]) == "LlamaForCausalLM"
     assert model_files.causal_lm_only(models["reward"]) == ""
     assert model_files.context_length(models["policy"]) == 4096
@@ -201,6 +209,8 @@ def test_architectures_and_context_come_from_config_json(tmp_path, models):
 
 
 def test_content_parts_are_text():
+    from eva_plugin.data import content_text
+
     assert content_text([{"type": "text", "text": " a "}, {"type": "image_url", "image_url": "u"}, "b"]) == "a\nb"
     assert content_text([{"type": "image", "url": "x"}]) == "" and content_text(None) == "" and content_text(3) == ""
 

@@ -17,14 +17,8 @@ from catalogue import Case, Ctx, assert_case, recipe
 
 from eva_plugin import hookimpl, plugins
 from eva_plugin.creator.evolved import EvolvedPrompt
-from eva_plugin.plugin_outputs import (
-    REWARD_BOUND,
-    PluginOutputError,
-    check_spread,
-    checked_evolved,
-    checked_rewards,
-    no_pairs_message,
-)
+
+# the checks are imported by the unit tests only: the benchmark runs these CASES on older checkouts too
 
 
 def _index(ys):
@@ -164,9 +158,14 @@ def test_bad_input_is_one_line(case, tmp_path, write_recipe, prompts_file, model
 
 
 RESPONSES = [["a", "b"], ["c", "d", "e"]]
+REWARD_BOUND = 1e100  # plugin_outputs.REWARD_BOUND (asserted below)
 
 
 def test_rewards_pass_as_floats_nan_and_inf_included():
+    from eva_plugin.plugin_outputs import REWARD_BOUND as bound
+    from eva_plugin.plugin_outputs import checked_rewards
+
+    assert bound == REWARD_BOUND
     out = checked_rewards([np.array([1, 2.5]), (np.float32(0.5), math.nan, -math.inf)], RESPONSES, "rm")
     assert out[0] == [1.0, 2.5] and out[1][0] == 0.5 and math.isnan(out[1][1]) and out[1][2] == -math.inf
     assert checked_rewards(np.zeros((1, 2)), [["a", "b"]], "rm") == [[0.0, 0.0]]
@@ -185,6 +184,8 @@ def test_rewards_pass_as_floats_nan_and_inf_included():
     (None, "returned None (NoneType) from score()"),
 ])
 def test_broken_rewards_name_the_plugin_and_the_fault(scores, fragment):
+    from eva_plugin.plugin_outputs import PluginOutputError, checked_rewards
+
     with pytest.raises(PluginOutputError, match=r"^reward model 'rm' ") as err:
         checked_rewards(scores, RESPONSES, "rm")
     assert fragment.replace("(", "").replace(")", "") in str(err.value).replace("(", "").replace(")", "")
@@ -202,6 +203,8 @@ def test_the_bound_keeps_the_proxies_finite():
 
 
 def test_a_constant_reward_is_refused_only_over_distinct_responses():
+    from eva_plugin.plugin_outputs import PluginOutputError, check_spread
+
     check_spread([[1.0, 1.0]], ["p"], [["same", "same"]], "rm", "x")  # identical texts truly tie
     check_spread([[1.0, 2.0], [1.0, 1.0]], ["p", "q"], [["a", "b"], ["c", "d"]], "rm", "x")
     check_spread([[1.0, math.nan], [math.nan, math.nan]], ["p", "q"], [["a", "b"], ["c", "d"]], "rm", "x")
@@ -211,6 +214,8 @@ def test_a_constant_reward_is_refused_only_over_distinct_responses():
 
 
 def test_evolver_results_are_checked():
+    from eva_plugin.plugin_outputs import PluginOutputError, checked_evolved
+
     seeds = [{"prompt_id": "s1", "prompt": "p"}]
     good = [EvolvedPrompt("new", "s1", "X", 1), EvolvedPrompt("", "s1", "X", 2, status="empty")]
     assert checked_evolved(tuple(good), seeds, "ev") == good
@@ -223,6 +228,8 @@ def test_evolver_results_are_checked():
 
 
 def test_no_pairs_names_every_reason_with_its_count():
+    from eva_plugin.plugin_outputs import no_pairs_message
+
     line = no_pairs_message(2, {"pairs": 0, "dropped_tie": 3, "dropped_identical": 1, "dropped_nonfinite": 2}, 6, "rm")
     assert line.startswith("iteration 2: no usable preference pair from reward model 'rm': of 6 prompts, 3 tie")
     assert "1 have identical best and worst responses, 2 fewer than two finite rewards, 0 fewer than two" in line
