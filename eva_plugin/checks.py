@@ -154,14 +154,14 @@ def check_model_files(path: str | None, where: str, *, trust_remote_code: bool, 
 
 def check_reward_head(path: str | None) -> None:
     """A ``sequence_classification`` reward model must have a score head: a folder whose config.json
-    names only causal-LM architectures would get a randomly initialised one (random rewards)."""
-    from pathlib import Path
+    names only causal-LM architectures would get a randomly initialised one (random rewards). A local
+    folder or a hub id already in the cache is read; one not downloaded yet is checked when it loads."""
+    from eva_plugin.model_files import causal_lm_only, config_folder
 
-    from eva_plugin.model_files import causal_lm_only
-
-    if not isinstance(path, str) or not Path(path).expanduser().is_dir():
+    folder = config_folder(path) if isinstance(path, str) else None
+    if folder is None:
         return
-    arch = causal_lm_only(Path(path).expanduser())
+    arch = causal_lm_only(folder)
     if arch:
         raise RecipeError(f"`eva.reward_model`: {path} is a causal LM ({arch} in config.json), not a reward model; "
                           "its score head would be random. Use a *ForSequenceClassification reward model, or "

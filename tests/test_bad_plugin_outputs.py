@@ -233,3 +233,23 @@ def test_no_pairs_names_every_reason_with_its_count():
     line = no_pairs_message(2, {"pairs": 0, "dropped_tie": 3, "dropped_identical": 1, "dropped_nonfinite": 2}, 6, "rm")
     assert line.startswith("iteration 2: no usable preference pair from reward model 'rm': of 6 prompts, 3 tie")
     assert "1 have identical best and worst responses, 2 fewer than two finite rewards, 0 fewer than two" in line
+
+
+def test_a_hub_cached_causal_lm_is_refused_as_reward_model(tmp_path, models, monkeypatch):
+    """A hub id whose snapshot is in the cache is read like a folder (its config.json names a causal LM)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    from eva_plugin.checks import check_reward_head
+    from eva_plugin.errors import RecipeError
+
+    repo = tmp_path / "hub" / "models--someone--tiny-lm"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    (repo / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    shutil.copy(models["policy"] / "config.json", repo / "snapshots" / ("0" * 40) / "config.json")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(RecipeError, match="is a causal LM"):
+        check_reward_head("someone/tiny-lm")
+    check_reward_head("someone/not-downloaded")  # checked when it loads
