@@ -26,7 +26,7 @@ def plain_dpo(recipe: Recipe) -> None:
 
     from eva_plugin.data import load_preferences
     from eva_plugin.modeling import model_kwargs
-    from eva_plugin.solver.training import check_trained
+    from eva_plugin.solver.training import check_trained, quiet_train
 
     training, model_args = recipe.training, recipe.model
     training.model_init_kwargs = {
@@ -49,7 +49,7 @@ def plain_dpo(recipe: Recipe) -> None:
         eval_dataset=eval_dataset,
         peft_config=get_peft_config(model_args),
     )
-    output = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    output = quiet_train(trainer, resume_from_checkpoint=training.resume_from_checkpoint)
     check_trained(trainer, output.global_step)  # NaN weights or no step: nothing saved over output_dir
     trainer.save_model(training.output_dir)
     if trainer.accelerator.is_main_process:

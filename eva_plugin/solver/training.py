@@ -43,6 +43,17 @@ def round_arguments(training, output_dir: Path):
     return args
 
 
+def quiet_train(trainer, **kwargs):
+    """``trainer.train(**kwargs)`` without the two warnings known harmless here: TRL reads transformers'
+    deprecated ``is_gradient_checkpointing`` alias each round, and torch's DataLoader warns that there is
+    nothing to pin on a machine without an accelerator."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r"'pin_memory' argument is set as true but no accelerator",
+                                category=UserWarning)
+        return trainer.train(**kwargs)
+
+
 def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
     """Names of the parameters holding a NaN or an infinity (this process's shard under ZeRO-3)."""
     with torch.no_grad():
@@ -158,9 +169,7 @@ def train_round(
     # the reference's log-prob of the first pair's chosen response: shows which model it is
     probe = sequence_logp(ref, tokenizer, pairs[0]["prompt"], pairs[0]["chosen"]) if ref is not None else None
     check_trainable(trainer, len(pairs))
-    with warnings.catch_warnings():  # TRL reads the deprecated alias; transformers 5 warns on each round
-        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        output = trainer.train()
+    output = quiet_train(trainer)
     check_trained(trainer, output.global_step)
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     last = logs[-1] if logs else {}
