@@ -50,13 +50,13 @@ def test_soft_sppo_loss_matches_the_formula(models, tmp_path):
         ratios = sequence_logps(trainer.model, batch) - sequence_logps(ref, batch)
     chosen, rejected = ratios.chunk(2)
     p_w, p_l = batch["chosen_probability"], batch["rejected_probability"]
-    expected = ((chosen - (p_w - 0.5) / BETA) ** 2 + (rejected - (p_l - 0.5) / BETA) ** 2).mean()
+    expected = (((chosen - (p_w - 0.5) / BETA) ** 2 + (rejected - (p_l - 0.5) / BETA) ** 2) / 2).mean()
     assert loss == pytest.approx(float(expected), rel=1e-4)
     # with P = 1 / 0 it is TRL's sppo_hard: targets ±1/(2β)
     hard = {**batch, "chosen_probability": torch.ones(4), "rejected_probability": torch.zeros(4)}
     with torch.no_grad():
         soft_as_hard = float(trainer.compute_loss(trainer.model, hard))
-    expected_hard = ((chosen - 0.5 / BETA) ** 2 + (rejected + 0.5 / BETA) ** 2).mean()
+    expected_hard = (((chosen - 0.5 / BETA) ** 2 + (rejected + 0.5 / BETA) ** 2) / 2).mean()
     assert soft_as_hard == pytest.approx(float(expected_hard), rel=1e-4)
 
 def test_a_round_trains_with_soft_sppo(write_recipe):

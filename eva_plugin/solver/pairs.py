@@ -25,15 +25,15 @@ def _sigmoid(x: float) -> float:
 
 
 def win_probability(rewards: list[float], i: int, pairwise: bool = False) -> float:
-    """P(y_i beats the prompt's other samples), for soft SPPO.
+    """P(y_i wins) among the prompt's samples, for soft SPPO.
 
-    A pair-wise reward already is that mean win probability; point-wise rewards go through
-    Bradley–Terry: the mean over j ≠ i of σ(r_i − r_j).
+    A pair-wise reward already is a win probability; point-wise rewards go through Bradley–Terry as
+    the SPPO authors compute it (``compute_prob.py``): (1/n) Σ_j σ(r_i − r_j) over all n samples, j = i
+    included (it adds ½/n), so P lies in [1/(2n), 1 − 1/(2n)].
     """
     if pairwise:
         return float(rewards[i])
-    others = [r for j, r in enumerate(rewards) if j != i]
-    return sum(_sigmoid(float(rewards[i]) - float(r)) for r in others) / len(others)
+    return sum(_sigmoid(float(rewards[i]) - float(r)) for r in rewards) / len(rewards)
 
 
 def build_pairs(rows: Iterable[dict], *, pairwise: bool = False) -> tuple[list[dict], dict[str, int]]:

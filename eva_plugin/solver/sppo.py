@@ -15,11 +15,12 @@ PROBABILITIES = ("chosen_probability", "rejected_probability")
 def soft_sppo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor,
                    chosen_probability: torch.Tensor, rejected_probability: torch.Tensor,
                    beta: float) -> torch.Tensor:
-    """Per pair: (log π/π_ref(y_w) − (P_w − ½)/β)² + (log π/π_ref(y_l) − (P_l − ½)/β)²
-    (SPPO, Wu et al. 2024, Eq. 4.7 with the preference model's win probabilities)."""
+    """Per pair: ½[(log π/π_ref(y_w) − (P_w − ½)/β)² + (log π/π_ref(y_l) − (P_l − ½)/β)²] (SPPO, Wu et
+    al. 2024, Eq. 4.7 with the preference model's win probabilities; the two squares averaged as in the
+    authors' trainer)."""
     chosen_target = (chosen_probability.to(chosen_logratios.dtype) - 0.5) / beta
     rejected_target = (rejected_probability.to(rejected_logratios.dtype) - 0.5) / beta
-    return (chosen_logratios - chosen_target) ** 2 + (rejected_logratios - rejected_target) ** 2
+    return ((chosen_logratios - chosen_target) ** 2 + (rejected_logratios - rejected_target) ** 2) / 2
 
 
 def _sequence_logps(outputs, completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
