@@ -330,3 +330,17 @@ def test_an_evolution_that_echoes_its_instruction_is_unusable():
         out = evolver.evolve([{"prompt_id": "a", "prompt": "A recipe needs 3 eggs for 12 cookies."}],
                              llm_of(lambda instructions, r=reply: [r] * len(instructions)), np.random.default_rng(0))
         assert [e.status for e in out] == [status]
+
+
+def test_a_note_that_is_part_of_the_task_is_kept():
+    """A constraint in a Note paragraph ("the new version must …") is the task's, not talk about the rewrite."""
+    task = "Write a sorting function for a linked list.\n\nNote: The new version must run in O(n log n)."
+    assert parse_evolved(task) == task
+    assert parse_evolved("Write a poem.\n\nNote: I have added a constraint on rhyme.") == "Write a poem."
+    assert parse_evolved("Write a poem.\n\nNote: the rewritten version adds rhyme.") == "Write a poem."
+
+
+def test_given_prompt_in_a_task_is_not_template_text():
+    assert evolved_status("Explain the given prompt engineering technique.") == "kept"
+    assert evolved_status("#Given Prompt#: write a poem") == "unusable"
+    assert evolved_status("Here is the rewritten prompt: write a poem") == "unusable"

@@ -19,8 +19,11 @@ Generate = Callable[[list[str]], list["Completion | None"]]
 STATUSES = ("kept", "empty", "truncated", "unusable", "too_short", "too_long", "refusal", "duplicate",
             "near_duplicate")
 
-#: Template words that must not survive into an evolved prompt.
-_TEMPLATE_WORDS = re.compile(r"(?:given|rewritten|created)\s+prompt", re.IGNORECASE)
+#: Template words that must not survive into an evolved prompt: the templates' headers (``#Given
+#: Prompt#``) and the names of the evolver's own output. A plain "given prompt" is a task's own words
+#: ("Explain the given prompt engineering technique"); an echoed instruction is caught by ``ECHO_WORDS``.
+_TEMPLATE_WORDS = re.compile(r"#\s*(?:the\s+)?(?:given|rewritten|created)\s+prompt\s*#|\b(?:rewritten|created)\s+prompt\b",
+                             re.IGNORECASE)
 
 
 @dataclass(frozen=True)

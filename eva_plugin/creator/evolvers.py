@@ -75,7 +75,8 @@ _NOTE = re.compile(r"\n\s*\n[ \t*_>(]*note\b[^\n]*(?:\n(?!\s*\n)[^\n]*)*", re.IG
 _ABOUT_REWRITE = re.compile(
     r"\bi(?:'ve| have)?\s+(?:added|rewrote|rewritten|made|replaced|increased|changed|introduced|included|"
     r"modified|expanded|kept|removed|turned)\b"
-    r"|\b(?:rewrit\w*|revised|evolved|created|new|original|given|previous|old)\s+(?:prompt|version|instruction)s?\b"
+    r"|\b(?:rewrit\w*|revised|evolved|created|new|original|given|previous|old)\s+(?:prompt|instruction)s?\b"
+    r"|\b(?:rewrit\w*|revised|evolved)\s+versions?\b"  # "the new version must …" is a task's own words
     r"|\bthis\s+rewrit\w*|#\s*(?:the\s+)?(?:given|rewritten|created)\s+prompt\s*#",
     re.IGNORECASE,
 )
