@@ -22,8 +22,8 @@ STATUSES = ("kept", "empty", "truncated", "unusable", "too_short", "too_long", "
 #: Template words that must not survive into an evolved prompt: the templates' headers (``#Given
 #: Prompt#``) and the names of the evolver's own output. A plain "given prompt" is a task's own words
 #: ("Explain the given prompt engineering technique"); an echoed instruction is caught by ``ECHO_WORDS``.
-_TEMPLATE_WORDS = re.compile(r"#\s*(?:the\s+)?(?:given|rewritten|created)\s+prompt\s*#|\b(?:rewritten|created)\s+prompt\b",
-                             re.IGNORECASE)
+_TEMPLATE_WORDS = re.compile(
+    r"#\s*(?:the\s+)?(?:given|rewritten|created)\s+prompt\s*#|\b(?:rewritten|created)\s+prompt\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
