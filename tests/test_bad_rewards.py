@@ -128,7 +128,8 @@ def test_pairs_drop_nonfinite_rewards_per_response():
     pairs, stats = build_pairs(rows)
     assert stats == {"pairs": 2, "dropped_nonfinite": 2}  # a NaN at index 0 is not "identical"
     assert [(p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] == [("z", "y"), ("z", "x")]
-    assert pairs[0]["chosen_probability"] == pytest.approx(1 / (1 + math.exp(-1)))
+    # P(z) over the finite responses only, j = z included (it contributes ½): (σ(0) + σ(2 − 1)) / 2
+    assert pairs[0]["chosen_probability"] == pytest.approx((0.5 + 1 / (1 + math.exp(-1))) / 2)
 
 
 def test_weights_never_see_nonfinite_rewards():
