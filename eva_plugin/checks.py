@@ -29,6 +29,7 @@ PLUGIN_KEYS = (
     ("selectors", "selector"),
     ("evolvers", "evolver"),
     ("reward_models", "reward_type"),
+    ("reward_models", "creator_reward_type"),
     ("backends", "generation.backend"),
     ("backends", "evolver_generation.backend"),
     ("backends", "judge_generation.backend"),
@@ -58,6 +59,8 @@ def check_plugins(eva: EvaArguments) -> None:
         raise RecipeError(f"unknown eva.weighting {short_repr(eva.weighting)}; known: {', '.join(WEIGHTINGS)}")
     for kind, key in PLUGIN_KEYS:
         name = _value(eva, key)
+        if name is None and key == "creator_reward_type":  # null: reward_type's
+            continue
         if name not in plugins.registry(kind):
             known = ", ".join(plugins.names(kind))
             raise RecipeError(f"unknown eva.{key} {short_repr(name)}; known: {known} (`eva plugins` lists them)")
@@ -69,7 +72,7 @@ def check_plugins(eva: EvaArguments) -> None:
 def plugin_options(eva: EvaArguments) -> list[tuple[str, str, dict, str]]:
     """Every options mapping of the recipe: (plugin kind, plugin name, the mapping, its recipe key)."""
     return [("evolvers", eva.evolver, eva.evolver_options, "eva.evolver_options"),
-            ("reward_models", eva.reward_type, eva.reward_options, "eva.reward_options"),
+            *(("reward_models", r.type, r.options, f"{r.key}_options") for r in rewarders(eva)),
             *(("backends", gen.backend, gen.options, f"eva.{key}.options") for key, gen in generations(eva))]
 
 
@@ -79,7 +82,8 @@ def check_inline_secrets(eva: EvaArguments) -> None:
     from eva_plugin.secrets import secret_keys
 
     for where, options in (*((f"{key}.options", gen.options) for key, gen in generations(eva)),
-                           ("evolver_options", eva.evolver_options), ("reward_options", eva.reward_options)):
+                           ("evolver_options", eva.evolver_options), ("reward_options", eva.reward_options),
+                           ("creator_reward_options", eva.creator_reward_options)):
         found = secret_keys(options or {})
         if found:
             raise RecipeError(f"eva.{where}.{found[0]}: secrets are not read from a recipe (they would be "
@@ -96,7 +100,13 @@ def hub_offline() -> bool:
 
 
 #: Reward types whose ``eva.reward_model`` is a model folder (a plugin's may name something else).
-BUILTIN_REWARD_TYPES = ("sequence_classification", "embedding", "pairwise")
+BUILTIN_REWARD_TYPES = ("sequence_classification", "embedding", "pairwise", "pairrm")
+
+
+def rewarders(eva: EvaArguments) -> list:
+    """The recipe's reward models: the solver's, and the creator's where it is another one."""
+    solver, creator = eva.rewarder("solver"), eva.rewarder("creator")
+    return [solver] if creator.same_model(solver) else [solver, creator]
 
 
 def check_model_paths(recipe_model: str | None, eva: EvaArguments, creator: str | None, *,
@@ -110,12 +120,16 @@ def check_model_paths(recipe_model: str | None, eva: EvaArguments, creator: str 
     check_model_path(recipe_model, "model_name_or_path", hub=hub and creator is not None)
     check_model_files(recipe_model, "model_name_or_path", trust_remote_code=trust_remote_code,
                       chat=creator is not None)
-    if creator is not None and eva.reward_type in BUILTIN_REWARD_TYPES:
-        check_model_path(eva.reward_model, "eva.reward_model", hub=hub)
-        check_model_files(eva.reward_model, "eva.reward_model",
-                          trust_remote_code=bool((eva.reward_options or {}).get("trust_remote_code")))
-        if eva.reward_type == "sequence_classification":
-            check_reward_head(eva.reward_model)
+    for rewarder in rewarders(eva) if creator is not None else []:
+        if rewarder.type not in BUILTIN_REWARD_TYPES:
+            continue
+        where = f"{rewarder.key}_model"
+        check_model_path(rewarder.model, where, hub=hub)
+        check_model_files(rewarder.model, where, trust_remote_code=bool(rewarder.options.get("trust_remote_code")))
+        if rewarder.type == "sequence_classification":
+            check_reward_head(rewarder.model, where)
+        if rewarder.type == "pairrm":
+            check_pairrm(rewarder.model, where)
     for role in ("evolver", "judge"):
         model, gen = getattr(eva, f"{role}_model"), getattr(eva, f"{role}_generation")
         if model is None:
@@ -144,7 +158,8 @@ def check_model_files(path: str | None, where: str, *, trust_remote_code: bool, 
                           "writes weights, config and tokenizer)")
     own = model_files.custom_code(folder)
     if own and not trust_remote_code:
-        switch = "eva.reward_options.trust_remote_code" if where == "eva.reward_model" else "trust_remote_code"
+        switch = (f"{where.removesuffix('_model')}_options.trust_remote_code" if where.endswith("reward_model")
+                  else "trust_remote_code")
         raise RecipeError(f"`{where}`: {path} runs its own code ({own} has auto_map); read that code, then set "
                           f"`{switch}: true` to allow it, or use a model transformers supports natively")
     if chat and not model_files.has_chat_template(folder):
@@ -152,7 +167,7 @@ def check_model_files(path: str | None, where: str, *, trust_remote_code: bool, 
                           "chat_template in tokenizer_config.json); use an instruct model or add its template")
 
 
-def check_reward_head(path: str | None) -> None:
+def check_reward_head(path: str | None, where: str = "eva.reward_model") -> None:
     """A ``sequence_classification`` reward model must have a score head: a folder whose config.json
     names only causal-LM architectures would get a randomly initialised one (random rewards). A local
     folder or a hub id already in the cache is read; one not downloaded yet is checked when it loads."""
@@ -163,9 +178,22 @@ def check_reward_head(path: str | None) -> None:
         return
     arch = causal_lm_only(folder)
     if arch:
-        raise RecipeError(f"`eva.reward_model`: {path} is a causal LM ({arch} in config.json), not a reward model; "
+        raise RecipeError(f"`{where}`: {path} is a causal LM ({arch} in config.json), not a reward model; "
                           "its score head would be random. Use a *ForSequenceClassification reward model, or "
-                          "`eva.reward_type: pairwise` for a preference LM")
+                          f"`{where.removesuffix('_model')}_type: pairwise` for a preference LM")
+
+
+def check_pairrm(path: str | None, where: str) -> None:
+    """A ``pairrm`` reward model's config.json (local folder or hub cache) is PairRM-hf's: DeBERTa-v2
+    with the prefix token ids and ``n_tasks``."""
+    from eva_plugin.model_files import config_folder, read_json
+    from eva_plugin.rewards.options import pairrm_config_fault
+
+    folder = config_folder(path) if isinstance(path, str) else None
+    config = read_json(folder / "config.json") if folder is not None else None
+    if isinstance(config, dict) and (fault := pairrm_config_fault(config)):
+        raise RecipeError(f"`{where}`: {path} is not a PairRM checkpoint ({fault}); the pairrm type reads "
+                          "the transformers layout of PairRM, llm-blender/PairRM-hf")
 
 
 def check_model_path(path: str | None, where: str, *, hub: bool = True) -> None:

@@ -110,6 +110,20 @@ def _raise_first(checks: list[tuple[bool, str]]) -> None:
             raise RecipeError(message)
 
 
+@dataclass(frozen=True)
+class Rewarder:
+    """One reward model as the recipe names it: path, type, options, and the recipe keys' stem
+    (``eva.reward`` or ``eva.creator_reward``, + ``_model``/``_type``/``_options``)."""
+
+    model: str | None
+    type: str
+    options: dict[str, Any]
+    key: str
+
+    def same_model(self, other: Rewarder) -> bool:
+        return (self.model, self.type, self.options) == (other.model, other.type, other.options)
+
+
 @dataclass
 class EvaArguments:
     """The EVA loop. Defaults are the paper's (EVA §4 and its appendix)."""
@@ -258,19 +272,37 @@ class EvaArguments:
     )
     reward_model: str | None = field(
         default=None,
-        metadata={"help": "Local path of the reward model (required with `creator:`)."},
+        metadata={"help": "The reward model (local path or hub id; required with `creator:`). It scores the "
+                  "solver's samples that become pairs, and the creator's too unless `creator_reward_model` "
+                  "is set."},
     )
     reward_type: str = field(
         default="sequence_classification",
         metadata={"help": "Reward model: sequence_classification, embedding (prompt↔response cosine, mean "
                   "pooling), pairwise (a preference LM judging \"[CONTEXT] x [RESPONSE A] a "
-                  "[RESPONSE B] b\"; reward = mean win probability against the other samples) or a "
-                  "plugin."},
+                  "[RESPONSE B] b\"; reward = mean win probability against the other samples), pairrm "
+                  "(LLM-Blender's PairRM, PairRM-hf layout; reward = its aggregate score over all ordered "
+                  "pairs) or a plugin."},
     )
     reward_options: dict[str, Any] = field(
         default_factory=dict,
         metadata={"help": "Keyword arguments for the reward model: batch_size, dtype, trust_remote_code, "
                   "max_length; pairwise: order (random seeded, or both averaged), template, labels."},
+    )
+    creator_reward_model: str | None = field(
+        default=None,
+        metadata={"help": "A second reward model for the creator: it scores the creator's samples "
+                  "(informativeness) and the held-out evaluation, while `reward_model` scores the solver's "
+                  "pairs (SPPO's authors: ArmoRM for the creator, PairRM for the pairs). null: `reward_model`"
+                  " does both. Buffer prompts' creator samples are then re-scored by the solver's model."},
+    )
+    creator_reward_type: str | None = field(
+        default=None,
+        metadata={"help": "Type of `creator_reward_model` (the names of `reward_type`); null: `reward_type`."},
+    )
+    creator_reward_options: dict[str, Any] = field(
+        default_factory=dict,
+        metadata={"help": "Keyword arguments for `creator_reward_model` (as `reward_options`; not inherited)."},
     )
     rewriter: bool = field(
         default=False,
@@ -323,6 +355,18 @@ class EvaArguments:
         default_factory=_judge_generation,
         metadata={"help": "Sampling for the judge LLM (`judge_model`); default greedy, 16 new tokens."},
     )
+
+    def rewarder(self, role: str) -> Rewarder:
+        """The reward model that scores for ``role``: "creator" (the creator's samples and the held-out
+        evaluation) or "solver" (the samples that become pairs)."""
+        if role == "creator" and self.creator_reward_model is not None:
+            return Rewarder(self.creator_reward_model, self.creator_reward_type or self.reward_type,
+                            self.creator_reward_options, "eva.creator_reward")
+        return Rewarder(self.reward_model, self.reward_type, self.reward_options, "eva.reward")
+
+    def one_rewarder(self) -> bool:
+        """Whether one reward model scores for creator and solver alike."""
+        return self.rewarder("creator").same_model(self.rewarder("solver"))
 
     def __post_init__(self) -> None:
         """Types, ranges, plugin names and every plugin's options: an ``EvaArguments`` that exists is valid."""
@@ -394,4 +438,8 @@ def check_values(args: EvaArguments) -> None:
         (args.judge_size is None or args.judge_size >= 1, "eva.judge_size must be >= 1 or null"),
         (args.eval_temperature is None or args.eval_temperature >= 0, "eva.eval_temperature must be >= 0 or null"),
         (args.seed is None or 0 <= args.seed <= 2**32 - 1, "eva.seed must be in [0, 2**32 - 1] or null"),
+        (args.creator_reward_model is not None or (args.creator_reward_type is None
+                                                   and not args.creator_reward_options),
+         "eva.creator_reward_type / creator_reward_options are set but eva.creator_reward_model is null; "
+         "name the creator's reward model, or drop them (reward_model then scores for the creator too)"),
     ])

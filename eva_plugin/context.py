@@ -120,10 +120,11 @@ class Run:
         return plugins.build("backends", gen.backend, model_path, options=options,
                              context=self.model_context(gen, model_path))
 
-    def reward_model(self) -> Any:
-        eva = self.eva
-        options = plugins.parse_options("reward_models", eva.reward_type, eva.reward_options, "eva.reward_options")
-        return plugins.build("reward_models", eva.reward_type, eva.reward_model, options=options,
+    def reward_model(self, role: str = "solver") -> Any:
+        """The reward model that scores for ``role`` (``EvaArguments.rewarder``)."""
+        rewarder = self.eva.rewarder(role)
+        options = plugins.parse_options("reward_models", rewarder.type, rewarder.options, f"{rewarder.key}_options")
+        return plugins.build("reward_models", rewarder.type, rewarder.model, options=options,
                              context=self.model_context())
 
     def evolver(self) -> Any:
@@ -132,9 +133,11 @@ class Run:
         return plugins.build("evolvers", eva.evolver, options=options,
                              context=EvolverContext(eva.num_evolutions, eva.evolver_candidates))
 
-    def reward_config(self) -> dict:
-        return {"reward_model": local_id(self.eva.reward_model), "reward_type": self.eva.reward_type,
-                "reward_options": redact(self.eva.reward_options), "length_penalty": self.eva.length_penalty}
+    def reward_config(self, role: str = "solver") -> dict:
+        """What decides the rewards scored for ``role`` (stage configs and manifests name the model)."""
+        rewarder = self.eva.rewarder(role)
+        return {"reward_model": local_id(rewarder.model), "reward_type": rewarder.type,
+                "reward_options": redact(rewarder.options), "length_penalty": self.eva.length_penalty}
 
 
 class Iteration:
@@ -146,7 +149,10 @@ class Iteration:
         eva = run.eva
         self.policy = OnDemand(lambda: run.backend(run.policy_path(t - 1), eva.generation))
         self.generation = eva.generation  # how ``sample`` samples ``policy``
-        self.rewarder = OnDemand(run.reward_model)
+        solver = OnDemand(lambda: run.reward_model("solver"))
+        #: the reward model of each role; one object when one model scores for both
+        self.rewarders = {"solver": solver, "creator": solver if eva.one_rewarder()
+                          else OnDemand(lambda: run.reward_model("creator"))}
         own = eva.evolver_model is not None or eva.evolver_generation.backend != eva.generation.backend
         evolver_path = eva.evolver_model or run.policy_path(t - 1)
         evolver_gen = eva.evolver_generation
@@ -199,20 +205,21 @@ class Iteration:
                                self.params(self.generation, purpose))
         return gens.texts, {"tokens_generated": gens.num_tokens, "prompts_too_long": gens.dropped_too_long}
 
-    def score(self, prompts: list[str], responses: list[list[str]],
-              what: str) -> tuple[list[list[float]], dict[str, int]]:
-        """Rewards of the reward model (shared across the processes), length-penalised (RLHF
+    def score(self, prompts: list[str], responses: list[list[str]], what: str,
+              role: str = "solver") -> tuple[list[list[float]], dict[str, int]]:
+        """Rewards of ``role``'s reward model (shared across the processes), length-penalised (RLHF
         Workflow) when ``length_penalty`` > 0, and the counts for the stage's manifest: responses
         ``scored`` and ``nonfinite_rewards``. What the reward model returns is checked (``plugin_outputs``:
         one number per response, a stage not all one value). A reward that is not finite (NaN, ±inf) stays as NaN
         (the stages that use rewards drop it per response) and is said once, naming ``what``."""
         if not prompts:  # everything reused: no model to load
             return [], {"scored": 0, "nonfinite_rewards": 0}
-        self.make_room(self.rewarder)
-        model = self.run.runtime.shards.together(self.rewarder.get)
-        plugin = self.eva.reward_type
+        rewarder = self.rewarders[role]
+        self.make_room(rewarder)
+        model = self.run.runtime.shards.together(rewarder.get)
+        plugin, key = self.eva.rewarder(role).type, self.eva.rewarder(role).key
         rewards = shared_score(self.run.runtime.shards, model, [user_turn(p) for p in prompts], responses, plugin)
-        check_spread(rewards, prompts, responses, plugin, f"iteration {self.t}, {what} rewards")
+        check_spread(rewards, prompts, responses, plugin, f"iteration {self.t}, {what} rewards", key)
         rewards = length_penalised(rewards, responses, self.eva.length_penalty)
         scored, bad = sum(map(len, rewards)), count_nonfinite(rewards)
         if bad:
@@ -222,20 +229,28 @@ class Iteration:
 
     def make_room(self, needed: OnDemand) -> None:
         """Before ``needed`` is used: free the other models if it, or one of them, must have the GPU
-        to itself (a sleeping vLLM engine gives its memory back; it wakes on next use)."""
-        others = [x for x in {id(x): x for x in (self.policy, self.rewarder, self.evolver_llm)}.values()
-                  if x is not needed]
+        to itself (a sleeping vLLM engine gives its memory back; it wakes on next use). Two reward
+        models are never held together: one is freed before the other loads."""
+        rewarders = list({id(x): x for x in self.rewarders.values()}.values())
+        others = [x for x in self.models() if x is not needed]
         for held in others:
-            if self._exclusive.get(id(needed)) or self._exclusive.get(id(held)):
-                if held is self.rewarder:
+            if needed in rewarders and held in rewarders:
+                held.close()
+            elif self._exclusive.get(id(needed)) or self._exclusive.get(id(held)):
+                if held in rewarders:
                     held.close()
                 else:  # a backend: the same weights come back later in this round
                     held.pause()
 
     def close(self) -> None:
         """Free every generation and reward model of this iteration (each process, before training)."""
-        for held in {id(x): x for x in (self.policy, self.rewarder, self.evolver_llm)}.values():
+        for held in self.models():
             held.close()
+
+    def models(self) -> list[OnDemand]:
+        """Every model this iteration may build, each once."""
+        held = (self.policy, *self.rewarders.values(), self.evolver_llm)
+        return list({id(x): x for x in held}.values())
 
 
 class Stage:

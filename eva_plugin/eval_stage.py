@@ -51,7 +51,7 @@ class Eval(Stage):
     def config(self, it: Iteration) -> dict:
         config = {**it.run.upstream(0, EvalPrompts.name), "size": it.eva.eval_size, "n": it.eva.eval_samples,
                   "policy": it.run.policy_id(it.t), "generation": as_dict(it.eva.generation),
-                  **it.run.reward_config(), "seed": it.run.seed}
+                  **it.run.reward_config("creator"), "seed": it.run.seed}
         if it.eva.eval_temperature is not None:
             config["temperature"] = it.eva.eval_temperature
         if it.t > 0:  # the win rate compares with the initial policy's answers
@@ -64,7 +64,7 @@ class Eval(Stage):
             held = held.select(range(it.eva.eval_size))
         prompts = list(held["prompt"])
         responses, counts = it.sample(prompts, it.eva.eval_samples, self.name)
-        rewards, scored = it.score(prompts, responses, "eval")
+        rewards, scored = it.score(prompts, responses, "eval", role="creator")
         means = [prompt_mean(rs) for rs in rewards]
         initial = None
         if it.t > 0:

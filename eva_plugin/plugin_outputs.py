@@ -86,7 +86,7 @@ def checked_rewards(scores: Any, responses: Sequence[Sequence[str]], plugin: str
 
 
 def check_spread(rewards: Sequence[Sequence[float]], prompts: Sequence[str], responses: Sequence[Sequence[str]],
-                 plugin: str, where: str) -> None:
+                 plugin: str, where: str, key: str = "eva.reward") -> None:
     """Refuse a reward model that gave every distinct response of a stage one and the same finite
     reward (it ranks nothing: no prompt would be informative and no pair could be built)."""
     distinct = {(p, y) for p, ys in zip(prompts, responses) for y in ys}
@@ -96,8 +96,8 @@ def check_spread(rewards: Sequence[Sequence[float]], prompts: Sequence[str], res
         n = sum(map(len, rewards))
         raise PluginOutputError(
             f"{where}: reward model {plugin!r} gave all {n} responses to {len(prompts)} prompts the same reward "
-            f"{next(iter(values)):g} ({len(distinct)} distinct responses); it ranks nothing: check eva.reward_model "
-            "and eva.reward_options")
+            f"{next(iter(values)):g} ({len(distinct)} distinct responses); it ranks nothing: check {key}_model "
+            f"and {key}_options")
 
 
 def checked_evolved(evolved: Any, seeds: Sequence[dict], plugin: str) -> list:

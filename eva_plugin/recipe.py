@@ -315,6 +315,7 @@ def build_recipe(command: Command) -> Recipe:
 
     model.model_name_or_path = resolve(model.model_name_or_path)
     eva.reward_model = resolve(eva.reward_model)
+    eva.creator_reward_model = resolve(eva.creator_reward_model)
     eva.evolver_model = resolve(eva.evolver_model)
     eva.judge_model = resolve(eva.judge_model)
     if creator is not None and not model.model_name_or_path:
@@ -325,13 +326,36 @@ def build_recipe(command: Command) -> Recipe:
                      eva_run=creator is not None)
     if creator is not None:
         _check_eval_prompts(eva.eval_prompts, specs, Path(config_path).parent if config_path else Path())
+        if eva.eval_prompts or mixture.test_split_size:
+            _check_eval_reward(eva)
     for note in notes:
         logger.warning("recipe: %s", note)
+    if int(os.environ.get("RANK", "0")) == 0:  # once per run, not once per process
+        logger.info("recipe: %s", effective_batch_line(training))
     return Recipe(
         creator=creator, eva=eva, script=script, training=training, model=model, datasets=specs,
         mixture_seed=mixture_seed, test_split_size=mixture.test_split_size, mixture_dialect=mixture_dialect,
         source=config_path, notes=notes, explicit=explicit,
     )
+
+
+def effective_batch_line(training, processes: int | None = None) -> str:
+    """Sequences per optimiser step: per device × accumulation × processes (``WORLD_SIZE`` of the launch)."""
+    processes = processes if processes is not None else int(os.environ.get("WORLD_SIZE", "1") or 1)
+    per_device, accumulation = training.per_device_train_batch_size, training.gradient_accumulation_steps
+    return (f"effective batch {per_device * accumulation * processes} = {per_device} per device × {accumulation} "
+            f"accumulation × {processes} process{'es' if processes != 1 else ''}")
+
+
+def _check_eval_reward(eva: EvaArguments) -> None:
+    """The held-out evaluation compares mean rewards across rounds; a judge that scores a response only
+    against the prompt's other samples (pairwise, pairrm) gives every prompt the same mean."""
+    rewarder = eva.rewarder("creator")
+    if rewarder.type in ("pairwise", "pairrm"):
+        raise RecipeError(f"the held-out evaluation needs a reward that compares across rounds, but {rewarder.key}"
+                          f"_type {rewarder.type} scores a response only against its prompt's other samples (every "
+                          "mean is the same); set eva.creator_reward_model to a point-wise reward model (it "
+                          "scores the evaluation), or drop eval_prompts / test_split_size")
 
 
 def _unknown_keys(cfg: dict[str, Any], known: set[str]) -> None:

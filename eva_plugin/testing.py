@@ -119,3 +119,29 @@ def make_tiny_encoder(path: str | Path, seed: int = 2) -> Path:
     model, _, path = _save_random(LlamaModel, path, seed)
     model.save_pretrained(path)
     return path
+
+
+def make_tiny_pairrm(path: str | Path, seed: int = 3) -> Path:
+    """Save a random tiny PairRM (DeBERTa-v2 encoder + comparison head, the PairRM-hf layout) plus
+    the offline tokenizer with PairRM's prefix tokens."""
+    import torch
+    from transformers import DebertaV2Config
+
+    from eva_plugin.rewards.options import PREFIXES
+    from eva_plugin.rewards.pairrm import pair_ranker_class
+
+    path = Path(path)
+    tokenizer = make_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": [*PREFIXES.values(), "<|candidate|>"]})
+    ids = {key: tokenizer.convert_tokens_to_ids(token) for key, token in PREFIXES.items()}
+    config = DebertaV2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, max_position_embeddings=512, relative_attention=True,
+                             position_buckets=64, pos_att_type=["p2c", "c2p"], position_biased_input=False,
+                             pad_token_id=tokenizer.pad_token_id, n_tasks=1, drop_out=0.05,
+                             initializer_range=0.5,  # the default 0.02 makes every comparison ~1e-8
+                             cand_prefix_id=tokenizer.convert_tokens_to_ids("<|candidate|>"), **ids)
+    torch.manual_seed(seed)
+    model = pair_ranker_class()(config)
+    tokenizer.save_pretrained(path)
+    model.save_pretrained(path)
+    return path

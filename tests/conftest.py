@@ -12,7 +12,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-from eva_plugin.testing import make_tiny_encoder, make_tiny_policy, make_tiny_reward_model  # noqa: E402
+from eva_plugin.testing import (  # noqa: E402
+    make_tiny_encoder,
+    make_tiny_pairrm,
+    make_tiny_policy,
+    make_tiny_reward_model,
+)
 
 TOPICS = ["the sea", "a python function", "the moon", "remote work", "climate policy", "a french sentence",
           "fibonacci numbers", "the sky", "a short poem", "language learning", "energy", "an equation"]
@@ -25,6 +30,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "policy": make_tiny_policy(root / "policy"),
         "reward": make_tiny_reward_model(root / "reward"),
         "encoder": make_tiny_encoder(root / "encoder"),
+        "pairrm": make_tiny_pairrm(root / "pairrm"),
     }
 
 

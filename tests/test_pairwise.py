@@ -65,3 +65,15 @@ def test_pairwise_reward_in_the_loop(write_recipe, models):
 
     scored = load_from_disk(str(recipe.output_dir / "iter_1" / "creator_rewards" / "data"))
     assert all(sum(r) == pytest.approx(len(r) / 2) for r in scored["rewards"])
+
+
+def test_only_the_answer_positions_logits_are_computed(models):
+    """All n(n − 1) comparisons' [B, L, V] logits would be gigabytes at a 128K vocabulary: the judge's
+    forward returns [B, 1, V] (``logits_to_keep=1``), and the win rates still match a full forward
+    (``test_two_responses_match_a_direct_forward``)."""
+    rm = PairwisePreferenceReward(str(models["policy"]), batch_size=4)
+    shapes: list[tuple[int, ...]] = []
+    rm.model.register_forward_hook(lambda module, args, out: shapes.append(tuple(out.logits.shape)))
+    rm.score(CONV, RESPONSES)
+    assert sum(s[0] for s in shapes) == 2 * (6 + 1)  # both orders of every pair
+    assert all(s[1] == 1 and s[2] == rm.model.config.vocab_size for s in shapes)

@@ -151,10 +151,11 @@ def test_a_backend_that_reserves_the_gpu_never_shares_it(write_recipe):
     for reserves in (True, False):
         events.clear()
         it = Iteration(loop.run_facts, 1)
-        it.policy, it.rewarder = OnDemand(lambda: Model("policy")), OnDemand(lambda: Model("reward"))
+        it.policy, reward = OnDemand(lambda: Model("policy")), OnDemand(lambda: Model("reward"))
+        it.rewarders = {"solver": reward, "creator": reward}
         it.evolver_llm = it.policy
         it._exclusive = {id(it.policy): reserves}
-        for needed in (it.policy, it.rewarder, it.policy):
+        for needed in (it.policy, reward, it.policy):
             it.make_room(needed)
             needed.get()
         it.close()
@@ -163,3 +164,34 @@ def test_a_backend_that_reserves_the_gpu_never_shares_it(write_recipe):
                               "free policy"]
         else:
             assert events == ["load policy", "load reward", "free policy", "free reward"]
+
+
+def test_two_reward_models_are_never_held_together(write_recipe, models):
+    """A creator reward model and a solver one: the first is freed before the second loads, and the
+    policy (a backend that shares the device) stays."""
+    from eva_plugin.context import Iteration
+    from eva_plugin.loop import EvaLoop
+    from eva_plugin.recipe import load_recipe
+    from eva_plugin.runtime import OnDemand
+
+    recipe = write_recipe(eva={"creator_reward_model": str(models["encoder"]), "creator_reward_type": "embedding"})
+    loop = EvaLoop(load_recipe(["--config", str(recipe)]))
+    it = Iteration(loop.run_facts, 1)
+    assert it.rewarders["creator"] is not it.rewarders["solver"]
+    events: list[str] = []
+
+    class Model:
+        def __init__(self, name: str) -> None:
+            self.name = name
+            events.append(f"load {name}")
+
+        def close(self) -> None:
+            events.append(f"free {self.name}")
+
+    it.policy = it.evolver_llm = OnDemand(lambda: Model("policy"))
+    it.rewarders = {"creator": OnDemand(lambda: Model("creator")), "solver": OnDemand(lambda: Model("solver"))}
+    it._exclusive = {}
+    for needed in (it.policy, it.rewarders["creator"], it.policy, it.rewarders["solver"]):
+        it.make_room(needed)
+        needed.get()
+    assert events == ["load policy", "load creator", "free creator", "load solver"]

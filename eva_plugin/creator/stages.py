@@ -54,11 +54,11 @@ class CreatorRewards(Stage):
     name, mode = "creator_rewards", SHARED
 
     def config(self, it: Iteration) -> dict:
-        return {**it.upstream("creator_samples"), **it.run.reward_config()}
+        return {**it.upstream("creator_samples"), **it.run.reward_config("creator")}
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         sampled = it.load("creator_samples")
-        scores, counts = it.score(list(sampled["prompt"]), list(sampled["responses"]), "creator")
+        scores, counts = it.score(list(sampled["prompt"]), list(sampled["responses"]), "creator", role="creator")
         return StageResult(sampled.add_column("rewards", scores), counts)
 
 
@@ -80,7 +80,7 @@ class Scores(Stage):
         excluded = ["" if good else "nonfinite_rewards" for good in ok]
         if not any(ok):
             raise EvaError(f"iteration {it.t}: no prompt has two finite rewards (the reward model gave NaN or inf); "
-                           "check eva.reward_model and its options")
+                           f"check {it.eva.rewarder('creator').key}_model and its options")
         w = proxy_weights(proxy, rewards, it.eva.weighting)
         ds = Dataset.from_dict({"prompt_id": list(scored["prompt_id"]), "prompt": list(scored["prompt"]),
                                 "info": info, "weight": w.tolist(), "excluded": excluded})

@@ -15,3 +15,4 @@ def register_reward_models(register: Callable) -> None:
                                              options.SequenceClassificationOptions))
     register("embedding", Lazy("eva_plugin.rewards.embedding:EmbeddingSimilarityReward", options.EmbeddingOptions))
     register("pairwise", Lazy("eva_plugin.rewards.pairwise:PairwisePreferenceReward", options.PairwiseOptions))
+    register("pairrm", Lazy("eva_plugin.rewards.pairrm:PairRMReward", options.PairRMOptions))

@@ -9,6 +9,21 @@ from eva_plugin.options import Options, option
 #: The pair-wise judge's prompt (RLHF Workflow's preference-model format).
 PAIRWISE_TEMPLATE = "[CONTEXT] {context} [RESPONSE A] {a} [RESPONSE B] {b} \n"
 
+#: PairRM's three prefix tokens, by the config.json keys that hold their ids.
+PREFIXES = {"source_prefix_id": "<|source|>", "cand1_prefix_id": "<|candidate1|>",
+            "cand2_prefix_id": "<|candidate2|>"}
+
+
+def pairrm_config_fault(config: dict) -> str:
+    """Why a config.json is not a PairRM-hf checkpoint's (DeBERTa-v2 plus the prefix token ids and
+    ``n_tasks``), or ""."""
+    if config.get("model_type") != "deberta-v2":
+        return f"model_type is {config.get('model_type')!r}, not deberta-v2"
+    missing = [k for k in (*PREFIXES, "n_tasks") if type(config.get(k)) is not int]
+    if missing:
+        return f"config.json has no {', '.join(missing)}"
+    return ""
+
 
 @dataclass(frozen=True)
 class LoadingOptions(Options):
@@ -48,3 +63,12 @@ class PairwiseOptions(LoadingOptions):
     seed: int = option(0, "Seed of the random order.")
     template: str = option(PAIRWISE_TEMPLATE, "The judge's prompt, with {context}, {a} and {b}.")
     labels: list[str] = option(["A", "B"], "The answer tokens meaning 'A wins' and 'B wins'.")
+
+
+@dataclass(frozen=True)
+class PairRMOptions(LoadingOptions):
+    batch_size: int = option(16, "Comparisons per forward pass.", ge=1)
+    max_batch_tokens: int | None = option(32768, "Token budget of a forward pass; null: batch_size alone.", ge=1)
+    source_max_length: int = option(1224, "The prompt is cut to this many tokens (PairRM's own setting).", ge=2)
+    candidate_max_length: int = option(412, "Each response gets half of what the prompt leaves of "
+                                       "source_max_length + 2 × this (PairRM's own setting).", ge=2)

@@ -69,6 +69,7 @@ class PairwisePreferenceReward:
         if any(len(i) != 1 for i in ids):
             raise ValueError(f"labels {labels} must be single tokens for this tokenizer")
         self.label_ids = [i[0] for i in ids]
+        self.keep_last = True
 
     def render(self, context: str, a: str, b: str) -> str:
         turn = [{"role": "user", "content": self.template.format(context=context, a=a, b=b)}]
@@ -92,13 +93,27 @@ class PairwisePreferenceReward:
             for batch in length_batches([len(x) for x in ids], self.batch_size, self.max_batch_tokens):
                 enc = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]},
                                          return_tensors="pt").to(self.model.device)
-                logits = self.model(**enc).logits[:, -1]
+                logits = self.answer_logits(enc)
                 labels = torch.tensor(self.label_ids, device=logits.device)
                 logits = logits.index_select(-1, labels).float()
                 for i, p in zip(batch, torch.softmax(logits, -1)[:, 0].tolist()):
                     out[i] = p
                 progress.update(len(batch))
         return out
+
+    def answer_logits(self, enc) -> torch.Tensor:
+        """[B, V] logits at the answer position. Only that position is computed (``logits_to_keep=1``):
+        a [B, L, V] tensor for every one of the n(n − 1) comparisons would be gigabytes at a 128K
+        vocabulary. A model whose own code does not take the keyword gets the full forward."""
+        if self.keep_last:
+            try:
+                return self.model(**enc, logits_to_keep=1).logits[:, -1]
+            except TypeError as err:
+                if "logits_to_keep" not in str(err):
+                    raise
+                self.keep_last = False
+                logger.info("the pairwise judge's forward takes no logits_to_keep; all positions are computed")
+        return self.model(**enc).logits[:, -1]
 
     def score(self, conversations: list[Conversation], responses: list[list[str]]) -> list[list[float]]:
         jobs: list[tuple[int, int, int, bool]] = []  # prompt, i, j, i shown first

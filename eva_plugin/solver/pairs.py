@@ -27,9 +27,10 @@ def _sigmoid(x: float) -> float:
 def win_probability(rewards: list[float], i: int, pairwise: bool = False) -> float:
     """P(y_i wins) among the prompt's samples, for soft SPPO.
 
-    A pair-wise reward already is a win probability; point-wise rewards go through Bradley–Terry as
-    the SPPO authors compute it (``compute_prob.py``): (1/n) Σ_j σ(r_i − r_j) over all n samples, j = i
-    included (it adds ½/n), so P lies in [1/(2n), 1 − 1/(2n)].
+    A ``pairwise`` judge's reward already is a win probability; scores (point-wise rewards, and
+    PairRM's aggregate scores, which is what the SPPO authors feed it) go through Bradley–Terry as
+    they compute it (``compute_prob.py``): (1/n) Σ_j σ(r_i − r_j) over all n samples, j = i included
+    (it adds ½/n), so P lies in [1/(2n), 1 − 1/(2n)].
     """
     if pairwise:
         return float(rewards[i])

@@ -124,7 +124,8 @@ def reusable_samples(it: Iteration) -> dict[str, dict]:
 
 
 class SolverRewards(Stage):
-    """Rewards of the fresh solver samples (reused ones keep the creator's)."""
+    """Rewards of the fresh solver samples. Reused creator samples keep the creator's rewards when one
+    reward model scores for both; with a creator reward model of its own they are scored again here."""
 
     name, mode = "solver_rewards", SHARED
 
@@ -133,14 +134,16 @@ class SolverRewards(Stage):
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         sampled = it.load("solver_samples")
-        todo = [i for i, r in enumerate(sampled) if not r["reused"]]
-        # reused rewards were scored (and their non-finite ones counted) by creator_rewards
+        keep = it.eva.one_rewarder()  # the creator's rewards are this reward model's
+        todo = [i for i, r in enumerate(sampled) if not (r["reused"] and keep)]
+        # kept rewards were scored (and their non-finite ones counted) by creator_rewards
         scores, counts = it.score([sampled[i]["prompt"] for i in todo], [sampled[i]["responses"] for i in todo],
                                   "solver")
         fresh = dict(zip(todo, scores))
         rewards = [fresh.get(i, r["reused_rewards"]) for i, r in enumerate(sampled)]
         ds = sampled.remove_columns("reused_rewards").add_column("rewards", rewards)
-        return StageResult(ds, counts)
+        rescored = sum(1 for i in todo if sampled[i]["reused"])
+        return StageResult(ds, {**counts, "reused_responses_rescored": rescored})
 
 
 class Pairs(Stage):
