@@ -19,6 +19,7 @@ CREATORS = ("eva", "none")
 REFERENCES = ("previous", "initial")
 CREATOR_INPUTS = ("previous", "fresh")
 BUFFERS = ("seed", "previous")
+SPLITS = ("shuffled", "ordered")
 SAMPLINGS = ("seeded", "native")
 
 
@@ -150,6 +151,15 @@ class EvaArguments:
         default=False,
         metadata={"help": "Allow the seed pool to be used again (wrapping around) when the iterations need "
                   "more seed prompts than it has; false = refuse before any model loads."},
+    )
+    splits: str = field(
+        default="shuffled",
+        metadata={"help": "How the seed splits are cut: shuffled (every dataset of the mixture pooled, "
+                  "shuffled with the run seed and cut into consecutive splits) or ordered (the t-th split "
+                  "the run draws is the t-th dataset of the mixture, in the recipe's order, shuffled within "
+                  "itself with the run seed; `prompts_per_iteration` of its prompts, all of them when it has "
+                  "fewer or that is null; RLHF Workflow's iter1/iter2/iter3 prompt sets). ordered needs a "
+                  "dataset for every split the run draws; `reuse_pool` does not apply to it."},
     )
     prompts_per_iteration: int | None = field(
         default=None,
@@ -433,6 +443,7 @@ def check_values(args: EvaArguments) -> None:
          "eva.warmup_iterations must be >= 0 and < eva.iterations (the creator needs a round of its own)"),
         (args.creator_input in CREATOR_INPUTS, f"eva.creator_input must be one of: {', '.join(CREATOR_INPUTS)}"),
         (args.buffer in BUFFERS, f"eva.buffer must be one of: {', '.join(BUFFERS)}"),
+        (args.splits in SPLITS, f"eva.splits must be one of: {', '.join(SPLITS)}"),
         (args.generation.temperature > 0,
          "eva.generation.temperature must be > 0: several responses per prompt need sampling"),
         (args.judge_size is None or args.judge_size >= 1, "eva.judge_size must be >= 1 or null"),
@@ -443,3 +454,15 @@ def check_values(args: EvaArguments) -> None:
          "eva.creator_reward_type / creator_reward_options are set but eva.creator_reward_model is null; "
          "name the creator's reward model, or drop them (reward_model then scores for the creator too)"),
     ])
+
+
+def takes_split(creator: str | None, args: EvaArguments, t: int) -> bool:
+    """Whether round ``t`` draws a new seed split: every round without the creator (``creator: none``, a
+    warm-up round), and a creator round with ``creator_input: fresh`` or in round 1 (``previous``: X_0)."""
+    creator_on = creator == "eva" and t > args.warmup_iterations
+    return not creator_on or args.creator_input == "fresh" or t == 1
+
+
+def split_rounds(creator: str | None, args: EvaArguments) -> list[int]:
+    """The rounds that draw a seed split, in order (split ``i`` is drawn by ``split_rounds(…)[i]``)."""
+    return [t for t in range(1, args.iterations + 1) if takes_split(creator, args, t)]

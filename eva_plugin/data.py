@@ -254,18 +254,24 @@ def prompt_id(text: str) -> str:
 
 
 def load_prompts(specs: list[DatasetSpec], column: str | None = None, seed: int = 0,
-                 counts: dict[str, int] | None = None) -> Dataset:
-    """Seed prompts from the mixture: ``prompt_id``, ``prompt``, ``source`` (+ ``category``).
+                 counts: dict[str, int] | None = None, *, dataset_column: bool = False) -> Dataset:
+    """Seed prompts from the mixture: ``prompt_id``, ``prompt``, ``source`` (+ ``category``; with
+    ``dataset_column`` also ``dataset``, the position of the row's dataset in ``specs``).
 
     The rows are the mixture's (``mixture_parts``), in the sources' order; duplicate
-    prompts are dropped, counted (one log line) in ``counts["duplicates_dropped"]``.
+    prompts are dropped (the first dataset that has one keeps it), counted (one log line) in
+    ``counts["duplicates_dropped"]``.
     """
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     tally = {"duplicates_dropped": 0, "rows_without_prompt": 0}
     parts = mixture_parts(specs, seed)
-    for spec, part in zip(specs, parts):
+    for index, (spec, part) in enumerate(zip(specs, parts)):
+        start = len(rows)
         _add_prompts(rows, seen, part, spec.path, column, tally)
+        if dataset_column:
+            for row in rows[start:]:
+                row["dataset"] = index
     if not rows and sum(len(p) for p in parts) == 0:
         zero = [s.path for s in specs if s.weight == 0 or s.fraction == 0]
         why = f" (weight 0: {', '.join(zero)})" if zero else ""

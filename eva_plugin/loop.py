@@ -52,7 +52,7 @@ class EvaLoop:
             self.runtime.begin(0)
             setup = Iteration(facts, 0)
             made = {spec.name: setup.do(spec.build()) for spec in self.plan.stages(0, SETUP)}
-            check_supply(facts, len(made[SeedPool.name]))  # enough seed prompts for every round
+            check_supply(facts, made[SeedPool.name])  # enough seed prompts for every round
             check_prompts_fit(facts, made[SeedPool.name])  # a policy context that holds them
             self.after_round(0)  # π_0 on the held-out prompts; the seed pool judged
             for t in range(1, facts.eva.iterations + 1):

@@ -7,6 +7,9 @@ trains without the creator (``creator: none``, or a warm-up round) or when the c
 from fresh seeds (``creator_input: fresh``, paper Table 26). With ``creator_input: previous``
 the creator evolves X_{t-1}, the set the last round trained on (the first split in round 1).
 Running out of seed prompts is an error before any model loads, unless ``reuse_pool`` is set.
+With ``splits: ordered`` the pool is not pooled: split ``i`` is dataset ``i`` of the mixture (its
+prompts shuffled among themselves with the run seed), ``prompts_per_iteration`` of them or all it has;
+the seed pool's manifest lists which dataset each split comes from.
 Held-out evaluation prompts (``iter_0/eval_prompts``: ``eva.eval_prompts`` or the recipe's
 ``test_split_size`` share) are left out of the seed pool.
 """
@@ -14,19 +17,25 @@ Held-out evaluation prompts (``iter_0/eval_prompts``: ``eva.eval_prompts`` or th
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
+import numpy as np
 from datasets import Dataset
 
+from eva_plugin import config as eva_config
 from eva_plugin.artifacts import StageResult
 from eva_plugin.content import content_id
 from eva_plugin.context import Iteration, Run, Stage
 from eva_plugin.data import DatasetSpec, load_prompts
 from eva_plugin.errors import RecipeError
 
+logger = logging.getLogger(__name__)
 
 class SeedPool(Stage):
-    """``iter_0/seed_pool``: every seed prompt of the recipe's datasets, shuffled with the run seed."""
+    """``iter_0/seed_pool``: every seed prompt of the recipe's datasets, shuffled with the run seed
+    (``splits: ordered``: dataset by dataset in the recipe's order, each shuffled within itself, with
+    a ``dataset`` column holding the dataset's position in the mixture)."""
 
     name = "seed_pool"
 
@@ -34,23 +43,68 @@ class SeedPool(Stage):
         config = pool_config(it)
         if eval_on(it.run):  # the held-out evaluation prompts are never trained on (absent: older fingerprints)
             config["held_out"] = it.run.upstream(0, EvalPrompts.name)[EvalPrompts.name]
+        if ordered(it.run):  # absent when shuffled: older fingerprints hold
+            config["splits"] = it.eva.splits
         return config
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         recipe = it.run.recipe
         counts: dict[str, int] = {}
-        pool = load_prompts(recipe.datasets, it.eva.prompt_column, seed=recipe.mixture_seed, counts=counts)
+        pool = load_prompts(recipe.datasets, it.eva.prompt_column, seed=recipe.mixture_seed, counts=counts,
+                            dataset_column=ordered(it.run))
         stats = {}
         if eval_on(it.run):
             held = set(it.run.store.load(0, EvalPrompts.name)["prompt_id"])
             keep = [i for i, pid in enumerate(pool["prompt_id"]) if pid not in held]
             stats["held_out"] = len(pool) - len(keep)
             pool = pool.select(keep).flatten_indices(keep_in_memory=True)
-        pool = pool.shuffle(seed=it.run.seed)
+        if ordered(it.run):
+            pool = pool.select(ordered_rows(list(pool["dataset"]), len(recipe.datasets), it.run.seed))
+            stats["seed_splits"] = ordered_split_table(it.run, list(pool["dataset"]))
+        else:
+            pool = pool.shuffle(seed=it.run.seed)
         return StageResult(pool.flatten_indices(), {"pool_size": len(pool),
                                                     "duplicates_dropped": counts.get("duplicates_dropped", 0),
                                                     "dropped_rows": {"no_prompt": counts.get("rows_without_prompt", 0)},
                                                     **stats})
+
+
+def ordered(run: Run) -> bool:
+    """Whether split ``i`` is dataset ``i`` of the mixture (``eva.splits: ordered``)."""
+    return run.eva.splits == "ordered"
+
+
+def ordered_rows(datasets: list[int], count: int, seed: int) -> list[int]:
+    """The pool's rows dataset by dataset (0 … ``count`` - 1), each dataset's rows in the order
+    ``Dataset.shuffle(seed=seed)`` gives them."""
+    order: list[int] = []
+    for d in range(count):
+        rows = [i for i, of in enumerate(datasets) if of == d]
+        order += [rows[k] for k in np.random.default_rng(seed).permutation(len(rows))]
+    return order
+
+
+def dataset_name(spec: DatasetSpec) -> str:
+    """A dataset of the mixture as a user reads it: its id or path, config and split."""
+    config = f", config {spec.config}" if spec.config else ""
+    return f"{spec.path} ({spec.split}{config})"
+
+
+def ordered_split_table(run: Run, datasets: list[int]) -> list[dict]:
+    """The seed pool manifest's ``seed_splits`` (ordered): per dataset, the round that draws it (null: none),
+    its prompts in the pool and how many the round takes."""
+    rounds = eva_config.split_rounds(run.creator, run.eva)
+    table = []
+    for d, spec in enumerate(run.recipe.datasets):
+        have = datasets.count(d)
+        table.append({"split": d, "round": rounds[d] if d < len(rounds) else None, "dataset": dataset_name(spec),
+                      "prompts": have, "taken": ordered_size(run, have) if d < len(rounds) else 0})
+    return table
+
+
+def ordered_size(run: Run, have: int) -> int:
+    """How many prompts an ordered split takes from a dataset with ``have`` prompts in the pool."""
+    return min(run.eva.prompts_per_iteration or have, have)
 
 
 def pool_config(it: Iteration) -> dict:
@@ -114,9 +168,7 @@ class EvalPrompts(Stage):
 
 def takes_split(run: Run, t: int) -> bool:
     """Whether round ``t`` draws a new seed split (for training, or as the creator's input)."""
-    if not run.creator_on(t):
-        return True
-    return run.eva.creator_input == "fresh" or t == 1
+    return eva_config.takes_split(run.creator, run.eva, t)
 
 
 def split_index(run: Run, t: int) -> int:
@@ -125,7 +177,7 @@ def split_index(run: Run, t: int) -> int:
 
 
 def splits_needed(run: Run) -> int:
-    return sum(takes_split(run, t) for t in range(1, run.eva.iterations + 1))
+    return len(eva_config.split_rounds(run.creator, run.eva))
 
 
 def split_size(run: Run, pool_size: int) -> int:
@@ -133,14 +185,36 @@ def split_size(run: Run, pool_size: int) -> int:
     return run.eva.prompts_per_iteration or max(1, pool_size // splits_needed(run))
 
 
-def check_supply(run: Run, pool_size: int) -> None:
-    """Refuse a run whose rounds need more seed prompts than the pool has (before any model loads)."""
+def check_supply(run: Run, pool: Dataset) -> None:
+    """Refuse a run whose rounds need more seed prompts than the pool has (before any model loads).
+    Ordered splits: refuse a dataset that gives its round no prompt; say (once) which take fewer than
+    ``prompts_per_iteration``."""
+    if ordered(run):
+        check_ordered_supply(run, list(pool["dataset"]))
+        return
+    pool_size = len(pool)
     need, size = splits_needed(run), split_size(run, pool_size)
     if need * size > pool_size and not run.eva.reuse_pool:
         raise RecipeError(
             f"the {run.eva.iterations} rounds need {need} seed split(s) of {size} prompts ({need * size}) but "
             f"the seed pool has {pool_size}; add prompts, lower eva.prompts_per_iteration, or set "
             "eva.reuse_pool: true to use seed prompts again")
+
+
+def check_ordered_supply(run: Run, datasets: list[int]) -> None:
+    wanted = run.eva.prompts_per_iteration
+    for row in ordered_split_table(run, datasets):
+        if row["round"] is None:
+            continue
+        if not row["prompts"]:
+            raise RecipeError(
+                f"eva.splits: ordered: round {row['round']} trains on dataset {row['split'] + 1} of the mixture, "
+                f"{row['dataset']}, which gives no seed prompt (empty, weight 0, held out, or every prompt already "
+                "in an earlier dataset); give it prompts or set eva.splits: shuffled")
+        if wanted and row["prompts"] < wanted and run.runtime.is_main:
+            logger.warning("eva.splits: ordered: round %d's dataset %s has %d seed prompts, fewer than "
+                           "prompts_per_iteration %d; the round uses all %d", row["round"], row["dataset"],
+                           row["prompts"], wanted, row["prompts"])
 
 
 def check_prompts_fit(run: Run, pool: Dataset) -> None:
@@ -162,10 +236,23 @@ def check_prompts_fit(run: Run, pool: Dataset) -> None:
 
 
 def seed_split(it: Iteration, index: int) -> Dataset:
-    """Split ``index`` of the seed pool (wrapping around only with ``reuse_pool``)."""
+    """Split ``index`` of the seed pool (wrapping around only with ``reuse_pool``); ordered: the first
+    ``prompts_per_iteration`` prompts of dataset ``index`` (all of them when it has fewer)."""
     pool = it.run.store.load(0, SeedPool.name)
+    if ordered(it.run):
+        rows = [i for i, of in enumerate(pool["dataset"]) if of == index]
+        return with_origin(pool.select(rows[:ordered_size(it.run, len(rows))]), "seed")
     n = min(split_size(it.run, len(pool)), len(pool))
     return with_origin(pool.select([(index * n + i) % len(pool) for i in range(n)]), "seed")
+
+
+def split_stats(it: Iteration) -> dict:
+    """For the manifest of the stage that draws this round's seed split (ordered splits): which split
+    and which dataset of the mixture it came from."""
+    if not ordered(it.run) or not takes_split(it.run, it.t):
+        return {}
+    index = split_index(it.run, it.t)
+    return {"seed_split": index, "dataset": dataset_name(it.run.recipe.datasets[index])}
 
 
 def previous_set(it: Iteration) -> Dataset:

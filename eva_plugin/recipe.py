@@ -21,7 +21,7 @@ import yaml
 from eva_plugin import recipe_yaml
 from eva_plugin.checks import check_training, hub_offline
 from eva_plugin.command_line import Command, apply_overrides, parse_command
-from eva_plugin.config import CREATORS, EvaArguments, eva_arguments
+from eva_plugin.config import CREATORS, EvaArguments, eva_arguments, split_rounds
 from eva_plugin.dataset_mixture import HANDBOOK, TRL, DatasetSpec, read_mixture
 from eva_plugin.errors import RecipeError
 from eva_plugin.legacy_keys import DROPPED, RENAMED
@@ -328,6 +328,7 @@ def build_recipe(command: Command) -> Recipe:
         _check_eval_prompts(eva.eval_prompts, specs, Path(config_path).parent if config_path else Path())
         if eva.eval_prompts or mixture.test_split_size:
             _check_eval_reward(eva)
+        check_ordered_splits(creator, eva, specs, notes)
     for note in notes:
         logger.warning("recipe: %s", note)
     if int(os.environ.get("RANK", "0")) == 0:  # once per run, not once per process
@@ -392,6 +393,25 @@ def _check_eval_prompts(eval_prompts: str | None, specs: list[DatasetSpec], reci
             raise RecipeError(f"`eva.eval_prompts` {eval_prompts} is the seed data itself ({seed}, same "
                               f"{'file' if Path(seed).resolve() == held.resolve() else 'content'}); hold out "
                               "other prompts, or drop eva.eval_prompts and set test_split_size")
+
+
+def check_ordered_splits(creator: str, eva: EvaArguments, specs: list[DatasetSpec], notes: list[str]) -> None:
+    """``eva.splits: ordered`` gives the t-th seed split the run draws to the t-th dataset of the mixture:
+    one dataset for each split (fewer: refused; more: the rest are never trained on, noted)."""
+    if eva.splits != "ordered":
+        return
+    rounds = split_rounds(creator, eva)
+    if len(specs) < len(rounds):
+        single = " (eva.prompts replaces the mixture with one file)" if eva.prompts else ""
+        raise RecipeError(
+            f"eva.splits: ordered makes each dataset of the mixture one round's seed split, but the run draws "
+            f"{len(rounds)} seed split(s) (rounds {', '.join(map(str, rounds))}) and the mixture has "
+            f"{len(specs)} dataset(s){single}; list one dataset per split under dataset_mixture, lower "
+            "eva.iterations, or set eva.splits: shuffled")
+    unused = [s.path for s in specs[len(rounds):]]
+    if unused:
+        notes.append(f"eva.splits: ordered: the run draws {len(rounds)} seed split(s), so the mixture's "
+                     f"last {len(unused)} dataset(s) ({', '.join(unused)}) are never trained on")
 
 
 def _beside_recipe(path: str, recipe_dir: Path) -> str:

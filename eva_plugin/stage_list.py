@@ -66,7 +66,8 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("eval_prompts", "eva_plugin.prompt_sets:EvalPrompts", SETUP,
               "the held-out evaluation prompts, never trained on", when=EVALUATING),
     StageSpec("seed_pool", "eva_plugin.prompt_sets:SeedPool", SETUP,
-              "the shuffled seed prompts; X_0 is their first split", legacy_name="prompts"),
+              "the shuffled seed prompts; X_0 is their first split (`splits: ordered`: dataset by dataset, each "
+              "shuffled; the manifest's `seed_splits` says which round takes which)", legacy_name="prompts"),
     StageSpec("creator_samples", "eva_plugin.creator.stages:CreatorSamples", CREATOR,
               "n responses of π_{t-1} per prompt of the creator's input (X_{t-1} or a fresh split)"),
     StageSpec("creator_rewards", "eva_plugin.creator.stages:CreatorRewards", CREATOR,
@@ -105,7 +106,8 @@ STAGES: tuple[StageSpec, ...] = (
 DATA_COLUMNS = {
     "eval_prompts": "`prompt_id`, `prompt`, from `eva.eval_prompts` or the recipe's `test_split_size` share of "
                     "the seed prompts",
-    "seed_pool": "`prompt_id`, `prompt` and the source's other columns (e.g. `category`)",
+    "seed_pool": "`prompt_id`, `prompt`, `source` and the source's other columns (e.g. `category`); `splits: "
+                 "ordered` adds `dataset` (its position in the mixture)",
     "creator_samples": "`prompt_id`, `prompt`, `origin`, `responses`",
     "creator_rewards": "the same + `rewards`",
     "scores": "`prompt_id`, `prompt`, `info` (the proxy value), `weight`",

@@ -69,6 +69,15 @@ def _stale_seed_pool(ctx):
     return ["--config", str(ctx.write(eva={"prompts": str(first), "prompt_column": "prompt"}))]
 
 
+def _ordered_split_without_prompts(ctx):
+    """splits: ordered, and the second dataset holds only prompts the first already has."""
+    first = _prompts(ctx.tmp, _good_rows(6), "first.jsonl")
+    second = _prompts(ctx.tmp, _good_rows(3), "second.jsonl")
+    mixture = {"datasets": [{"id": str(first), **W}, {"id": str(second), **W}], "seed": 0}
+    return ["--config", str(ctx.write(creator="none", dataset_mixture=mixture,
+                                      eva={"splits": "ordered", "prompts_per_iteration": 2}))]
+
+
 def _reward_model_folder_without_config(ctx):
     folder = ctx.tmp / "empty_model"
     folder.mkdir()
@@ -127,6 +136,13 @@ _CASES: dict[str, tuple] = {
     "top-p-zero": (_recipe(eva={"generation": {"top_p": 0}}), "top_p"),
     "sampling-unknown": (_recipe(eva={"generation": {"sampling": "random"}}), "sampling"),
     "reference-unknown": (_recipe(eva={"reference": "latest"}), "reference"),
+    "splits-unknown": (_recipe(eva={"splits": "random"}), "eva.splits must be one of: shuffled, ordered"),
+    "splits-ordered-too-few-datasets": (_recipe(eva={"splits": "ordered", "creator_input": "fresh"}),
+                                        "the run draws 2 seed split(s) (rounds 1, 2) and the mixture has 1 dataset"),
+    "splits-ordered-creator-none": (_recipe(creator="none", eva={"splits": "ordered", "iterations": 3}),
+                                    "eva.splits: shuffled"),
+    "splits-ordered-eva-prompts": (lambda ctx: _recipe(eva={"splits": "ordered", "creator_input": "fresh",
+                                                            "prompts": str(ctx.prompts)})(ctx), "eva.prompts replaces"),
     # plugin names, losses, options
     "backend-unknown": (_recipe(eva={"generation": {"backend": "nope"}}), "backend"),
     "proxy-unknown": (_recipe(eva={"proxy": "a_mni"}), "proxy"),
@@ -218,6 +234,7 @@ _CASES: dict[str, tuple] = {
     "prompts-bad-extension": (_with_prompts(_good_rows(), name="bad.txt"), ".txt"),
     "prompts-csv-empty": (_with_prompts(b"", name="bad.csv"), "empty"),
     "prompts-too-few": (_with_prompts(_good_rows(4), prompts_per_iteration=100), "seed pool"),
+    "prompts-ordered-split-empty": (_ordered_split_without_prompts, "round 2 trains on dataset 2 of the mixture"),
     "prompts-folder": (lambda ctx: ["--config", str(ctx.write(eva={"prompts": str(ctx.tmp)}))], "cannot load"),
     # output folder
     "output-dir-is-file": (_output_dir_is_file, "output_dir"),

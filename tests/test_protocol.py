@@ -118,3 +118,108 @@ def test_a_prompt_too_long_for_the_policy_is_answered_empty_and_counted(write_re
     sampled = data(out, 1, "creator_samples")
     too_long = [r for r in sampled if r["prompt"].startswith("tell me very")]
     assert len(sampled) == 13 and too_long[0]["responses"] == [""] * 4
+
+
+SUBJECTS = ["rivers", "stars", "bread", "chess", "tides"]
+
+
+def _three_sets(folder: Path, sizes=(4, 4, 4)) -> list[Path]:
+    """Three prompt files in the RLHF Workflow's manner (one set per iteration), distinct prompts each;
+    the first is a JSON array, the others JSONL."""
+    paths = []
+    for k, (name, size) in enumerate(zip("abc", sizes)):
+        rows = [{"prompt": f"set {name}: question {i} about {SUBJECTS[(i + k) % len(SUBJECTS)]}"} for i in range(size)]
+        if k == 0:
+            path = folder / f"iter{k + 1}.json"
+            path.write_text(json.dumps(rows))
+        else:
+            path = folder / f"iter{k + 1}.jsonl"
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        paths.append(path)
+    return paths
+
+
+def _mixture(paths: list[Path]) -> dict:
+    return {"datasets": [{"id": str(p), "split": "train", "weight": 1.0} for p in paths], "seed": 0}
+
+
+def _texts(path: Path) -> set[str]:
+    text = path.read_text()
+    rows = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in text.splitlines()]
+    return {r["prompt"] for r in rows}
+
+
+def test_ordered_splits_give_round_t_the_t_th_dataset(write_recipe, tmp_path, caplog):
+    """RLHF Workflow: iteration t trains on prompt set t (iter1/2/3-20K), not a draw from all three; a set
+    smaller than prompts_per_iteration is used whole, and said once."""
+    paths = _three_sets(tmp_path, sizes=(5, 5, 2))
+    path = write_recipe(creator="none", dataset_mixture=_mixture(paths),
+                        eva={"iterations": 3, "prompts_per_iteration": 4, "splits": "ordered"})
+    recipe = load_recipe(["--config", str(path)])
+    with caplog.at_level(logging.WARNING, logger="eva_plugin"):
+        run(recipe, stop_after="iter_3/prompts")
+    out = recipe.output_dir
+    for t, (source, size) in enumerate(zip(paths, (4, 4, 2)), start=1):
+        split = data(out, t, "prompts")
+        assert len(split) == size and set(split["prompt"]) <= _texts(source), t
+        assert set(split["source"]) == {str(source)} and set(split["dataset"]) == {t - 1}
+        assert manifest(out, t, "prompts")["dataset"] == f"{source} (train)"
+        assert manifest(out, t, "prompts")["seed_split"] == t - 1
+    table = manifest(out, 0, "seed_pool")["seed_splits"]
+    assert [(r["round"], r["dataset"], r["prompts"], r["taken"]) for r in table] == [
+        (1, f"{paths[0]} (train)", 5, 4), (2, f"{paths[1]} (train)", 5, 4), (3, f"{paths[2]} (train)", 2, 2)]
+    # within a set the prompts are shuffled with the run seed: the first split is not the file's first rows
+    pool = data(out, 0, "seed_pool")
+    first = [r["prompt"] for r in pool if r["dataset"] == 0]
+    assert sorted(first) == sorted(_texts(paths[0])) and first != [f"set a: question {i} about {SUBJECTS[i]}"
+                                                                    for i in range(5)]
+    short = [r.getMessage() for r in caplog.records if "fewer than prompts_per_iteration" in r.getMessage()]
+    assert len(short) == 1 and short[0].startswith(f"eva.splits: ordered: round 3's dataset {paths[2]} (train) "
+                                                   "has 2 seed prompts, fewer than prompts_per_iteration 4")
+
+
+def test_ordered_splits_feed_the_creator_with_fresh_input(write_recipe, tmp_path):
+    """creator_input: fresh with ordered splits: round t's creator scores dataset t, its buffer comes from it."""
+    paths = _three_sets(tmp_path)
+    path = write_recipe(dataset_mixture=_mixture(paths),
+                        eva={"creator_input": "fresh", "splits": "ordered", "prompts_per_iteration": 3})
+    recipe = load_recipe(["--config", str(path)])
+    assert any("never trained on" in n and str(paths[2]) in n for n in recipe.notes)  # two rounds, three sets
+    run(recipe, stop_after="iter_2/prompts")
+    out = recipe.output_dir
+    for t in (1, 2):
+        scored = data(out, t, "creator_samples")
+        assert len(scored) == 3 and set(scored["prompt"]) <= _texts(paths[t - 1])
+        assert manifest(out, t, "creator_samples")["dataset"] == f"{paths[t - 1]} (train)"
+    buffer = data(out, 2, "prompts").filter(lambda r: r["origin"] == "buffer")
+    assert len(buffer) and set(buffer["prompt"]) <= _texts(paths[1])
+
+
+def test_shuffled_splits_draw_each_round_from_every_dataset(write_recipe, tmp_path):
+    """The default: the datasets are pooled and shuffled, so a round's split mixes them."""
+    paths = _three_sets(tmp_path)
+    path = write_recipe(creator="none", dataset_mixture=_mixture(paths),
+                        eva={"iterations": 3, "prompts_per_iteration": 4})
+    recipe = load_recipe(["--config", str(path)])
+    assert recipe.eva.splits == "shuffled"
+    run(recipe, stop_after="iter_3/prompts")
+    out = recipe.output_dir
+    splits = [data(out, t, "prompts") for t in (1, 2, 3)]
+    assert any(len(set(s["source"])) > 1 for s in splits)
+    assert "dataset" not in data(out, 0, "seed_pool").column_names
+    assert "seed_splits" not in manifest(out, 0, "seed_pool") and "dataset" not in manifest(out, 1, "prompts")
+
+
+def test_changing_splits_makes_the_seed_pool_stale(write_recipe, tmp_path):
+    from eva_plugin.errors import StaleArtifactError
+
+    paths = _three_sets(tmp_path)
+
+    def recipe(**eva):
+        return load_recipe(["--config", str(write_recipe(creator="none", dataset_mixture=_mixture(paths),
+                                                         eva={"iterations": 3, **eva}))])
+
+    run(recipe(), stop_after="iter_0/seed_pool")
+    with pytest.raises(StaleArtifactError, match=r"iter_0/seed_pool was made with a different config \(changed: "
+                                                 r"splits"):
+        run(recipe(splits="ordered"), stop_after="iter_0/seed_pool")

@@ -50,6 +50,9 @@ def test_every_recipe_parses(path):
         assert t.per_device_train_batch_size * t.gradient_accumulation_steps * PROCESSES == batch
         assert t.warmup_steps == (0.03 if key.startswith("llama") else 0.1)
         assert recipe.eva.solver_samples == (8 if key.startswith("llama") else 6)
+    if path.name == "config_online_rlhf.yaml":  # RLHF Workflow: iteration t on prompt set t (iter{1,2,3}-20K)
+        assert recipe.eva.splits == "ordered" and recipe.eva.iterations == len(recipe.datasets) == 3
+        assert [s.path for s in recipe.datasets] == [f"RLHFlow/iterative-prompt-v1-iter{t}-20K" for t in (1, 2, 3)]
 
 
 @pytest.mark.parametrize("path", [p for p in MODEL_RECIPES if "gemma-2-9b-it" in p.parts],

@@ -24,7 +24,7 @@ from eva_plugin.creator.proxies import weights as proxy_weights
 from eva_plugin.errors import EvaError
 from eva_plugin.generation.completions import Completions
 from eva_plugin.plugin_outputs import checked_evolved
-from eva_plugin.prompt_sets import creator_input, creator_input_id
+from eva_plugin.prompt_sets import creator_input, creator_input_id, split_stats
 from eva_plugin.runtime import SHARED
 from eva_plugin.secrets import redact
 
@@ -45,7 +45,7 @@ class CreatorSamples(Stage):
         prev = creator_input(it)
         texts, counts = it.sample(list(prev["prompt"]), it.eva.num_samples, self.name)
         return StageResult(prev.add_column("responses", texts),
-                           {**counts, "generations": len(prev) * it.eva.num_samples})
+                           {**counts, "generations": len(prev) * it.eva.num_samples, **split_stats(it)})
 
 
 class CreatorRewards(Stage):

@@ -23,7 +23,7 @@ from eva_plugin.data import prompt_id
 from eva_plugin.errors import TrainingError
 from eva_plugin.generation.completions import Completions
 from eva_plugin.plugin_outputs import PluginOutputError, no_pairs_message
-from eva_plugin.prompt_sets import buffer_source, creator_input, prompt_set_id, seed_split, split_index
+from eva_plugin.prompt_sets import buffer_source, creator_input, prompt_set_id, seed_split, split_index, split_stats
 from eva_plugin.runtime import EVERY, SHARED
 from eva_plugin.solver.pairs import build_pairs
 from eva_plugin.solver.rewriter import rewrite_pairs
@@ -51,7 +51,7 @@ class Prompts(Stage):
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         if not it.creator_on:
-            ds, stats = seed_split(it, split_index(it.run, it.t)), {"evolved_shortfall": 0}
+            ds, stats = seed_split(it, split_index(it.run, it.t)), {"evolved_shortfall": 0, **split_stats(it)}
         else:
             ds, stats = mix_evolved(it)
         origin = list(ds["origin"])
