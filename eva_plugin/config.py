@@ -163,7 +163,8 @@ class EvaArguments:
     )
     prompts_per_iteration: int | None = field(
         default=None,
-        metadata={"help": "Size of every prompt set X_t; null = all seed prompts."},
+        metadata={"help": "Size of every prompt set X_t; null = the seed pool divided evenly among the rounds "
+                  "that draw a split (with `splits: ordered`: all of each round's dataset)."},
     )
     prompts: str | None = field(
         default=None,
