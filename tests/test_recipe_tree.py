@@ -18,6 +18,8 @@ PAPER = {  # SPEC §3 (EVA Table 6) and §5 (RLHF Workflow); epochs and global b
     "gemma-2-9b-it/simpo": ("simpo", 8e-7, "cosine", 1, {"beta": 10.0, "gamma": 5.0}, "adamw_torch", 256),
     "gemma-2-9b-it/orpo": ("orpo", 5e-7, "cosine", 1, {"lambda": 0.5}, "adamw_torch", 64),
     "gemma-2-9b-it/sppo": ("sppo", 5e-7, "linear", 9, {"beta": 0.001}, "rmsprop", 64),
+    "gemma-2-9b-it/rpo": ("dpo", 5e-7, "cosine", 1, {"beta": 0.1, "nll_alpha": 1.0, "nll_length_power": 2.0},
+                          "adamw_torch", 64),
     "llama-3-8b-it/dpo": ("dpo", 5e-7, "cosine", 2, {"beta": 0.1}, "adamw_torch", 128),
 }
 #: processes of the accelerate config the recipes name (the authors' scripts: 8 GPUs)
@@ -26,7 +28,7 @@ PROCESSES = yaml.safe_load((ROOT / "recipes" / "accelerate_configs" / "zero3.yam
 
 def test_the_tree_has_the_papers_recipes():
     names = {str(p.relative_to(ROOT / "recipes")) for p in RECIPES}
-    for loss in ("dpo", "simpo", "orpo", "sppo"):
+    for loss in ("dpo", "simpo", "orpo", "sppo", "rpo"):
         assert {f"gemma-2-9b-it/{loss}/config_eva.yaml", f"gemma-2-9b-it/{loss}/config_iterative.yaml"} <= names
     assert "llama-3-8b-it/dpo/config_online_rlhf.yaml" in names
     for name in ("ddp", "zero3", "fsdp"):
@@ -45,7 +47,7 @@ def test_every_recipe_parses(path):
             loss, lr, sched, epochs)
         extra = {"label_smoothing": 0.0} if loss == "dpo" else {}
         extra.update({} if loss == "orpo" else {"nll_alpha": 0.0})
-        assert recipe.loss_knobs() == {**knobs, **extra}
+        assert recipe.loss_knobs() == {**extra, **knobs}
         assert t.optim.value == optim
         assert t.per_device_train_batch_size * t.gradient_accumulation_steps * PROCESSES == batch
         assert t.warmup_steps == (0.03 if key.startswith("llama") else 0.1)
@@ -62,9 +64,11 @@ def test_gemma_recipes_sample_with_vllm_and_eva_recipes_run_the_papers_protocol(
     assert eva.generation.backend == "vllm"
     if path.name != "config_eva.yaml":
         return
-    # one plain round, then EVA on the split it trained on, with the seed prompts as the buffer
-    assert (eva.warmup_iterations, eva.creator_input, eva.buffer) == (1, "previous", "seed")
-    assert eva.iterations > eva.warmup_iterations
+    # one plain round, then EVA on the split it trained on (the multi-iteration rpo rows: on the next unused
+    # split, every seed prompt used once), with the seed prompts as the buffer
+    multi = "rpo" in path.parts
+    assert (eva.warmup_iterations, eva.creator_input, eva.buffer) == (1, "fresh" if multi else "previous", "seed")
+    assert eva.iterations == (3 if multi else 2)
     # the paper's evolver: GPT-4-0125 behind the OpenAI-compatible backend, at the authors' settings
     gen = eva.evolver_generation
     assert eva.evolver_model == "gpt-4-0125-preview" and gen.backend == "openai"
@@ -145,3 +149,16 @@ def test_the_effective_batch_is_logged_once_with_the_launchs_processes(monkeypat
     with caplog.at_level("INFO", logger="eva_plugin"):
         load_recipe(["--config", str(path)])
     assert not [r for r in caplog.records if "effective batch" in r.getMessage()]
+
+
+def test_the_multi_iteration_recipe_uses_every_seed_prompt_once():
+    """EVA Tables 25-27 ("all seed prompts are used"): every round of the rpo EVA recipe draws its own 20 K
+    split, so the three rounds cover 60 K of UltraFeedback's 61,135 train_prefs prompts; a single-EVA-round
+    recipe scores the split its warm-up round trained on."""
+    from eva_plugin.config import split_rounds
+
+    rpo = load_recipe(["--config", str(ROOT / "recipes" / "gemma-2-9b-it" / "rpo" / "config_eva.yaml")])
+    assert split_rounds(rpo.creator, rpo.eva) == [1, 2, 3]
+    assert rpo.eva.prompts_per_iteration * len(split_rounds(rpo.creator, rpo.eva)) == 60_000
+    dpo = load_recipe(["--config", str(ROOT / "recipes" / "gemma-2-9b-it" / "dpo" / "config_eva.yaml")])
+    assert split_rounds(dpo.creator, dpo.eva) == [1]

@@ -11,8 +11,10 @@
 | null        | DPOTrainer with the recipe's own `loss_type` / `loss_weights` / `beta` | nll_alpha only |
 
 ``nll_alpha`` (default 0) adds α · length-normalised NLL of the chosen response for every
-DPOTrainer loss and simpo (``eva_plugin.solver.nll``; sppo: ``eva_plugin.solver.sppo``). TRL
-only rejects a bad loss at the first training step; here it fails at parse time.
+DPOTrainer loss and simpo (``eva_plugin.solver.nll``; sppo: ``eva_plugin.solver.sppo``):
+Σ NLL(y+) / |y+|^p with ``nll_length_power`` p (DPOTrainer losses; default 1, the per-token
+mean; 2 is the EVA authors' doubly normalised RPO term at per-device batch 1). TRL only rejects
+a bad loss at the first training step; here it fails at parse time.
 """
 
 from __future__ import annotations
@@ -49,11 +51,16 @@ LOSSES: dict[str, Loss] = {
 #: preference), a margin or weight below 0 turns the loss around, DPO's label smoothing is at most 0.5.
 KNOB_RANGES: dict[str, dict[str, float]] = {
     "beta": {"gt": 0}, "gamma": {"ge": 0}, "lambda": {"gt": 0}, "nll_alpha": {"ge": 0},
+    "nll_length_power": {"ge": 0, "le": 2},
     "label_smoothing": {"ge": 0, "le": 0.5},
 }
 
 #: ``eva.loss: null`` with a recipe ``loss_type``: the recipe's own DPOConfig loss, untouched.
 OWN = Loss("dpo", None, {"nll_alpha": 0.0})
+
+#: Knobs a DPOTrainer-family loss takes only when the recipe sets them (their default leaves the knobs, and
+#: so the fingerprints of finished rounds, as they were): Σ NLL(y+) / |y+|^p, p = 1 unless set.
+OPTIONAL_KNOBS = {"nll_length_power": 1.0}
 
 
 def spec(name: str | None) -> Loss:
@@ -64,15 +71,16 @@ def spec(name: str | None) -> Loss:
 def loss_knobs(name: str | None, loss_args: dict, recipe_beta: float | None = None) -> dict[str, float]:
     """The knobs of ``name``: paper defaults, then the recipe's own ``beta`` (DPO family),
     then ``eva.loss_args``. Unknown losses and foreign knobs fail with the valid choices.
-    ``None`` (the recipe's own loss) only takes ``nll_alpha``: its beta is the recipe's ``beta``."""
+    ``None`` (the recipe's own loss) only takes the NLL knobs: its beta is the recipe's ``beta``."""
     if name is not None and name not in LOSSES:
         raise RecipeError(f"unknown eva.loss {short_repr(name)}; known: {', '.join(LOSSES)}")
     row = spec(name)
-    foreign = sorted(set(loss_args) - set(row.knobs))
+    takes = set(row.knobs) | (set(OPTIONAL_KNOBS) if row.trainer in ("dpo", "sppo") else set())
+    foreign = sorted(set(loss_args) - takes)
     if foreign:
         whose = f"loss {name!r}" if name is not None else "the recipe's own `loss_type` (eva.loss: null)"
         raise RecipeError(f"eva.loss_args {', '.join(foreign)} do not belong to {whose}; "
-                          f"it takes: {', '.join(row.knobs)}")
+                          f"it takes: {', '.join([*row.knobs, *sorted(takes - set(row.knobs))])}")
     knobs = dict(row.knobs)
     if recipe_beta is not None and row.trainer in ("dpo", "sppo") and name is not None:
         knobs["beta"] = float(recipe_beta)
@@ -159,7 +167,7 @@ def trainer_class(name: str | None):
 
 def trainer_kwargs(name: str | None, knobs: dict[str, float]) -> dict:
     """Extra constructor arguments of ``trainer_class(name)``."""
-    return {"nll_alpha": knobs["nll_alpha"]} if "nll_alpha" in knobs else {}
+    return {k: knobs[k] for k in ("nll_alpha", "nll_length_power") if k in knobs}
 
 
 def pair_columns(name: str | None) -> list[str]:

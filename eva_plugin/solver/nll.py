@@ -1,11 +1,13 @@
 """Length-normalised NLL on the chosen response, added to the preference loss.
 
-loss = preference loss + α · mean over the batch of NLL(y+) / |y+|
+loss = preference loss + α · mean over the batch of NLL(y+) / |y+|^p
 
 (EVA's "DPO + length-penalized NLL"; not TRL's ``sft`` term, which is a token mean over
 the whole batch). It is computed from the policy forward pass the trainer already made:
 for DPO by recording that call's per-token log-probs, for SimPO from the per-token
-average log-prob of y+ that the CPO trainer computes anyway.
+average log-prob of y+ that the CPO trainer computes anyway. p (``nll_length_power``, DPOTrainer
+losses only) is 1 by default; the EVA authors' RPO term (a token mean divided once more by the
+micro-batch's mean chosen length) is p = 2 at per-device batch 1, which all their scripts use.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from trl import DPOTrainer
 from trl.experimental.cpo import CPOTrainer
 
 
-def length_normalised_nll(per_token_logps: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the chosen half of the batch of −Σ log p(y+_i) / |y+|.
+def length_normalised_nll(per_token_logps: torch.Tensor, completion_mask: torch.Tensor,
+                          power: float = 1.0) -> torch.Tensor:
+    """Mean over the chosen half of the batch of −Σ log p(y+_i) / |y+|^power.
 
     ``per_token_logps`` are the log-probs of tokens 1..L (shifted), ``completion_mask`` the
     unshifted [chosen; rejected] completion mask as TRL's DPO collator builds it.
@@ -26,7 +29,7 @@ def length_normalised_nll(per_token_logps: torch.Tensor, completion_mask: torch.
     chosen_logps, _ = logps.chunk(2, dim=0)
     chosen_mask, _ = mask.chunk(2, dim=0)
     chosen_mask = chosen_mask.to(chosen_logps.dtype)
-    per_sequence = -(chosen_logps * chosen_mask).sum(dim=1) / chosen_mask.sum(dim=1).clamp(min=1.0)
+    per_sequence = -(chosen_logps * chosen_mask).sum(dim=1) / chosen_mask.sum(dim=1).clamp(min=1.0) ** power
     return per_sequence.mean()
 
 
@@ -49,9 +52,9 @@ class _FirstCall:
 class NLLDPOTrainer(DPOTrainer):
     """``DPOTrainer`` whose loss also carries ``nll_alpha`` · length-normalised NLL of y+."""
 
-    def __init__(self, *args, nll_alpha: float = 0.0, **kwargs) -> None:
+    def __init__(self, *args, nll_alpha: float = 0.0, nll_length_power: float = 1.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.nll_alpha = float(nll_alpha)
+        self.nll_alpha, self.nll_length_power = float(nll_alpha), float(nll_length_power)
 
     def _compute_loss(self, model, inputs, return_outputs):
         if not self.nll_alpha:
@@ -59,7 +62,7 @@ class NLLDPOTrainer(DPOTrainer):
         recorder = _FirstCall(model)
         result = super()._compute_loss(recorder, inputs, return_outputs)
         loss = result[0] if return_outputs else result
-        nll = length_normalised_nll(recorder.outputs.log_probs, inputs["completion_mask"])
+        nll = length_normalised_nll(recorder.outputs.log_probs, inputs["completion_mask"], self.nll_length_power)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["nll_per_token"].append(self.accelerator.gather(nll.detach()).mean().item())
         loss = loss + self.nll_alpha * nll

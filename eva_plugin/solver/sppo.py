@@ -90,7 +90,7 @@ class SoftSPPOTrainer(NLLDPOTrainer):
         loss = soft_sppo_loss(chosen_logps - ref_chosen, rejected_logps - ref_rejected,
                               chosen_p, rejected_p, self.beta).mean()
         if self.nll_alpha:
-            nll = length_normalised_nll(policy.outputs.log_probs, completion_mask)
+            nll = length_normalised_nll(policy.outputs.log_probs, completion_mask, self.nll_length_power)
             mode = "train" if self.model.training else "eval"
             self._metrics[mode]["nll_per_token"].append(self.accelerator.gather(nll.detach()).mean().item())
             loss = loss + self.nll_alpha * nll
