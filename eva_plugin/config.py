@@ -335,8 +335,9 @@ class EvaArguments:
         default_factory=dict,
         metadata={"help": "The loss's own knobs: dpo/ipo/sppo/sppo_hard beta (0.05 / 0.05 / 0.001 / 0.001; a "
                   "recipe's own `beta` wins), label_smoothing (dpo); simpo beta 10, gamma 5; nll_alpha (α · "
-                  "length-normalised NLL of the chosen response, 0 = off; not orpo); orpo lambda "
-                  "0.5; a null loss (the recipe's own) takes only nll_alpha."},
+                  "length-normalised NLL of the chosen response, 0 = off; not orpo) and, for the DPOTrainer "
+                  "losses, nll_length_power (Σ NLL / |y+|^p, default 1; 2 = the EVA authors' RPO term at one "
+                  "pair per device); orpo lambda 0.5; a null loss (the recipe's own) takes only the NLL knobs."},
     )
     length_penalty: float = field(
         default=0.0,

@@ -228,7 +228,7 @@ def test_self_instruct_renders_distilabels_template_and_reads_one_query_per_line
     from distilabel.steps.tasks.self_instruct import SelfInstruct as Distilabel
     from jinja2 import Template
 
-    from eva_plugin.creator.self_instruct import CRITERIA, SelfInstruct
+    from eva_plugin.creator.self_instruct import SelfInstruct, paper_criteria
 
     reply = "1. Describe a tide pool at dawn.\n\n- List two animals found in tide pools?\nWhy do tides change daily?"
     sent, llm = _record(reply)
@@ -242,9 +242,9 @@ def test_self_instruct_renders_distilabels_template_and_reads_one_query_per_line
     expected = Template(__import__("importlib").resources.files("distilabel").joinpath(
         "steps/tasks/templates/self-instruct.jinja2").read_text()).render(
         input="Explain tides.", num_instructions=3, application_description=d["application_description"].default,
-        criteria_for_query_generation=CRITERIA)
+        criteria_for_query_generation=paper_criteria(d["criteria_for_query_generation"].default))
     assert sent[0] == expected
-    # our criteria replace distilabel's default ones (which ask for 1-2 sentence queries)
+    # distilabel's criteria, with the 1-2 sentence limit changed into a length like the seed's
     assert "1-2 sentences" not in sent[0] and "as long and as detailed as the context" in sent[0]
 
 
@@ -294,7 +294,7 @@ def test_builtin_evolvers_refuse_unknown_options():
 def test_self_instruct_criteria_option_overrides_ours(criteria):
     from distilabel.steps.tasks.self_instruct import SelfInstruct as Distilabel
 
-    from eva_plugin.creator.self_instruct import CRITERIA, SelfInstruct
+    from eva_plugin.creator.self_instruct import LENGTH_CRITERION, SelfInstruct
 
     default = Distilabel.model_fields["criteria_for_query_generation"].default
     evolver = SelfInstruct(2, criteria=criteria)
@@ -302,20 +302,26 @@ def test_self_instruct_criteria_option_overrides_ours(criteria):
     assert evolver.criteria == expected
     sent, llm = _record("one\ntwo")
     evolver.evolve([{"prompt_id": "a", "prompt": "Explain tides."}], llm_of(llm), np.random.default_rng(0))
-    assert CRITERIA not in sent[0] and expected in sent[0]
+    assert LENGTH_CRITERION not in sent[0] and expected in sent[0]
     assert (default in sent[0]) == (criteria == "")
 
 
-def test_self_instruct_default_criteria_are_ours_not_appended_to_distilabels():
+def test_self_instruct_default_criteria_are_distilabels_with_the_authors_length_change():
+    """The paper: distilabel 1.4.1's SelfInstruct with the instruction on conciseness modified so variants are
+    about as long as the seed. Every other default line is distilabel's, read at run time."""
     from distilabel.steps.tasks.self_instruct import SelfInstruct as Distilabel
 
-    from eva_plugin.creator.self_instruct import CRITERIA, SelfInstruct
+    from eva_plugin.creator.self_instruct import LENGTH_CRITERION, SelfInstruct, paper_criteria
 
     default = Distilabel.model_fields["criteria_for_query_generation"].default
     sent, llm = _record("one\ntwo")
     SelfInstruct(2).evolve([{"prompt_id": "a", "prompt": "Explain tides."}], llm_of(llm), np.random.default_rng(0))
-    assert CRITERIA in sent[0]
-    assert not [line for line in default.splitlines() if line in sent[0]]  # not one of distilabel's lines
+    kept = [line for line in default.splitlines() if "1-2 sentences" not in line]
+    assert len(kept) == len(default.splitlines()) - 1 and all(line in sent[0] for line in kept)
+    assert LENGTH_CRITERION in sent[0] and "1-2 sentences" not in sent[0]
+    # the replaced line sits where distilabel's was; a distilabel without such a line gets ours appended
+    assert paper_criteria("a\nlimited to 1-2 sentences.\nb") == f"a\n{LENGTH_CRITERION}\nb"
+    assert paper_criteria("a\nb") == f"a\nb\n{LENGTH_CRITERION}"
 
 
 def test_an_evolution_that_echoes_its_instruction_is_unusable():

@@ -162,3 +162,35 @@ def test_the_multi_iteration_recipe_uses_every_seed_prompt_once():
     assert rpo.eva.prompts_per_iteration * len(split_rounds(rpo.creator, rpo.eva)) == 60_000
     dpo = load_recipe(["--config", str(ROOT / "recipes" / "gemma-2-9b-it" / "dpo" / "config_eva.yaml")])
     assert split_rounds(dpo.creator, dpo.eva) == [1]
+
+
+def _readme_paper_rows() -> list[dict[str, str]]:
+    section = (ROOT / "README.md").read_text().split("## The paper's runs", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("|")]
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    return [dict(zip(head, (c.strip() for c in row.strip("|").split("|")))) for row in table[2:]]
+
+
+REWARD_NAMES = {"ArmoRM": "RLHFlow/ArmoRM-Llama3-8B-v0.1", "PairRM-0.4B": "llm-blender/PairRM-hf"}
+
+
+def test_the_readme_paper_table_matches_the_recipes():
+    """The effective batch and the creator / solver reward models of each row are the recipe's."""
+    rows = _readme_paper_rows()
+    checked = 0
+    for row in rows:
+        name = row["recipe (`recipes/gemma-2-9b-it/…`)"].split("`")[1]
+        if "<loss>" in name:
+            continue
+        path = ROOT / "recipes" / "gemma-2-9b-it" / name
+        recipe = load_recipe(["--config", str(path)])
+        t = recipe.training
+        assert int(row["effective batch"]) == t.per_device_train_batch_size * t.gradient_accumulation_steps * PROCESSES
+        creator, solver = (x.strip() for x in row["reward (creator / solver)"].split("/", 1))
+        if "8B judge" in row["recipe (`recipes/gemma-2-9b-it/…`)"]:  # the variant the recipe's comment names
+            assert "reward_model: RLHFlow/pair-preference-model-LLaMA3-8B, reward_type: pairwise" in path.read_text()
+            continue
+        assert recipe.eva.rewarder("creator").model == REWARD_NAMES[creator]
+        assert recipe.eva.rewarder("solver").model == REWARD_NAMES[solver]
+        checked += 1
+    assert checked == 5

@@ -1,12 +1,13 @@
 """``self_instruct``: independent variants of a seed with distilabel's SelfInstruct template.
 
 Unlike the Evol* chains, one call asks for all ``num_evolutions`` variants at once; the
-reply is read one query per line. The template comes from distilabel at run time; its
-``criteria_for_query_generation`` is our ``CRITERIA`` (the EVA authors' change: variants
-about as long and detailed as the seed), which *replaces* distilabel's default criteria
-(those ask for 1-2 sentence queries, which would contradict it).
-``eva.evolver_options: {criteria: "..."}`` sends other text instead (``""``: distilabel's
-default criteria).
+reply is read one query per line. The template and its default criteria come from distilabel
+at run time. The EVA authors used distilabel 1.4.1's one-shot SelfInstruct and changed one
+thing, the instruction on conciseness, so that variants have about the seed's length (paper,
+appendix; their text is not published). The default here does the same: distilabel's own
+criteria with the line that limits queries to 1-2 sentences replaced by ``LENGTH_CRITERION``
+(our wording), every other line kept. ``eva.evolver_options: {criteria: "..."}`` sends other
+text instead (``""``: distilabel's default criteria unchanged).
 """
 
 from __future__ import annotations
@@ -29,14 +30,12 @@ from eva_plugin.creator.evolved import (
 from eva_plugin.errors import RecipeError
 from eva_plugin.options import EvolverContext, Options, option
 
-#: Our query-generation criteria (own wording), sent as distilabel's ``criteria_for_query_generation``.
-CRITERIA = (
-    "Keep every query about as long and as detailed as the context: a similar length and a similar "
-    "number of requirements.\n"
-    "Write each query as one self-contained instruction that makes sense without the context.\n"
-    "Make the queries differ from one another in topic, task and wording.\n"
-    "Keep every query answerable by a text-only AI assistant."
-)
+#: Our wording of the authors' change to distilabel's conciseness criterion (variants as long as the seed);
+#: it also keeps that line's other requirement, queries an AI assistant can answer in text.
+LENGTH_CRITERION = ("Keep every query answerable by a text-only AI assistant, and about as long and as detailed as "
+                    "the context: a similar length and a similar number of requirements.")
+#: How distilabel's conciseness line is found among its default criteria.
+_CONCISENESS = re.compile(r"\b1\s*-\s*2\s+sentences?\b|\bone or two sentences?\b", re.I)
 _LIST_MARK = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s*")
 
 
@@ -49,6 +48,16 @@ def self_instruct_template() -> tuple[str, str, str]:
     return text, fields["criteria_for_query_generation"].default, fields["application_description"].default
 
 
+def paper_criteria(default: str) -> str:
+    """distilabel's default criteria with its conciseness line replaced by ``LENGTH_CRITERION`` (the EVA
+    authors' change). A distilabel without such a line gets ours appended to its own."""
+    lines = default.split("\n")
+    hits = [i for i, line in enumerate(lines) if _CONCISENESS.search(line)]
+    if not hits:
+        return "\n".join([*lines, LENGTH_CRITERION])
+    return "\n".join(LENGTH_CRITERION if i == hits[0] else line for i, line in enumerate(lines) if i not in hits[1:])
+
+
 def split_queries(output: str | None) -> list[str]:
     """One query per non-empty line, list markers removed (distilabel splits on newlines)."""
     if not output:
@@ -58,8 +67,9 @@ def split_queries(output: str | None) -> list[str]:
 
 @dataclass(frozen=True)
 class SelfInstructOptions(Options):
-    criteria: str | None = option(None, "The query-generation criteria sent to the LLM (default: ours, "
-                                  "`CRITERIA`); empty: distilabel's own.")
+    criteria: str | None = option(None, "The query-generation criteria sent to the LLM (default: distilabel's "
+                                  "with its 1-2 sentence limit replaced by a length like the seed's, the EVA "
+                                  "authors' change); empty: distilabel's own, unchanged.")
 
 
 class SelfInstruct:
@@ -73,7 +83,7 @@ class SelfInstruct:
         return cls(context.num_evolutions, context.candidates, **options.as_dict())
 
     def __init__(self, num_evolutions: int = 4, candidates: int = 1, criteria: str | None = None) -> None:
-        """``criteria``: the text sent as the query-generation criteria (default ``CRITERIA``);
+        """``criteria``: the text sent as the query-generation criteria (default ``paper_criteria``);
         ``""``: distilabel's own default criteria."""
         from jinja2 import Template
 
@@ -83,8 +93,7 @@ class SelfInstruct:
         self.candidates = max(1, int(candidates))
         text, default, application = self_instruct_template()
         self.template = Template(text)
-        text_given = CRITERIA if criteria is None else criteria.strip()
-        self.criteria = text_given or default
+        self.criteria = paper_criteria(default) if criteria is None else (criteria.strip() or default)
         self.application = application
 
     def instruction(self, prompt: str, feedback: dict | None = None) -> str:
