@@ -177,3 +177,19 @@ def test_sppo_probabilities_come_from_pairrms_scores(sppo_run):
         assert row["chosen_reward"] == pytest.approx(max(scores))
         assert row["chosen_probability"] == pytest.approx(p(max(scores), scores), abs=1e-6)
         assert row["rejected_probability"] == pytest.approx(p(min(scores), scores), abs=1e-6)
+
+
+def test_a_pair_judge_cannot_score_the_held_out_evaluation(write_recipe, models, prompts_file, tmp_path):
+    """Its scores are relative to a prompt's own samples (every mean is the same): an evaluation needs the
+    creator's point-wise reward model."""
+    from eva_plugin.recipe import load_recipe
+
+    held = tmp_path / "held.jsonl"
+    held.write_text('{"prompt": "name a colour"}\n{"prompt": "name a fruit"}\n')
+    judge = {"reward_model": str(models["pairrm"]), "reward_type": "pairrm", "eval_prompts": str(held)}
+    with pytest.raises(RecipeError, match=r"held-out evaluation .* eva.reward_type pairrm .* set "
+                                          r"eva.creator_reward_model to a point-wise reward model"):
+        load_recipe(["--config", str(write_recipe(eva=judge))])
+    creator = {"creator_reward_model": str(models["reward"]), "creator_reward_type": "sequence_classification"}
+    recipe = load_recipe(["--config", str(write_recipe(eva={**judge, **creator}))])
+    assert recipe.eva.rewarder("creator").type == "sequence_classification"
