@@ -196,7 +196,7 @@ def test_every_builtin_reward_model_scores_when_built_as_the_run_builds_it(model
     from eva_plugin.options import ModelContext
 
     checkpoints = {"sequence_classification": models["reward"], "embedding": models["encoder"],
-                   "pairwise": models["policy"]}  # a built-in added without a tiny checkpoint here fails
+                   "pairwise": models["policy"], "pairrm": models["pairrm"]}  # a built-in added without one fails
     responses = [["a poem about the waves at night", "the sea is blue and wide"],
                  ["subtract 3 and divide by 2: x = 4", "x is four", "I do not know the answer"]]
     builtins = sorted(n for n, e in plugins.registry("reward_models").items() if e.source == plugins.BUILTIN)
