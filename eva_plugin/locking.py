@@ -12,10 +12,10 @@ Two locks, because a cluster filesystem may honour only one of them:
   ``SIGHUP``. It holds the owner's host, pid, start time, boot id, pid namespace and process
   start tick (so a reused pid is not taken for the owner) and a token of its own. A second run
   finds it and is refused while that run lives. One left by a run killed with ``SIGKILL`` (or a
-  node that died) is stale: on the machine that wrote it, the owner's death is certain (this
-  process got the ``flock`` the owner held, or its pid is gone or belongs to a newer process),
-  and the file is taken over; from another machine it cannot be checked, and the run is refused
-  with the ``rm`` command that clears it.
+  node that died) is stale: on the machine that wrote it, the owner's death is certain (its pid
+  is gone or belongs to a newer process; for a run in another container, this process got the
+  ``flock`` the owner held), and the file is taken over; from another machine it cannot be
+  checked, and the run is refused with the ``rm`` command that clears it.
 
 Taking over is serialised by a second ``O_EXCL`` file, ``.eva.lock.takeover``: its holder removes
 the owner file only if it still carries the token of the stale run it judged, so of two processes
@@ -178,11 +178,11 @@ def verdict(owner: dict[str, Any], me: dict[str, Any]) -> str:
     """``alive``, ``dead`` (stale: safe to take over) or ``unknown`` (another machine or container)."""
     if not _same_machine(owner, me):
         return "unknown"
+    if owner.get("pid_ns") == me["pid_ns"]:
+        return "alive" if _alive(owner) else "dead"
     if me["flock"] and owner.get("flock") is True:
-        return "dead"  # it held the flock this process now holds: the kernel released it when it died
-    if owner.get("pid_ns") != me["pid_ns"]:
-        return "unknown"  # another container: its pids are not ours
-    return "alive" if _alive(owner) else "dead"
+        return "dead"  # another container's run held the flock this process now holds: it ended
+    return "unknown"  # another container, which held no flock: its pids are not ours to check
 
 
 # --- the owner file ---------------------------------------------------------------------------------------
@@ -230,7 +230,10 @@ def _remove_own(path: Path, token: str) -> None:
     except (OSError, ValueError):
         return
     if isinstance(owner, dict) and owner.get("token") == token:
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:  # never hide the error that ended the run
+            logger.warning("could not remove %s (%s); remove it before the next run", path, err)
 
 
 def _claim(root: Path, me: dict[str, Any]) -> None:

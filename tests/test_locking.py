@@ -195,6 +195,22 @@ def test_an_owner_this_machine_cannot_check_is_refused_with_the_command_to_clear
         pass
 
 
+@pytest.mark.parametrize("mode", ["flock", "noflock"])
+def test_a_run_of_another_container_that_held_the_flock_is_over_once_the_flock_is_free(tmp_path, monkeypatch, mode):
+    """Its pid is not ours to check, but on one kernel the flock it held is: free means it ended."""
+    if mode == "noflock":
+        no_flock(monkeypatch)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / OWNER).write_text(json.dumps({**this_process(True), "pid_ns": "pid:[1]", "pid": 4242, "token": "theirs"}))
+    if mode == "flock":
+        with run_lock(out):
+            assert owner(out)["pid"] == os.getpid()
+    else:  # this process has no flock to tell
+        with pytest.raises(OutputDirInUseError, match="cannot check"), run_lock(out):
+            pass
+
+
 def test_a_damaged_owner_file_is_refused_with_the_command_to_clear_it(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
