@@ -355,6 +355,13 @@ class EvaArguments:
                   "own random streams, so samples do not depend on batch size, prompt order or the "
                   "number of processes."},
     )
+    collective_timeout: int | None = field(
+        default=None,
+        metadata={"help": "Seconds a process waits for the others at a shared step (the end of a sampling or "
+                  "scoring share, the main process's bookkeeping, the end of a training round) before the run "
+                  "stops; null = the longer of the recipe's `ddp_timeout` and 6 hours (`ddp_timeout` itself "
+                  "times only the trainer's own collectives)."},
+    )
     generation: GenerationArguments = field(
         default_factory=GenerationArguments,
         metadata={"help": "Response sampling (creator and solver)."},
@@ -451,6 +458,8 @@ def check_values(args: EvaArguments) -> None:
         (args.judge_size is None or args.judge_size >= 1, "eva.judge_size must be >= 1 or null"),
         (args.eval_temperature is None or args.eval_temperature >= 0, "eva.eval_temperature must be >= 0 or null"),
         (args.seed is None or 0 <= args.seed <= 2**32 - 1, "eva.seed must be in [0, 2**32 - 1] or null"),
+        (args.collective_timeout is None or args.collective_timeout >= 1,
+         "eva.collective_timeout must be >= 1 (seconds) or null"),
         (args.creator_reward_model is not None or (args.creator_reward_type is None
                                                    and not args.creator_reward_options),
          "eva.creator_reward_type / creator_reward_options are set but eva.creator_reward_model is null; "

@@ -14,7 +14,7 @@ import sys
 
 from eva_plugin.checks import check_generation_room, check_model_paths
 from eva_plugin.command_line import parse_command
-from eva_plugin.errors import EvaError, one_line
+from eva_plugin.errors import EvaError, WaitTimedOut, one_line
 from eva_plugin.recipe import Recipe, build_recipe
 
 logger = logging.getLogger("eva_plugin")
@@ -159,14 +159,20 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m eva_plugin.dpo
         setup_logging(recipe)
         run_recipe(recipe, stop_after=command.stop_after, overwrite_stale=command.overwrite_stale)
     except EvaError as err:
-        if os.environ.get("RANK", "0") == "0":  # every process fails alike: one line is enough
-            print(f"eva: error: {one_line(err)}", file=sys.stderr)
+        report_error(err)
         return 2
     except KeyboardInterrupt:  # finished stages are on disk, the unfinished one is rebuilt on resume
         if os.environ.get("RANK", "0") == "0":
             print("eva: interrupted; run the same command to resume (finished stages are kept)", file=sys.stderr)
         return 130
     return 0
+
+
+def report_error(err: EvaError) -> None:
+    """``err`` as one line on stderr: from the main process only (every process fails alike), except a wait
+    that timed out, which only the process that waited knows about."""
+    if os.environ.get("RANK", "0") == "0" or isinstance(err, WaitTimedOut):
+        print(f"eva: error: {one_line(err)}", file=sys.stderr)
 
 
 def check_stop_after(recipe: Recipe, stop_after: str | None) -> None:

@@ -29,6 +29,11 @@ class TrainingError(EvaError, RuntimeError):
     policy is not published, the stages before it are kept."""
 
 
+class WaitTimedOut(EvaError, RuntimeError):
+    """This process waited the run's whole timeout for the others at a shared step (``eva.collective_timeout``).
+    Only this process knows it, so every process prints it, not only the main one."""
+
+
 class StopAfterStage(Exception):
     """Not an error: ``--stop_after`` ends a run right after the named stage finished."""
 

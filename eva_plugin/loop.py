@@ -33,10 +33,12 @@ class EvaLoop:
     def __init__(self, recipe, *, log: Callable[[str], None] = print, overwrite_stale: bool = False,
                  stop_after: str | None = None) -> None:
         from eva_plugin.modeling import process_state
+        from eva_plugin.sharding import wait_timeout
 
         self.state = process_state(recipe.training.use_cpu)  # `accelerate launch --cpu` → CPU everywhere
         store = StageStore(recipe.output_dir, overwrite_stale=overwrite_stale)
-        self.runtime = StageRuntime(store, self.state, log=log, stop_after=stop_after)
+        timeout = wait_timeout(recipe.eva.collective_timeout, recipe.training.ddp_timeout)
+        self.runtime = StageRuntime(store, self.state, log=log, stop_after=stop_after, timeout=timeout)
         self.run_facts = Run(recipe, self.runtime)
         self.plan: Plan = plan_of(recipe)
 

@@ -146,9 +146,10 @@ def _first_line(err: yaml.YAMLError) -> str:
     return f"{problem}{where}"
 
 
-#: ``env:`` may set variables with these prefixes only (threads, kernels, caches, logging).
-ENV_PREFIXES = ("CUDA_", "NCCL_", "TOKENIZERS_", "OMP_", "MKL_", "PYTORCH_", "TORCH_", "HF_", "TRANSFORMERS_",
-                "WANDB_", "VLLM_")
+#: ``env:`` may set variables with these prefixes only (threads, kernels, caches, logging, and the network
+#: interfaces and transports of the process groups: ``NCCL_SOCKET_IFNAME``, ``NCCL_IB_HCA``, ``GLOO_SOCKET_IFNAME``).
+ENV_PREFIXES = ("CUDA_", "NCCL_", "GLOO_", "TOKENIZERS_", "OMP_", "MKL_", "PYTORCH_", "TORCH_", "HF_",
+                "TRANSFORMERS_", "WANDB_", "VLLM_")
 #: ``env:`` variables that redirect where credentials are read or sent, or where traffic goes: refused
 #: unless the recipe's ``env_allow:`` list names them (a recipe from elsewhere must not reroute a token).
 REDIRECTING = ("HF_ENDPOINT", "HF_HOME", "HF_TOKEN_PATH", "HF_STORED_TOKENS_PATH", "WANDB_BASE_URL", "WANDB_HOST",

@@ -20,6 +20,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,9 @@ class StageRuntime:
     """Runs stages through a ``StageStore`` on every process of the launch and records their manifests."""
 
     def __init__(self, store: StageStore, state, *, log: Callable[[str], None] = print,
-                 stop_after: str | None = None) -> None:
+                 stop_after: str | None = None, timeout: timedelta | None = None) -> None:
         self.store, self.state, self.log, self.stop_after = store, state, log, stop_after
-        self.shards = Shards(state)
+        self.shards = Shards(state, timeout)  # every wait of a process for the others is on its group
         self.reports: list[IterationReport] = []
 
     @property

@@ -10,16 +10,27 @@ A failure inside the shared work is gathered too and raised on every process
 ``group_size`` > 1 is for engines spanning several ranks (vLLM tensor parallel under
 ``external_launcher``): the ranks of a group get the same share and only the first
 rank's result is kept.
+
+Every wait of the run between stages is on this group: a process that finished its share waits
+for the slowest, the others wait while the main process does a stage's bookkeeping, and every
+process waits at the end of a training round. Its timeout is the run's own (``wait_timeout``:
+``eva.collective_timeout``, by default the longer of ``ddp_timeout`` and 6 hours), not torch's
+30 minutes, which a rank that is half an hour behind at paper scale would exceed. The launch's
+default group keeps ``ddp_timeout``: only the trainer's own collectives, which run in step, use it.
+``GLOO_SOCKET_IFNAME`` (and the other ``GLOO_*`` variables, settable in the recipe's ``env:``) choose
+the network interface this group uses.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from eva_plugin.artifacts import fingerprint
-from eva_plugin.errors import EvaError
+from eva_plugin.errors import EvaError, WaitTimedOut
 from eva_plugin.generation import Conversation, Generations, SamplingParams
 from eva_plugin.generation.seeding import prompt_seeds
 
@@ -27,6 +38,17 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ShardWork = Callable[[list[int]], tuple[list[Any], dict[str, int]]]
+
+#: How long a process waits for the others at a shared step unless the recipe says otherwise (seconds).
+LONG_WAIT = 6 * 3600
+
+
+def wait_timeout(collective_timeout: int | None, ddp_timeout: int | None = None) -> timedelta:
+    """The run's wait at a shared step: ``eva.collective_timeout`` if set, else the longer of the recipe's
+    ``ddp_timeout`` and ``LONG_WAIT``."""
+    if collective_timeout is not None:
+        return timedelta(seconds=collective_timeout)
+    return timedelta(seconds=max(LONG_WAIT, ddp_timeout or 0))
 
 
 def assignment(n: int, rank: int, world: int, group_size: int = 1) -> list[int]:
@@ -59,8 +81,9 @@ def _announce(err: BaseException) -> BaseException:
 class Shards:
     """The processes of this launch, as seen by the stages that share work."""
 
-    def __init__(self, state) -> None:
+    def __init__(self, state, timeout: timedelta | None = None) -> None:
         self.state = state
+        self.timeout = timeout if timeout is not None else wait_timeout(None)
         self.items: list[int] = []  # items each process worked on since ``reset_counts``
         self._group = None
 
@@ -77,19 +100,42 @@ class Shards:
 
     @property
     def group(self):
-        """A gloo group over all processes for object collectives (made on first use, which
-        every process reaches at the same point)."""
+        """A gloo group over all processes for object collectives, waiting ``timeout`` (made on first use,
+        which every process reaches at the same point)."""
         if self._group is None:
             import torch.distributed as dist
 
-            self._group = dist.new_group(backend="gloo")
+            self._group = dist.new_group(backend="gloo", timeout=self.timeout)  # torch's default: 30 minutes
         return self._group
+
+    def barrier(self) -> None:
+        """Wait until every process got here (on this group: the run's long timeout)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            self._waited(lambda: dist.barrier(group=self.group))
+
+    def _waited(self, collective: Callable[[], T]) -> T:
+        """``collective()``; one that fails after waiting the whole timeout raises ``WaitTimedOut``, which says
+        what to change (torch's own error names neither the knob nor the step)."""
+        start = time.monotonic()
+        try:
+            return collective()
+        except RuntimeError as err:  # torch's DistBackendError is one
+            waited = time.monotonic() - start
+            if waited < 0.9 * self.timeout.total_seconds():
+                raise  # not a timeout: a process that died (the launcher stops the rest)
+            raise WaitTimedOut(
+                f"process {self.rank} waited {timedelta(seconds=round(waited))} for the other processes at a shared "
+                f"step and gave up (eva.collective_timeout: {round(self.timeout.total_seconds())} s); if one "
+                "process is that much slower, raise eva.collective_timeout, else look for the process that hangs"
+            ) from err
 
     def _gather(self, payload: Any) -> list[Any]:
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, payload, group=self.group)
+        self._waited(lambda: dist.all_gather_object(out, payload, group=self.group))
         return out
 
     def broadcast(self, value: Any) -> Any:
@@ -99,7 +145,7 @@ class Shards:
         import torch.distributed as dist
 
         box = [value]
-        dist.broadcast_object_list(box, src=0, group=self.group)
+        self._waited(lambda: dist.broadcast_object_list(box, src=0, group=self.group))
         return box[0]
 
     def together(self, fn: Callable[[], T]) -> T:

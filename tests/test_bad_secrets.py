@@ -147,6 +147,25 @@ def test_env_names_are_checked_before_any_is_set():
         env_names({"LD_PRELOAD": "x"}, ["LD_PRELOAD"])  # the allow-list lifts the redirect rule only
 
 
+def test_env_may_point_the_process_groups_at_a_network_interface(write_recipe, monkeypatch):
+    from eva_plugin.recipe import env_names
+
+    cluster = {"NCCL_SOCKET_IFNAME": "ib0", "NCCL_IB_HCA": "mlx5", "NCCL_DEBUG": "WARN", "GLOO_SOCKET_IFNAME": "ib0",
+               "GLOO_DEVICE_TRANSPORT": "TCP", "gloo_socket_ifname": "eth0"}
+    assert env_names(cluster, []) == set()  # allowed as they are, no env_allow needed
+    for name in ("GLOO_AUTH_TOKEN", "NCCL_PASSWORD", "GLOO_SECRET", "GLOO_OFFLINE"):  # never a secret nor a switch
+        with pytest.raises(RecipeError, match=rf"env.{name}: a recipe may set only CUDA_\*, NCCL_\*, GLOO_\*"):
+            env_names({name: "x"}, [name])
+    with pytest.raises(RecipeError, match="env.GLOO_HTTP_PROXY redirects"):
+        env_names({"GLOO_HTTP_PROXY": "http://p"}, [])
+    with pytest.raises(RecipeError, match="a recipe may set only"):
+        env_names({"GLOOX_SOCKET_IFNAME": "ib0"}, [])  # the prefix is GLOO_, not GLOO
+    for name in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
+        monkeypatch.setenv(name, "before")  # restored (or removed) after the test
+    load_recipe(["--config", str(write_recipe(env={"NCCL_SOCKET_IFNAME": "lo", "GLOO_SOCKET_IFNAME": "lo"}))])
+    assert os.environ["NCCL_SOCKET_IFNAME"] == os.environ["GLOO_SOCKET_IFNAME"] == "lo"
+
+
 def test_report_md_escapes_the_folder_name(tmp_path):
     from eva_plugin.report.write import _markdown, md_code, md_text
 

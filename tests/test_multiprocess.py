@@ -241,3 +241,84 @@ def test_a_process_failing_inside_the_loop_stops_the_run_and_keeps_finished_stag
     assert proc.returncode != 0 and "disk full" in proc.stdout + proc.stderr
     assert (tmp_path / "disk" / "iter_0" / "seed_pool" / "manifest.json").exists()
     assert not (tmp_path / "disk" / "iter_1" / "creator_samples").exists()
+
+
+def test_the_wait_at_a_shared_step_is_the_runs_own_timeout(write_recipe, tmp_path):
+    """torch gives a new gloo group 30 minutes whatever the default group has; the run's group gets
+    ``eva.collective_timeout``, by default the longer of ``ddp_timeout`` and 6 hours."""
+    from datetime import timedelta
+
+    from eva_plugin.loop import EvaLoop
+    from eva_plugin.recipe import load_recipe
+    from eva_plugin.sharding import LONG_WAIT, wait_timeout
+
+    assert wait_timeout(None) == wait_timeout(None, 1800) == timedelta(seconds=LONG_WAIT) == timedelta(hours=6)
+    assert wait_timeout(None, 30 * 3600) == timedelta(hours=30)  # a longer ddp_timeout wins
+    assert wait_timeout(90, 30 * 3600) == timedelta(seconds=90)  # set: exactly that
+    loop = EvaLoop(load_recipe(["--config", str(write_recipe(ddp_timeout=7200))]))
+    assert loop.runtime.shards.timeout == timedelta(hours=6)
+    loop = EvaLoop(load_recipe(["--config", str(write_recipe(eva={"collective_timeout": 600}))]))
+    assert loop.runtime.shards.timeout == timedelta(minutes=10)
+    with pytest.raises(Exception, match="eva.collective_timeout must be >= 1"):
+        load_recipe(["--config", str(write_recipe(eva={"collective_timeout": 0}))])
+
+
+WAITS = """
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from eva_plugin.dpo import report_error
+from eva_plugin.errors import EvaError
+from eva_plugin.loop import EvaLoop
+from eva_plugin.recipe import load_recipe
+
+loop = EvaLoop(load_recipe(["--config", sys.argv[1]]))
+state, shards = loop.state, loop.runtime.shards
+rank = state.process_index
+
+
+def timeout(group):
+    return group._get_backend(torch.device("cpu")).options._timeout
+
+
+print(f"rank {rank}: ours {timeout(shards.group)}, default {timeout(dist.group.WORLD)}, "
+      f"interface {os.environ['GLOO_SOCKET_IFNAME']}", flush=True)
+if rank == 0:
+    time.sleep(float(sys.argv[2]))  # the main process is busy; the other waits at the broadcast
+try:
+    print(f"rank {rank}: got {shards.broadcast('the outcome')}", flush=True)
+except EvaError as err:
+    print(f"rank {rank}: stopped waiting: {type(err).__name__}", flush=True)
+    report_error(err)  # as eva_plugin.dpo.main does
+except RuntimeError as err:  # the main process, late: its peer left
+    print(f"rank {rank}: the other left: {type(err).__name__}", flush=True)
+state.wait_for_everyone()
+state.destroy_process_group()
+"""
+
+
+def test_a_process_waits_for_the_others_as_long_as_the_run_says(write_recipe, tmp_path):
+    """Two real processes: the main one is 6 s late. With a 3 s timeout the other stops waiting and says
+    which knob to raise; with the default it waits, on a group of 6 hours, on the interface the recipe's
+    ``env:`` names."""
+    script = tmp_path / "waits.py"
+    script.write_text(WAITS)
+    env = {"GLOO_SOCKET_IFNAME": "lo"}
+    short = write_recipe("short.yaml", eva={"collective_timeout": 3}, env=env)
+    proc = launch_two(str(script), str(short), "6", check=False, timeout=300)
+    assert "rank 1: ours 0:00:03, default" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    assert "rank 1: stopped waiting: WaitTimedOut" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+    # one line from the process that waited, though it is not the main one, naming the knob
+    assert "eva: error: process 1 waited 0:00:03 for the other processes at a shared step and gave up " \
+           "(eva.collective_timeout: 3 s); if one process is that much slower, raise eva.collective_timeout" \
+           in proc.stderr, proc.stderr[-3000:]
+    long = write_recipe("long.yaml", env=env)
+    proc = launch_two(str(script), str(long), "6", timeout=300)
+    for rank in (0, 1):
+        assert f"rank {rank}: ours 6:00:00, default " in proc.stdout, proc.stdout
+        assert f"rank {rank}: got the outcome" in proc.stdout
+    assert "interface lo" in proc.stdout

@@ -213,7 +213,8 @@ class Policy(Stage):
             stats = train_round(pairs, policy_path=it.run.policy_path(it.t - 1),
                                 reference_path=it.run.reference_path(it.t), training=recipe.training,
                                 model_args=recipe.model, save_dir=tmp, loss=it.eva.loss, knobs=recipe.loss_knobs(),
-                                attach=lambda trainer: it.run.tracker.attach(trainer, it.t))
+                                attach=lambda trainer: it.run.tracker.attach(trainer, it.t),
+                                barrier=it.run.runtime.shards.barrier)
         except TrainingError as err:  # nothing published; the stages before it are kept
             raise TrainingError(f"iter_{it.t}/policy not published: {err}") from None
         shutil.rmtree(tmp / "trainer_state", ignore_errors=True)

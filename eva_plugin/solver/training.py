@@ -136,10 +136,13 @@ def train_round(
     loss: str | None = "dpo",
     knobs: dict[str, float] | None = None,
     attach: Callable[[Any], None] | None = None,
+    barrier: Callable[[], None] | None = None,
 ) -> dict:
     """Train on ``pairs`` from ``policy_path`` with ``loss`` (against ``reference_path`` where the
     loss has a reference; ``None``: the recipe's own DPOConfig loss); save a checkpoint in ``save_dir``.
-    ``attach`` sees the trainer before it trains (the run's trackers and step offset, ``tracking.py``)."""
+    ``attach`` sees the trainer before it trains (the run's trackers and step offset, ``tracking.py``);
+    ``barrier`` is where the processes wait while the main process saves (default: the trainer's
+    ``wait_for_everyone``; the loop passes its own group's, with the run's long timeout)."""
     from trl import get_peft_config
 
     knobs = knobs if knobs is not None else loss_knobs(loss, {})
@@ -185,7 +188,7 @@ def train_round(
         if trainer.accelerator.is_main_process:
             tokenizer.save_pretrained(save_dir)
             (save_dir / "training_args.bin").unlink(missing_ok=True)
-    trainer.accelerator.wait_for_everyone()
+    (barrier or trainer.accelerator.wait_for_everyone)()  # the main process may save a merged LoRA model
     stats = {
         "train_loss": output.training_loss,
         "steps": output.global_step,
