@@ -2,7 +2,9 @@
 
 Each stage folder holds a Hugging Face dataset (``save_to_disk``) or a checkpoint and
 a ``manifest.json`` (fingerprint, counts, seconds, tokens). A folder exists only once
-complete: it is written under a temporary name and renamed into place.
+complete: it is written under a temporary name and renamed into place. A sampling or scoring
+stage keeps its finished chunks beside it while it runs (``chunk_folder``, ``eva_plugin.chunks``);
+they outlive a killed run and go once the stage is published, or when it runs under another config.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 
 from datasets import Dataset, load_from_disk
 
+from eva_plugin.chunks import folder_name
 from eva_plugin.content import hash_file
 from eva_plugin.errors import StaleArtifactError
 
@@ -93,8 +96,10 @@ def publish_dir(tmp: Path, final: Path) -> None:
 def remove_leftovers(root: Path) -> list[Path]:
     """Remove the temporary stage folders and JSON files that killed runs left (call under the run lock).
 
-    Only names this project creates are touched: ``iter_<t>/.<stage>.tmp-*`` for a known stage and
-    ``.<name>.json.*.tmp`` beside the manifests; anything else in the folder stays."""
+    Only names this project creates are touched: ``iter_<t>/.<stage>.tmp-*`` for a known stage,
+    ``.<name>.json.*.tmp`` beside the manifests, and the chunk folder of a stage that was published
+    under the same fingerprint (``.<stage>.chunks-<fingerprint>``; the chunks of an unfinished stage
+    stay for the rerun); anything else in the folder stays."""
     from eva_plugin.stage_list import LEGACY_NAMES, ORDER
 
     stages = "|".join(re.escape(name) for name in (*ORDER, *LEGACY_NAMES))
@@ -104,7 +109,8 @@ def remove_leftovers(root: Path) -> list[Path]:
     for folder in folders:
         for stage in [folder, *(d for d in folder.iterdir() if d.is_dir() and d.name in ORDER)]:
             for leftover in stage.glob(".*"):
-                made_here = json_tmp.match(leftover.name) or (stage is folder and stage_tmp.match(leftover.name))
+                made_here = json_tmp.match(leftover.name) or (stage is folder and (
+                    stage_tmp.match(leftover.name) or _published_chunks(folder, leftover.name)))
                 if not made_here:
                     continue
                 if leftover.is_dir():
@@ -116,6 +122,20 @@ def remove_leftovers(root: Path) -> list[Path]:
 
 
 ITERATION = re.compile(r"^iter_\d+$")
+CHUNKS = re.compile(r"^\.(\w+)\.chunks-(\w+)$")
+
+
+def _published_chunks(folder: Path, name: str) -> bool:
+    """Whether ``name`` in the iteration folder ``folder`` is the chunk folder of a stage published since
+    with the same fingerprint (a run killed between publishing and removing it)."""
+    match = CHUNKS.match(name)
+    if not match:
+        return False
+    try:
+        manifest = read_json(folder / match[1] / MANIFEST)
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("fingerprint") == match[2]
 
 
 def file_hashes(folder: Path) -> dict[str, str]:
@@ -170,6 +190,16 @@ class StageStore:
 
     def path(self, iteration: int, stage: str) -> Path:
         return self.root / f"iter_{iteration}" / stage
+
+    def chunk_folder(self, iteration: int, stage: str, config: dict[str, Any]) -> Path:
+        """Where a run of ``stage`` under ``config`` keeps its finished chunks (``eva_plugin.chunks``)."""
+        return self.root / f"iter_{iteration}" / folder_name(stage, fingerprint(config))
+
+    def remove_chunks(self, iteration: int, stage: str, keep: str | None = None) -> None:
+        """Remove the chunk folders of ``stage`` (all, or all but the one of fingerprint ``keep``)."""
+        for folder in self.path(iteration, stage).parent.glob(folder_name(stage, "*")):
+            if keep is None or folder.name != folder_name(stage, keep):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def load(self, iteration: int, stage: str, keep_in_memory: bool = False) -> Dataset:
         """The dataset a finished stage wrote."""
@@ -238,12 +268,14 @@ class StageStore:
         if self.is_done(iteration, stage, config):
             self.skipped.append(f"iter_{iteration}/{stage}")
             manifest = self.manifest(iteration, stage) or {}
+            self.remove_chunks(iteration, stage)
             log(f"[iter {iteration}] {stage}: done before, skipped")
             return (self.load(iteration, stage) if (final / "data").exists() else None), manifest
         log(f"[iter {iteration}] {stage}: running")
         final.parent.mkdir(parents=True, exist_ok=True)
         for leftover in final.parent.glob(f".{stage}.tmp-*"):  # from a run that was killed mid-stage
             shutil.rmtree(leftover, ignore_errors=True)
+        self.remove_chunks(iteration, stage, keep=fp)  # those of another config can never be reused
         tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{stage}.tmp-"))
         started = time.perf_counter()
         try:
@@ -267,15 +299,18 @@ class StageStore:
             publish_dir(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            raise  # finished chunks stay for the rerun
+        self.remove_chunks(iteration, stage)
         rows = manifest["rows"] if manifest["rows"] is not None else "-"
         log(f"[iter {iteration}] {stage}: {result.note or f'{rows} rows'} in {manifest['seconds']:.1f}s")
         data = self.load(iteration, stage) if result.data is not None else None
         return data, manifest
 
 
-#: Throughput in a manifest: rate name → the counter it divides by the stage's seconds.
-RATES = {"tokens_per_second": "tokens_generated", "responses_per_second": "scored"}
+#: Throughput in a manifest: rate name → the counter it divides by the stage's seconds, and the part of
+#: that counter taken from finished chunks of an earlier run (not work of these seconds).
+RATES = {"tokens_per_second": ("tokens_generated", "tokens_reused"), "responses_per_second": ("scored",
+                                                                                             "responses_reused")}
 
 
 def _with_old_keys(stage: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -287,11 +322,18 @@ def _with_old_keys(stage: str, config: dict[str, Any]) -> dict[str, Any]:
 
 
 def rates(stats: dict[str, Any], seconds: float) -> dict[str, float]:
-    """Tokens generated / responses scored per second, for the stages that count them."""
+    """Tokens generated / responses scored per second, for the stages that count them (what reused
+    chunks held is not counted: it took no time now)."""
     if seconds <= 0:
         return {}
-    return {rate: round(stats[counter] / seconds, 1) for rate, counter in RATES.items()
-            if isinstance(stats.get(counter), int | float) and stats[counter] > 0}
+    out = {}
+    for rate, (counter, reused) in RATES.items():
+        value = stats.get(counter)
+        if isinstance(value, int | float):
+            done = value - (stats.get(reused) if isinstance(stats.get(reused), int | float) else 0)
+            if done > 0:
+                out[rate] = round(done / seconds, 1)
+    return out
 
 
 def _changed_keys(old: dict, new: dict) -> str:

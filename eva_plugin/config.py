@@ -362,6 +362,13 @@ class EvaArguments:
                   "stops; null = the longer of the recipe's `ddp_timeout` and 6 hours (`ddp_timeout` itself "
                   "times only the trainer's own collectives)."},
     )
+    chunk_size: int | None = field(
+        default=256,
+        metadata={"help": "Sampling and scoring stages save their work every `chunk_size` prompts per process "
+                  "(`iter_<t>/.<stage>.chunks-<fingerprint>/`), so a rerun after a crash or a time limit "
+                  "resumes inside the stage. The responses do not depend on it; rewards at most in float32's last "
+                  "bits, as with the number of processes. null = no chunks.", "ge": 1},
+    )
     generation: GenerationArguments = field(
         default_factory=GenerationArguments,
         metadata={"help": "Response sampling (creator and solver)."},

@@ -195,19 +195,20 @@ class Iteration:
         return self.run.params(gen, self.t, purpose)
 
     def sample(self, prompts: list[str], n: int, purpose: str) -> tuple[list[list[str]], dict[str, int]]:
-        """``n`` responses of the policy per prompt (shared across the processes) and the counts for the
-        stage's manifest: tokens generated, prompts too long for the model (answered by empty texts)."""
+        """``n`` responses of the policy per prompt (shared across the processes, in chunks a rerun reuses)
+        and the counts for the stage's manifest: tokens generated, prompts too long for the model
+        (answered by empty texts)."""
         if not prompts:  # everything reused: no model to load
             return [], {"tokens_generated": 0, "prompts_too_long": 0}
         self.make_room(self.policy)
         backend = self.run.runtime.shards.together(self.policy.get)
         gens = shared_generate(self.run.runtime.shards, backend, [user_turn(p) for p in prompts], n,
-                               self.params(self.generation, purpose))
+                               self.params(self.generation, purpose), chunks=self.run.runtime.chunks)
         return gens.texts, {"tokens_generated": gens.num_tokens, "prompts_too_long": gens.dropped_too_long}
 
     def score(self, prompts: list[str], responses: list[list[str]], what: str,
               role: str = "solver") -> tuple[list[list[float]], dict[str, int]]:
-        """Rewards of ``role``'s reward model (shared across the processes), length-penalised (RLHF
+        """Rewards of ``role``'s reward model (shared across the processes, in chunks), length-penalised (RLHF
         Workflow) when ``length_penalty`` > 0, and the counts for the stage's manifest: responses
         ``scored`` and ``nonfinite_rewards``. What the reward model returns is checked (``plugin_outputs``:
         one number per response, a stage not all one value). A reward that is not finite (NaN, ±inf) stays as NaN
@@ -218,7 +219,8 @@ class Iteration:
         self.make_room(rewarder)
         model = self.run.runtime.shards.together(rewarder.get)
         plugin, key = self.eva.rewarder(role).type, self.eva.rewarder(role).key
-        rewards = shared_score(self.run.runtime.shards, model, [user_turn(p) for p in prompts], responses, plugin)
+        rewards = shared_score(self.run.runtime.shards, model, [user_turn(p) for p in prompts], responses, plugin,
+                               chunks=self.run.runtime.chunks)
         check_spread(rewards, prompts, responses, plugin, f"iteration {self.t}, {what} rewards", key)
         rewards = length_penalised(rewards, responses, self.eva.length_penalty)
         scored, bad = sum(map(len, rewards)), count_nonfinite(rewards)

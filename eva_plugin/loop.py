@@ -38,7 +38,8 @@ class EvaLoop:
         self.state = process_state(recipe.training.use_cpu)  # `accelerate launch --cpu` → CPU everywhere
         store = StageStore(recipe.output_dir, overwrite_stale=overwrite_stale)
         timeout = wait_timeout(recipe.eva.collective_timeout, recipe.training.ddp_timeout)
-        self.runtime = StageRuntime(store, self.state, log=log, stop_after=stop_after, timeout=timeout)
+        self.runtime = StageRuntime(store, self.state, log=log, stop_after=stop_after, timeout=timeout,
+                                    chunk_size=recipe.eva.chunk_size)
         self.run_facts = Run(recipe, self.runtime)
         self.plan: Plan = plan_of(recipe)
 

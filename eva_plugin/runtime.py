@@ -7,7 +7,9 @@ written in a temporary folder and renamed into place. With several processes:
 - ``MAIN`` stages (bookkeeping: scores, selection, mixing, pairs) run on the main process;
   the others learn the outcome and read the artifact back;
 - ``SHARED`` stages (sampling, scoring, evolving) run on every process, which split their
-  items through ``eva_plugin.sharding``; the main process writes the artifact;
+  items through ``eva_plugin.sharding``; the main process writes the artifact. Their sampling and
+  scoring keep finished chunks (``chunk_size`` items per process, ``eva_plugin.chunks``) that a
+  rerun after a crash reuses;
 - ``EVERY`` stages (training) run on every process as they are (DDP, ZeRO); the main
   process writes the artifact.
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from eva_plugin.artifacts import MANIFEST, StageResult, StageStore, write_json_atomic
+from eva_plugin.chunks import StageChunks
 from eva_plugin.errors import EvaError, StopAfterStage
 from eva_plugin.sharding import Shards, announced
 
@@ -68,10 +71,14 @@ class StageRuntime:
     """Runs stages through a ``StageStore`` on every process of the launch and records their manifests."""
 
     def __init__(self, store: StageStore, state, *, log: Callable[[str], None] = print,
-                 stop_after: str | None = None, timeout: timedelta | None = None) -> None:
+                 stop_after: str | None = None, timeout: timedelta | None = None,
+                 chunk_size: int | None = None) -> None:
         self.store, self.state, self.log, self.stop_after = store, state, log, stop_after
         self.shards = Shards(state, timeout)  # every wait of a process for the others is on its group
         self.reports: list[IterationReport] = []
+        self.chunk_size = chunk_size  # items per chunk of a shared stage's sampling and scoring; None: no chunks
+        #: the chunks of the shared stage running now (``Iteration.sample`` / ``score`` use them)
+        self.chunks: StageChunks | None = None
 
     @property
     def is_main(self) -> bool:
@@ -82,30 +89,41 @@ class StageRuntime:
 
     def run_stage(self, iteration: int, name: str, config: dict, work: StageWork, mode: str = MAIN) -> Any:
         """Run one stage (unless done) and return its dataset (None for a checkpoint) on every process."""
+        chunks = StageChunks(self.store.chunk_folder(iteration, name, config), self.chunk_size) \
+            if mode == SHARED and self.chunk_size else None
         if self.state.num_processes == 1:
-            data, manifest = self.store.make(iteration, name, config, self._counted(work, mode), log=self.log)
+            data, manifest = self.store.make(iteration, name, config, self._counted(work, mode, chunks=chunks),
+                                             log=self.log)
         elif mode == MAIN:
             data, manifest = self._on_main_only(iteration, name, config, work)
         else:
-            data, manifest = self._on_every_process(iteration, name, config, work, mode)
+            data, manifest = self._on_every_process(iteration, name, config, work, mode, chunks)
         self.reports[-1].manifests[name] = manifest
         self._maybe_stop(iteration, name)
         return data
 
-    def _counted(self, work: StageWork, mode: str, finished: list[bool] | None = None) -> StageWork:
-        """``work``, noting that it finished and (shared stages) how many items each process took."""
+    def _counted(self, work: StageWork, mode: str, finished: list[bool] | None = None,
+                 chunks: StageChunks | None = None) -> StageWork:
+        """``work``, noting that it finished and (shared stages) how many items each process took and
+        what its chunks saved; ``chunks`` is the stage's while it runs."""
 
         def counted(tmp: Path) -> StageResult:
             self.shards.reset_counts()
             cuda = _cuda()
             if cuda is not None:
                 cuda.reset_peak_memory_stats()
-            result = work(tmp)
+            self.chunks = chunks
+            try:
+                result = work(tmp)
+            finally:
+                self.chunks = None
             cuda = _cuda()  # the stage may have been the first to use the GPU
             if cuda is not None:  # this process's peak while the stage ran
                 result.stats["max_memory_allocated"] = cuda.max_memory_allocated()
             if mode == SHARED:
                 result.stats["items_per_process"] = list(self.shards.items)
+            if chunks is not None:
+                result.stats.update(chunks.tally.stats())
             if finished is not None:
                 finished[0] = True
             return result
@@ -123,7 +141,7 @@ class StageRuntime:
         return held[0] if self.is_main else self._read_back(iteration, name, done)
 
     def _on_every_process(self, iteration: int, name: str, config: dict, work: StageWork,
-                          mode: str) -> tuple[Any, dict]:
+                          mode: str, chunks: StageChunks | None = None) -> tuple[Any, dict]:
         """Every process runs ``work``; the main process publishes.
 
         A failure that every process already knows about (raised after a shared gather, or
@@ -134,7 +152,7 @@ class StageRuntime:
         """
         done = self.on_main(lambda: self.store.is_done(iteration, name, config), share=True)
         finished = [False]
-        counted = self._counted(work, mode, finished)
+        counted = self._counted(work, mode, finished, chunks)
         outcome, error = None, None
         try:
             if self.is_main:

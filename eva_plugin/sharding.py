@@ -7,6 +7,9 @@ with the whole result in the original order; the main process then writes the ar
 A failure inside the shared work is gathered too and raised on every process
 ("announced", see ``announced``). With one process everything runs in place.
 
+A stage that keeps its finished chunks (``eva_plugin.chunks``) passes them along: the items of
+chunks finished before (by any process of any earlier launch) are not shared out again.
+
 ``group_size`` > 1 is for engines spanning several ranks (vLLM tensor parallel under
 ``external_launcher``): the ranks of a group get the same share and only the first
 rank's result is kept.
@@ -30,6 +33,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from eva_plugin.artifacts import fingerprint
+from eva_plugin.chunks import WRITTEN, ChunkedCall, Reused, ShardWork, StageChunks
 from eva_plugin.errors import EvaError, WaitTimedOut
 from eva_plugin.generation import Conversation, Generations, SamplingParams
 from eva_plugin.generation.seeding import prompt_seeds
@@ -37,7 +41,6 @@ from eva_plugin.generation.seeding import prompt_seeds
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-ShardWork = Callable[[list[int]], tuple[list[Any], dict[str, int]]]
 
 #: How long a process waits for the others at a shared step unless the recipe says otherwise (seconds).
 LONG_WAIT = 6 * 3600
@@ -160,22 +163,33 @@ class Shards:
         self._raise_failures(self._gather(failure), error)
         return value
 
-    def share(self, n: int, work: ShardWork, group_size: int = 1, key: str = "") -> tuple[list[Any], dict[str, int]]:
+    def share(self, n: int, work: ShardWork, group_size: int = 1, key: str = "",
+              chunks: ChunkedCall | None = None) -> tuple[list[Any], dict[str, int]]:
         """``work(indices)`` returns one result per index and counters; the merged results (in
         order, on every process) and the counters summed over the shares. ``key`` identifies
-        the item list (a ``fingerprint``); processes holding different lists stop with an error."""
+        the item list (a ``fingerprint``); processes holding different lists stop with an error.
+        With ``chunks`` (a stage that keeps its finished chunks), the items of chunks finished before
+        are taken from them, and each process works through the rest of its share chunk by chunk."""
         if len(self.items) != self.world:
             self.reset_counts()
+        names = self._chunk_names(chunks)
         if self.world == 1:
-            self.items[0] += n
-            return work(list(range(n)))
-        mine = assignment(n, self.rank, self.world, group_size)
-        payload, error = None, None
-        try:
-            results, counts = work(mine)
+            reused = chunks.load(names, n) if chunks else Reused()
+            mine = [i for i in range(n) if i not in reused.results]
+            self.items[0] += len(mine)
+            results, counts = self._work(work, mine, chunks, write=True)
             if len(results) != len(mine):
                 raise RuntimeError(f"work on {len(mine)} items returned {len(results)} results")
-            payload = ("ok", key, mine, results, counts)
+            return _merged(n, reused, [(mine, results, counts)], chunks)
+        mine = assignment(n, self.rank, self.world, group_size)
+        payload, error, reused = None, None, Reused()
+        try:
+            reused = chunks.load(names, n) if chunks else reused
+            mine = [i for i in mine if i not in reused.results]
+            results, counts = self._work(work, mine, chunks, write=self.rank % group_size == 0)
+            if len(results) != len(mine):
+                raise RuntimeError(f"work on {len(mine)} items returned {len(results)} results")
+            payload = ("ok", key, reused.signature(), mine, results, counts)
         except Exception as err:
             payload, error = ("error", f"{type(err).__name__}: {err}"), err
         gathered = self._gather(payload)
@@ -183,17 +197,28 @@ class Shards:
         if len({p[1] for p in gathered}) > 1:
             raise ProcessFailed("the processes were asked to share different item lists (a plugin that draws "
                                 "unseeded random numbers?); every process must build the same list")
-        merged: list[Any] = [None] * n
-        totals: dict[str, int] = {}
-        for rank, (_, _, indices, results, counts) in enumerate(gathered):
+        if len({p[2] for p in gathered}) > 1:
+            raise ProcessFailed(f"the processes read different finished chunks in {chunks.folder}; output_dir "
+                                "must be one folder that every process sees (a filesystem every node shares)")
+        parts = []
+        for rank, (_, _, _, indices, results, counts) in enumerate(gathered):
             self.items[rank] += len(indices)
-            if rank % group_size:
-                continue  # a second rank of the same engine: the same results again
-            for i, result in zip(indices, results):
-                merged[i] = result
-            for key, value in counts.items():
-                totals[key] = totals.get(key, 0) + value
-        return merged, totals
+            if rank % group_size == 0:  # a second rank of the same engine: the same results again
+                parts.append((indices, results, counts))
+        return _merged(n, reused, parts, chunks)
+
+    def _chunk_names(self, chunks: ChunkedCall | None) -> list[str]:
+        """The finished chunk files of the call, as the main process lists them (every process reads the same)."""
+        if chunks is None:
+            return []
+        if self.world == 1:
+            return chunks.names()
+        return self.broadcast(chunks.names() if self.rank == 0 else None)
+
+    @staticmethod
+    def _work(work: ShardWork, mine: list[int], chunks: ChunkedCall | None,
+              write: bool) -> tuple[list[Any], dict[str, int]]:
+        return chunks.run(work, mine, write) if chunks else work(mine)
 
     def _raise_failures(self, failures: list[str | None], own: BaseException | None) -> None:
         if own is not None:
@@ -204,10 +229,28 @@ class Shards:
             raise ProcessFailed(f"process {rank} failed: {msg}")
 
 
+def _merged(n: int, reused: Reused, parts: list[tuple[list[int], list[Any], dict[str, int]]],
+            chunks: ChunkedCall | None) -> tuple[list[Any], dict[str, int]]:
+    """The results of ``n`` items in order, from the reused chunks and the processes' parts, and the
+    counters summed over both (the chunk files written go to the stage's tally)."""
+    merged: list[Any] = [None] * n
+    totals: dict[str, int] = {}
+    for indices, results, counts in [(list(reused.results), list(reused.results.values()), reused.counts), *parts]:
+        for i, result in zip(indices, results):
+            merged[i] = result
+        for key, value in counts.items():
+            totals[key] = totals.get(key, 0) + value
+    written = totals.pop(WRITTEN, 0)
+    if chunks is not None:
+        chunks.note_written(written)
+    return merged, totals
+
+
 def generate(shards: Shards, backend, conversations: list[Conversation], n: int,
-             params: SamplingParams) -> Generations:
+             params: SamplingParams, chunks: StageChunks | None = None) -> Generations:
     """``backend.generate`` over all processes; seeds are fixed per prompt before splitting, so the
-    result does not depend on the number of processes."""
+    result does not depend on the number of processes, nor on the chunks (``chunks``: the running
+    stage's, whose finished chunks a rerun reuses)."""
     seeds = prompt_seeds(params.seed, conversations)
 
     def work(idx: list[int]) -> tuple[list, dict[str, int]]:
@@ -216,8 +259,9 @@ def generate(shards: Shards, backend, conversations: list[Conversation], n: int,
         return list(zip(gens.texts, finished)), {"num_tokens": gens.num_tokens, "failed": gens.failed,
                                                  "dropped_too_long": gens.dropped_too_long}
 
-    results, counts = shards.share(len(conversations), work, backend.ranks_per_engine,
-                                 key=fingerprint([conversations, n, params.as_dict()]))
+    key = fingerprint([conversations, n, params.as_dict()])
+    results, counts = shards.share(len(conversations), work, backend.ranks_per_engine, key=key,
+                                   chunks=chunks.call("sample", key) if chunks else None)
     texts = [list(texts) for texts, _ in results]
     finished = [] if any(f is None for _, f in results) else [list(f) for _, f in results]
     return Generations(texts, counts.get("num_tokens", 0), finished, counts.get("failed", 0),
@@ -225,10 +269,11 @@ def generate(shards: Shards, backend, conversations: list[Conversation], n: int,
 
 
 def score(shards: Shards, reward_model, conversations: list[Conversation],
-          responses: list[list[str]], plugin: str = "") -> list[list[float]]:
+          responses: list[list[str]], plugin: str = "", chunks: StageChunks | None = None) -> list[list[float]]:
     """``reward_model.score`` over all processes, prompt by prompt (a prompt's responses stay together,
     which pair-wise models need). Each share's result is checked where it leaves the plugin
-    (``plugin_outputs.checked_rewards``: one reward per response, numbers only), ``plugin`` named."""
+    (``plugin_outputs.checked_rewards``: one reward per response, numbers only), ``plugin`` named.
+    ``chunks``: as for ``generate``."""
     from eva_plugin.plugin_outputs import checked_rewards
 
     def work(idx: list[int]) -> tuple[list, dict[str, int]]:
@@ -237,5 +282,6 @@ def score(shards: Shards, reward_model, conversations: list[Conversation],
         mine = [responses[i] for i in idx]
         return checked_rewards(reward_model.score([conversations[i] for i in idx], mine), mine, plugin), {}
 
-    results, _ = shards.share(len(conversations), work, key=fingerprint([conversations, responses]))
+    key = fingerprint([conversations, responses])
+    results, _ = shards.share(len(conversations), work, key=key, chunks=chunks.call("score", key) if chunks else None)
     return results
