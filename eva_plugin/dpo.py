@@ -162,17 +162,35 @@ def main(argv: list[str] | None = None, *, prog: str = "python -m eva_plugin.dpo
         report_error(err)
         return 2
     except KeyboardInterrupt:  # finished stages are on disk, the unfinished one is rebuilt on resume
-        if os.environ.get("RANK", "0") == "0":
+        if first_on_node():
             print("eva: interrupted; run the same command to resume (finished stages are kept)", file=sys.stderr)
         return 130
     return 0
 
 
 def report_error(err: EvaError) -> None:
-    """``err`` as one line on stderr: from the main process only (every process fails alike), except a wait
+    """``err`` as one line on stderr: from the first process of each node (every process fails alike), except a wait
     that timed out, which only the process that waited knows about."""
-    if os.environ.get("RANK", "0") == "0" or isinstance(err, WaitTimedOut):
-        print(f"eva: error: {one_line(err)}", file=sys.stderr)
+    if first_on_node() or isinstance(err, WaitTimedOut):
+        print(f"eva: error: {node_prefix()}{one_line(err)}", file=sys.stderr)
+
+
+def first_on_node() -> bool:
+    """Whether this is the first process of its node (``LOCAL_RANK`` 0; the only process without a
+    launcher): the one that prints a run's error. On one node that is the main process; on several,
+    each node's log says why it stopped, also when only that node failed (a model path that exists
+    on another node only)."""
+    return os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0")).strip() in ("", "0")
+
+
+def node_prefix() -> str:
+    """``on host <name>: `` under a launch over several nodes (their logs are often merged), else nothing."""
+    world, local = os.environ.get("WORLD_SIZE", "1"), os.environ.get("LOCAL_WORLD_SIZE", "")
+    if not local or world == local:
+        return ""
+    import socket
+
+    return f"on host {socket.gethostname()}: "
 
 
 def check_stop_after(recipe: Recipe, stop_after: str | None) -> None:

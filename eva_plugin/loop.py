@@ -24,6 +24,7 @@ from eva_plugin.context import Iteration, Run
 from eva_plugin.locking import run_lock
 from eva_plugin.prompt_sets import SeedPool, check_prompts_fit, check_supply
 from eva_plugin.runtime import IterationReport, StageRuntime
+from eva_plugin.shared_folder import check_shared_folder
 from eva_plugin.stage_list import AFTER, CREATOR, SETUP, SOLVER, TRAIN, Plan, plan_of
 
 
@@ -51,6 +52,7 @@ class EvaLoop:
         facts = self.run_facts
         facts.store.root.mkdir(parents=True, exist_ok=True)
         with run_lock(facts.store.root, self.runtime.is_main), facts.tracker:  # one run per output dir
+            check_shared_folder(self.runtime, facts.store.root)  # every process (every node) sees this folder
             self.runtime.on_main(lambda: facts.store.rename_legacy(0))  # run folders written before a rename
             self.runtime.begin(0)
             setup = Iteration(facts, 0)
