@@ -94,7 +94,8 @@ def remove_leftovers(root: Path) -> list[Path]:
     """Remove the temporary stage folders and JSON files that killed runs left (call under the run lock).
 
     Only names this project creates are touched: ``iter_<t>/.<stage>.tmp-*`` for a known stage and
-    ``.<name>.json.*.tmp`` beside the manifests; anything else in the folder stays."""
+    ``.<name>.json.*.tmp`` beside the manifests; anything else in the folder stays, the request caches
+    (``iter_<t>/.<stage>.requests``, ``StageStore.requests_dir``) above all: they are what a rerun replays."""
     from eva_plugin.stage_list import LEGACY_NAMES, ORDER
 
     stages = "|".join(re.escape(name) for name in (*ORDER, *LEGACY_NAMES))
@@ -170,6 +171,11 @@ class StageStore:
 
     def path(self, iteration: int, stage: str) -> Path:
         return self.root / f"iter_{iteration}" / stage
+
+    def requests_dir(self, iteration: int, stage: str) -> Path:
+        """Where a stage keeps the answers of a paid server (``generation.request_cache``): beside its folder,
+        not in its temporary one, so a rerun after a kill or a failure replays them."""
+        return self.root / f"iter_{iteration}" / f".{stage}.requests"
 
     def load(self, iteration: int, stage: str, keep_in_memory: bool = False) -> Dataset:
         """The dataset a finished stage wrote."""
