@@ -85,7 +85,8 @@ class Tally:
 def answered(body: dict) -> bool:
     """A reply worth keeping: it has choices and every one has text (a null content is asked again)."""
     choices = body.get("choices") if isinstance(body, dict) else None
-    return bool(choices) and all(isinstance((c.get("message") or {}).get("content"), str) for c in choices)
+    return isinstance(choices, list) and bool(choices) and all(
+        isinstance(c, dict) and isinstance((c.get("message") or {}).get("content"), str) for c in choices)
 
 
 class OpenAICompatibleBackend(BackendBase):
