@@ -331,7 +331,7 @@ def test_requests_in_flight_never_exceed_the_limit_and_requests_per_minute_space
     paced = OpenAICompatibleBackend("m", base_url=server.base_url, concurrency=6, requests_per_minute=300)
     paced.generate([conv(f"paced {i}") for i in range(6)], 1, SamplingParams())
     starts = sorted(server.times[f"paced {i}"][0] for i in range(6))
-    assert all(b - a >= 0.18 for a, b in zip(starts, starts[1:]))  # 300 a minute: one every 0.2 s
+    assert starts[-1] - starts[0] >= 0.8  # 300 a minute: one every 0.2 s (unpaced, all 6 go out at once)
 
 
 def test_answered_requests_are_kept_and_replayed_without_the_key(server, monkeypatch, tmp_path):
