@@ -99,7 +99,8 @@ def remove_leftovers(root: Path) -> list[Path]:
     Only names this project creates are touched: ``iter_<t>/.<stage>.tmp-*`` for a known stage,
     ``.<name>.json.*.tmp`` beside the manifests, and the chunk folder of a stage that was published
     under the same fingerprint (``.<stage>.chunks-<fingerprint>``; the chunks of an unfinished stage
-    stay for the rerun); anything else in the folder stays."""
+    stay for the rerun); anything else in the folder stays, the request caches
+    (``iter_<t>/.<stage>.requests``, ``StageStore.requests_dir``) above all: they are what a rerun replays."""
     from eva_plugin.stage_list import LEGACY_NAMES, ORDER
 
     stages = "|".join(re.escape(name) for name in (*ORDER, *LEGACY_NAMES))
@@ -200,6 +201,11 @@ class StageStore:
         for folder in self.path(iteration, stage).parent.glob(folder_name(stage, "*")):
             if keep is None or folder.name != folder_name(stage, keep):
                 shutil.rmtree(folder, ignore_errors=True)
+
+    def requests_dir(self, iteration: int, stage: str) -> Path:
+        """Where a stage keeps the answers of a paid server (``generation.request_cache``): beside its folder,
+        not in its temporary one, so a rerun after a kill or a failure replays them."""
+        return self.root / f"iter_{iteration}" / f".{stage}.requests"
 
     def load(self, iteration: int, stage: str, keep_in_memory: bool = False) -> Dataset:
         """The dataset a finished stage wrote."""

@@ -65,7 +65,8 @@ class GenerationArguments:
         default_factory=dict,
         metadata={"help": "The backend's own options, checked against the options it declares (`eva plugins` "
                   "lists them; vllm: tensor_parallel_size, gpu_memory_utilization, max_model_len, "
-                  "…, engine_args; openai: base_url, api_key_env, concurrency, timeout, max_retries, backoff)."},
+                  "…, engine_args; openai: base_url, api_key_env, concurrency, requests_per_minute, timeout, "
+                  "max_retries, backoff, max_wait, prompt_price_per_1k, completion_price_per_1k)."},
     )
     #: the recipe key of this block, for messages (``eva.generation``, ``eva.evolver_generation``, …)
     key: InitVar[str] = "eva.generation"
@@ -256,6 +257,13 @@ class EvaArguments:
         default=False,
         metadata={"help": "Show the evolver the seed's best and worst sampled responses and rewards."},
     )
+    evolver_max_failure_rate: float = field(
+        default=0.05,
+        metadata={"help": "Largest share of the evolver LLM's responses that may fail (a server request whose "
+                  "retries ran out, a null answer, a prompt too long for a local engine) before the `evolved` "
+                  "stage stops with one line; a rerun then sends only the requests not answered yet. 1: never "
+                  "stop (failed evolutions are dropped and buffer prompts take their place)."},
+    )
     evolved_min_words: int = field(
         default=0, metadata={"help": "Opt-in: drop evolved prompts with fewer words (0 = off, as in the paper)."}
     )
@@ -444,6 +452,7 @@ def check_values(args: EvaArguments) -> None:
         (0 <= args.evolved_fraction <= 1, "eva.evolved_fraction must be in [0, 1]"),
         (args.num_evolutions >= 1, "eva.num_evolutions must be >= 1"),
         (args.evolver_candidates >= 1, "eva.evolver_candidates must be >= 1"),
+        (0 <= args.evolver_max_failure_rate <= 1, "eva.evolver_max_failure_rate must be in [0, 1]"),
         (0 < args.near_duplicate_threshold <= 1, "eva.near_duplicate_threshold must be in (0, 1]"),
         (args.rewriter_max_length_ratio >= 1, "eva.rewriter_max_length_ratio must be >= 1"),
         (args.length_penalty >= 0, "eva.length_penalty must be >= 0"),

@@ -23,7 +23,7 @@ from eva_plugin import plugins
 from eva_plugin.artifacts import StageResult, StageStore
 from eva_plugin.content import local_id
 from eva_plugin.data import user_turn
-from eva_plugin.generation import SamplingParams
+from eva_plugin.generation import SamplingParams, usage_stats
 from eva_plugin.generation.seeding import derive_seed
 from eva_plugin.options import EvolverContext, ModelContext
 from eva_plugin.plugin_outputs import check_spread
@@ -204,7 +204,8 @@ class Iteration:
         backend = self.run.runtime.shards.together(self.policy.get)
         gens = shared_generate(self.run.runtime.shards, backend, [user_turn(p) for p in prompts], n,
                                self.params(self.generation, purpose), chunks=self.run.runtime.chunks)
-        return gens.texts, {"tokens_generated": gens.num_tokens, "prompts_too_long": gens.dropped_too_long}
+        return gens.texts, {"tokens_generated": gens.num_tokens, "prompts_too_long": gens.dropped_too_long,
+                            **usage_stats(gens.usage)}
 
     def score(self, prompts: list[str], responses: list[list[str]], what: str,
               role: str = "solver") -> tuple[list[list[float]], dict[str, int]]:
@@ -289,8 +290,13 @@ def count_nonfinite(rewards: list[list[float]]) -> int:
 
 def as_dict(gen) -> dict:
     """A generation config as a plain dict (for fingerprints and manifests), secrets masked
-    (``eva_plugin.secrets.redact``: a masked value still changes the fingerprint when it changes)."""
-    return redact(dataclasses.asdict(gen))
+    (``eva_plugin.secrets.redact``: a masked value still changes the fingerprint when it changes) and
+    the backend's ``not_fingerprinted`` options (a price, a request rate) left out."""
+    data = dataclasses.asdict(gen)
+    quiet = getattr(plugins.options_schema("backends", gen.backend), "not_fingerprinted", frozenset())
+    if quiet and isinstance(data.get("options"), dict):
+        data["options"] = {k: v for k, v in data["options"].items() if k not in quiet}
+    return redact(data)
 
 
 def exclusive(backend: str) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from eva_plugin.typed import check_fields
 
@@ -30,7 +30,12 @@ def option(default: Any = None, help: str = "", **rules: Any) -> Any:
 
 @dataclass(frozen=True)
 class Options:
-    """Base of every option schema; subclasses are frozen dataclasses of ``option(...)`` fields."""
+    """Base of every option schema; subclasses are frozen dataclasses of ``option(...)`` fields.
+
+    ``not_fingerprinted``: options that change how a result is obtained, never the result (a request rate,
+    a price): stage fingerprints leave them out, so changing one does not make finished stages stale."""
+
+    not_fingerprinted: ClassVar[frozenset[str]] = frozenset()
 
     def __post_init__(self) -> None:
         check_fields(self, type(self).__name__)

@@ -22,11 +22,15 @@ process waits at the end of a training round. Its timeout is the run's own (``wa
 default group keeps ``ddp_timeout``: only the trainer's own collectives, which run in step, use it.
 ``GLOO_SOCKET_IFNAME`` (and the other ``GLOO_*`` variables, settable in the recipe's ``env:``) choose
 the network interface this group uses.
+
+A ``remote`` backend (a paid server) is not split: the main process sends every request, so
+its concurrency limit is the run's, and the others receive the result (``Shards.from_main``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -39,6 +43,9 @@ from eva_plugin.generation import Conversation, Generations, SamplingParams
 from eva_plugin.generation.seeding import prompt_seeds
 
 logger = logging.getLogger(__name__)
+#: Seconds between the main process's "still working" messages while it works alone (``from_main``): the
+#: others wait in short collectives, never one as long as the work (gloo's default timeout is 30 minutes).
+HEARTBEAT_SECONDS = 60.0
 
 T = TypeVar("T")
 
@@ -71,7 +78,8 @@ def announced(err: BaseException) -> bool:
     return isinstance(err, ProcessFailed) or getattr(err, "_eva_announced", False)
 
 
-def _announce(err: BaseException) -> BaseException:
+def announce(err: BaseException) -> BaseException:
+    """Mark ``err`` as known to every process (each raises it from the same shared data)."""
     try:
         err._eva_announced = True  # type: ignore[attr-defined]
     except AttributeError:  # exceptions with __slots__: wrap so the mark survives
@@ -163,6 +171,41 @@ class Shards:
         self._raise_failures(self._gather(failure), error)
         return value
 
+    def from_main(self, fn: Callable[[], T], heartbeat: float | None = None) -> T:
+        """``fn()`` on the main process only, its (picklable) value on every process; a failure there is
+        raised on every process. While it runs, the main process tells the others every ``heartbeat``
+        seconds that it still works, so no collective waits for the whole of it."""
+        if self.world == 1:
+            return fn()
+        heartbeat = HEARTBEAT_SECONDS if heartbeat is None else heartbeat
+        if self.rank != 0:
+            while True:
+                kind, detail = self.broadcast(None)
+                if kind == "ok":
+                    return detail
+                if kind == "error":
+                    raise ProcessFailed(f"process 0 failed: {detail}")
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = fn()
+            except BaseException as err:  # handed to the calling thread
+                box["error"] = err
+
+        worker = threading.Thread(target=run, name="eva-main-only", daemon=True)
+        worker.start()
+        worker.join(heartbeat)
+        while worker.is_alive():
+            self.broadcast(("working", None))
+            worker.join(heartbeat)
+        if "error" in box:
+            err = box["error"]
+            self.broadcast(("error", f"{type(err).__name__}: {err}"))
+            raise announce(err)
+        self.broadcast(("ok", box["value"]))
+        return box["value"]
+
     def share(self, n: int, work: ShardWork, group_size: int = 1, key: str = "",
               chunks: ChunkedCall | None = None) -> tuple[list[Any], dict[str, int]]:
         """``work(indices)`` returns one result per index and counters; the merged results (in
@@ -222,7 +265,7 @@ class Shards:
 
     def _raise_failures(self, failures: list[str | None], own: BaseException | None) -> None:
         if own is not None:
-            raise _announce(own)
+            raise announce(own)
         bad = [(rank, msg) for rank, msg in enumerate(failures) if msg is not None]
         if bad:
             rank, msg = bad[0]
@@ -250,8 +293,14 @@ def generate(shards: Shards, backend, conversations: list[Conversation], n: int,
              params: SamplingParams, chunks: StageChunks | None = None) -> Generations:
     """``backend.generate`` over all processes; seeds are fixed per prompt before splitting, so the
     result does not depend on the number of processes, nor on the chunks (``chunks``: the running
-    stage's, whose finished chunks a rerun reuses)."""
+    stage's, whose finished chunks a rerun reuses). A ``remote`` backend generates on the main
+    process alone (one global limit on requests in flight) and every process gets its result."""
     seeds = prompt_seeds(params.seed, conversations)
+    if getattr(backend, "remote", False):
+        if len(shards.items) != shards.world:
+            shards.reset_counts()
+        shards.items[0] += len(conversations)
+        return shards.from_main(lambda: backend.generate(conversations, n, params, seeds))
 
     def work(idx: list[int]) -> tuple[list, dict[str, int]]:
         gens = backend.generate([conversations[i] for i in idx], n, params, [seeds[i] for i in idx])

@@ -145,6 +145,22 @@ try:
         print(f"rank {state.process_index}: {results} {counts} {shards.items}", flush=True)
     elif sys.argv[1] == "disagree":
         shards.share(5, work, key=f"list-of-rank-{state.process_index}")
+    elif sys.argv[1] == "main_only":  # the main process works alone for 5 heartbeats
+        import time
+        calls = []
+
+        def slow():
+            calls.append(state.process_index)
+            time.sleep(0.5)
+            return {"from": state.process_index}
+
+        value = shards.from_main(slow, heartbeat=0.1)
+        print(f"rank {state.process_index}: {value} calls={calls}", flush=True)
+    elif sys.argv[1] == "main_fails":
+        def gone():
+            raise ConnectionError("server gone")
+
+        shards.from_main(gone, heartbeat=0.1)
     else:
         shards.together(load)
 except Exception as err:  # both ranks get here; meet once more so neither is killed before it prints
@@ -175,6 +191,40 @@ def test_a_failing_process_stops_the_others_instead_of_hanging(tmp_path):
         assert proc.returncode != 0
         assert f"rank 0 stopped (ProcessFailed): process 1 failed: {message}" in proc.stdout, proc.stderr[-3000:]
         assert f"rank 1 stopped (own): {message.split(': ', 1)[1]}" in proc.stdout
+
+
+def test_work_on_the_main_process_alone_reaches_every_process(tmp_path):
+    """``Shards.from_main`` (a paid server's requests): only rank 0 runs the work, while it tells the
+    other rank it still works; its value, or its failure, reaches both."""
+    script = tmp_path / "shards.py"
+    script.write_text(FAILING)
+    ok = launch_two(str(script), "main_only")
+    assert "rank 0: {'from': 0} calls=[0]" in ok.stdout and "rank 1: {'from': 0} calls=[]" in ok.stdout
+    failed = launch_two(str(script), "main_fails", check=False)
+    assert failed.returncode != 0
+    assert "rank 0 stopped (own): server gone" in failed.stdout, failed.stderr[-3000:]
+    assert "rank 1 stopped (ProcessFailed): process 0 failed: ConnectionError: server gone" in failed.stdout
+
+
+@pytest.mark.slow
+def test_two_processes_send_an_api_evolvers_requests_through_one_limit(write_recipe, tmp_path):
+    """The evolver on a (loopback) server under two processes: the main process sends every request, so the
+    server never sees more in flight than the one ``concurrency``, and each request once."""
+    from test_openai_backend import Server
+
+    server = Server()
+    try:
+        eva = {"iterations": 1, "subset_fraction": 1.0, "evolver_model": "gpt-4-0125-preview",
+               "evolver_generation": {"backend": "openai", "max_new_tokens": 64,
+                                      "options": {"base_url": server.base_url, "backoff": 0.01, "concurrency": 3}}}
+        recipe = write_recipe("api.yaml", output_dir=str(tmp_path / "api"), eva=eva)
+        launch_two("-m", "eva_plugin.dpo", "--config", str(recipe), "--stop_after", "iter_1/evolved")
+    finally:
+        server.close()
+    manifest = json.loads((tmp_path / "api" / "iter_1" / "evolved" / "manifest.json").read_text())
+    assert manifest["requests"] == len(server.requests) == 24  # 12 seeds × 2 chained evolutions, each once
+    assert server.max_inflight == 3  # the run's limit, reached (one pool per rank would allow 6)
+    assert manifest["items_per_process"] == [24, 0]  # the other process sent nothing
 
 
 LOOP_FAILURES = """

@@ -22,7 +22,7 @@ from eva_plugin.creator.evolvers import STATUSES, Completion
 from eva_plugin.creator.proxies import finite, usable
 from eva_plugin.creator.proxies import weights as proxy_weights
 from eva_plugin.errors import EvaError
-from eva_plugin.generation.completions import Completions
+from eva_plugin.generation.completions import Completions, FailureLimit
 from eva_plugin.plugin_outputs import checked_evolved
 from eva_plugin.prompt_sets import creator_input, creator_input_id, split_stats
 from eva_plugin.runtime import SHARED
@@ -133,8 +133,9 @@ class Evolved(Stage):
         eva = it.eva
         evolver = it.run.evolver()
         it.make_room(it.evolver_llm)
-        complete = Completions(it.evolver_llm, it.params(eva.evolver_generation, self.name),
-                               it.run.runtime.shards)
+        limit = FailureLimit(eva.evolver_max_failure_rate, "eva.evolver_max_failure_rate", f"iter_{it.t}/{self.name}")
+        complete = Completions(it.evolver_llm, it.params(eva.evolver_generation, self.name), it.run.runtime.shards,
+                               cache=it.run.store.requests_dir(it.t, self.name), limit=limit)
 
         def generate(instructions: list[str]) -> list[Completion | None]:
             texts, done = complete(instructions)

@@ -9,6 +9,7 @@ samples independent of the batch and the process it lands in.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 Conversation = list[dict[str, str]]
@@ -33,13 +34,22 @@ class Generations:
     ``finished[i][j]`` says whether response ``j`` ended on its own (False: cut at the token limit;
     empty when a backend cannot tell); ``failed`` counts responses a remote server never gave
     (returned as empty texts); ``dropped_too_long`` counts prompts longer than the engine's context
-    that were never sent (their ``n`` empty responses are in ``failed``)."""
+    that were never sent (their ``n`` empty responses are in ``failed``). A remote backend also fills
+    ``usage`` (``requests``, ``requests_cached``, ``retries``, ``requests_failed``, ``prompt_tokens``,
+    ``completion_tokens`` and, with prices, ``cost``) and ``last_error`` (why the last failed request failed)."""
 
     texts: list[list[str]]
     num_tokens: int = 0
     finished: list[list[bool]] = field(default_factory=list)
     failed: int = 0
     dropped_too_long: int = 0
+    usage: dict[str, float] = field(default_factory=dict)
+    last_error: str = ""
+
+
+def usage_stats(usage: dict[str, float]) -> dict[str, float]:
+    """A remote backend's ``usage`` as a manifest shows it: whole counts, the cost to 6 decimals."""
+    return {key: round(value, 6) if key == "cost" else int(value) for key, value in usage.items()}
 
 
 def render_prompt(tokenizer, conversation: Conversation) -> str:
@@ -58,7 +68,10 @@ class Backend(Protocol):
     """What the loop uses of a backend (``BackendBase`` gives the attributes their usual values).
 
     ``exclusive``: the backend keeps the accelerator to itself (vLLM reserves most of the GPU), so
-    the loop frees every other model before it is used. ``ranks_per_engine``: consecutive processes
+    the loop frees every other model before it is used. ``remote``: it sends requests to a server
+    (the openai backend): only the main process calls ``generate``, so its concurrency limit is the
+    run's, and the others get the result; ``use_cache(folder)`` keeps its answers there for a rerun
+    (None: stop keeping them). ``ranks_per_engine``: consecutive processes
     that share one engine (tensor parallel under ``external_launcher``) and so get the same prompts.
     ``generate``: ``n`` samples per conversation; ``seeds[i]`` is prompt ``i``'s seed, and a prompt's
     samples should depend on its seed alone. ``pause``: make room for another model of this round
@@ -67,21 +80,28 @@ class Backend(Protocol):
 
     exclusive: bool
     ranks_per_engine: int
+    remote: bool
 
     def generate(self, conversations: list[Conversation], n: int, params: SamplingParams,
                  seeds: list[int] | None = None) -> Generations: ...
 
     def pause(self) -> None: ...
 
+    def use_cache(self, folder: Path | None) -> None: ...
+
     def close(self) -> None: ...
 
 
 class BackendBase:
     """The ``Backend`` attributes most backends share: one process per engine, other models may stay,
-    nothing to keep when paused."""
+    nothing to keep when paused, a local model (no answers to cache)."""
 
     exclusive: bool = False
     ranks_per_engine: int = 1
+    remote: bool = False
+
+    def use_cache(self, folder: Path | None) -> None:
+        """A local model's samples cost no money: nothing is cached."""
 
     def pause(self) -> None:
         self.close()

@@ -32,10 +32,24 @@ class VLLMOptions(Options):
 class OpenAIOptions(Options):
     """Where the OpenAI-compatible server is and how requests are sent."""
 
+    #: added with the request cache: they decide no answer (the older sending options stay in fingerprints,
+    #: so that the run folders made before keep theirs)
+    not_fingerprinted = frozenset({"requests_per_minute", "max_wait", "prompt_price_per_1k",
+                                   "completion_price_per_1k"})
+
     base_url: str | None = option(None, "The server's /v1 address, e.g. http://localhost:8000/v1 (required).")
     model: str | None = option(None, "Model name sent to the server; null: the run's model path/name.")
     api_key_env: str = option("OPENAI_API_KEY", "Environment variable holding the API key (never the key itself).")
-    concurrency: int = option(8, "Requests in flight at once.", ge=1)
+    concurrency: int = option(8, "Requests in flight at once, for the whole run (only the main process sends).",
+                              ge=1)
+    requests_per_minute: float | None = option(None, "At most this many requests (retries included) start per "
+                                                     "minute; null: no limit but `concurrency`.", gt=0)
     timeout: float = option(120.0, "Seconds before a request is abandoned and retried.", gt=0)
     max_retries: int = option(4, "Retries per request (connection errors, timeouts, 408/409/429, 5xx).", ge=0)
-    backoff: float = option(1.0, "First retry delay in seconds; doubles each retry.", ge=0)
+    backoff: float = option(1.0, "First retry delay in seconds without a Retry-After from the server; doubles "
+                                 "each retry, with jitter.", ge=0)
+    max_wait: float = option(60.0, "Longest wait before a retry, in seconds (a longer Retry-After is cut to it).",
+                             ge=0)
+    prompt_price_per_1k: float | None = option(None, "Price of 1000 prompt tokens; with it (or the completion "
+                                                     "price) manifests and `eva report` show the cost.", ge=0)
+    completion_price_per_1k: float | None = option(None, "Price of 1000 completion tokens.", ge=0)

@@ -147,6 +147,17 @@ def costs(manifests) -> dict:
                 for s, m in stages.items()} for t, stages in manifests.items()}
 
 
+#: What a stage that asked an LLM server counted (``generation.openai_backend``), in the report's order.
+API_KEYS = ("requests", "requests_cached", "retries", "requests_failed", "prompt_tokens", "completion_tokens", "cost")
+
+
+def api_usage(manifests) -> dict:
+    """``{iteration: {stage: {requests, …, cost}}}`` for the stages that asked an LLM server (their manifest
+    counts ``requests``); ``cost`` is None when no price was set."""
+    return {t: {s: {k: m.get(k) for k in API_KEYS} for s, m in stages.items() if "requests" in m}
+            for t, stages in manifests.items() if any("requests" in m for m in stages.values())}
+
+
 def stage_total(data: dict, t: int, key: str):
     """Iteration ``t``'s ``seconds`` or ``tokens_generated`` summed over its stages (None: none known)."""
     stages = data["stage_costs"].get(t)
@@ -187,5 +198,6 @@ def collect(run_dir: Path) -> dict:
         "eval": fields(manifests, "eval", EVAL_KEYS),
         "judged": fields(manifests, "judged", JUDGED_KEYS),
         "stage_costs": costs(manifests),
+        "api_usage": api_usage(manifests),
         "manifests": manifests,
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from eva_plugin import stage_list
+from eva_plugin.report.collect import API_KEYS
 from eva_plugin.report.run_folder import load
 
 
@@ -100,6 +101,13 @@ def text_sections(data: dict) -> list[tuple[str, str]]:
         stage_table = _stage_table(costs, key, title, digits)
         if stage_table:
             sections.append((f"{title.capitalize()} per stage", stage_table))
+    rows = [[str(t), stage, *[fmt(u[k], 4) if k == "cost" else fmt(u[k]) for k in API_KEYS]]
+            for t, stages in data.get("api_usage", {}).items() for stage, u in stages.items()]
+    if rows:
+        header = ["iter", "stage", "requests", "replayed", "retries", "failed", "prompt tok", "completion tok",
+                  "cost"]
+        sections.append(("Requests to LLM servers (replayed: answered before a rerun, from the stage's cache)",
+                         table(header, rows)))
     return sections
 
 

@@ -182,7 +182,8 @@ class Rewritten(Stage):
 
     def work(self, it: Iteration, tmp: Path) -> StageResult:
         it.make_room(it.evolver_llm)
-        complete = Completions(it.evolver_llm, it.params(self.generation(it), self.name), it.run.runtime.shards)
+        complete = Completions(it.evolver_llm, it.params(self.generation(it), self.name), it.run.runtime.shards,
+                               cache=it.run.store.requests_dir(it.t, self.name))
         rows, counts = rewrite_pairs(it.load("pairs").to_list(), complete, it.eva.rewriter_max_length_ratio)
         return StageResult(Dataset.from_list(rows), {**complete.stats(), **counts})
 
