@@ -80,17 +80,28 @@ def test_a_zero3_round_publishes_a_loadable_policy_and_a_gathered_reference_chec
     _published_and_whole(policy, Path(models["policy"]), proc)
 
 
-def test_sampling_scoring_and_training_models_load_straight_onto_the_gpu(models):
+def test_sampling_scoring_and_training_models_load_straight_onto_the_gpu(models, monkeypatch):
+    """Each model comes out of ``from_pretrained`` already on this process's GPU (``device_map``; before
+    the loaders' own ``.to(device)``, which is then a no-op), so its weights never fill host memory."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
     from eva_plugin.generation.transformers_backend import TransformersBackend
     from eva_plugin.modeling import load_causal_lm
     from eva_plugin.rewards.sequence_classification import SequenceClassificationReward
 
+    loaded: list[tuple[object, str]] = []
+    for cls in (AutoModelForCausalLM, AutoModelForSequenceClassification):
+        def spy(*args, _original=cls.from_pretrained, **kwargs):
+            model = _original(*args, **kwargs)
+            loaded.append((kwargs.get("device_map"), next(model.parameters()).device.type))
+            return model
+
+        monkeypatch.setattr(cls, "from_pretrained", spy)
     index = torch.cuda.current_device()
-    backend = TransformersBackend(str(models["policy"]), batch_size=2)
-    reward = SequenceClassificationReward(str(models["reward"]))
-    trained = load_causal_lm(str(models["policy"]), training=True)
-    for model in (backend.model, reward.model, trained):
-        assert model.hf_device_map == {"": index} and model.device.type == "cuda"
+    backend = TransformersBackend(str(models["policy"]), batch_size=2, device=f"cuda:{index}")
+    reward = SequenceClassificationReward(str(models["reward"]), device=f"cuda:{index}")
+    load_causal_lm(str(models["policy"]), device=f"cuda:{index}", training=True)  # DDP: no FSDP, no ZeRO-3
+    assert loaded == [({"": index}, "cuda")] * 3
     backend.close()
     reward.close()
 
