@@ -178,9 +178,12 @@ class Iteration:
         return self.run.creator_on(self.t)
 
     def do(self, stage: Stage) -> Any:
-        """Run ``stage`` for this iteration (skipped when done) and return its dataset."""
-        return self.run.runtime.run_stage(self.t, stage.name, stage.config(self), lambda tmp: stage.work(self, tmp),
-                                    stage.mode)
+        """Run ``stage`` for this iteration (skipped when done) and return its dataset. Its config is made
+        on the main process and sent to the others: it holds the content hashes of local inputs
+        (``content.local_id``; a 9B policy's folder is ~18 GB to read), which one process reads, not each."""
+        runtime = self.run.runtime
+        config = runtime.on_main(lambda: stage.config(self), share=True)
+        return runtime.run_stage(self.t, stage.name, config, lambda tmp: stage.work(self, tmp), stage.mode)
 
     def load(self, stage: str, **kwargs: Any):
         return self.run.store.load(self.t, stage, **kwargs)

@@ -109,13 +109,42 @@ def load_tokenizer(path: str, trust_remote_code: bool = False, revision: str | N
     return tok
 
 
+def sharded_training() -> bool:
+    """Whether the trainer shards the models it is given: DeepSpeed ZeRO-3 (transformers' ``zero.Init``
+    partitions a model while it loads) or FSDP (accelerate shards the copy in host memory; ``accelerate
+    launch`` and ``TrainingArguments.fsdp`` set ``ACCELERATE_USE_FSDP``)."""
+    from accelerate.utils import parse_flag_from_env
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled() or parse_flag_from_env("ACCELERATE_USE_FSDP")
+
+
+def direct_placement(device: str | None = None, *, training: bool = False) -> dict:
+    """``from_pretrained`` keywords that load a model straight onto its GPU (``device_map={"": index}``)
+    instead of reading every weight into host memory and moving it (eight processes of a node would hold
+    eight host copies of the model). ``device``: the model's device (default: ``pick_device()``).
+
+    Nothing on CPU; nothing while DeepSpeed ZeRO-3 is on (it partitions the model as it loads and refuses a
+    device map; sampling and reward models load inside ``whole_weights()``, where it is off); nothing for a
+    model to train (``training``) under FSDP, which shards a host copy."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    target = torch.device(pick_device(device))
+    if target.type != "cuda" or is_deepspeed_zero3_enabled() or (training and sharded_training()):
+        return {}
+    return {"device_map": {"": target.index if target.index is not None else torch.cuda.current_device()}}
+
+
 def load_causal_lm(path: str, dtype: str | None = None, trust_remote_code: bool = False,
-                   device: str | None = None, **kwargs):
+                   device: str | None = None, training: bool = False, **kwargs):
     """``AutoModelForCausalLM.from_pretrained``; ``kwargs`` are ``model_kwargs(model_args, path)``
-    (revision, attention implementation, quantization). ``device`` (default: ``pick_device()``)
-    only decides whether bf16/fp16 fall back to float32 on CPU; the caller places the model."""
+    (revision, attention implementation, quantization). ``device`` (default: ``pick_device()``) decides
+    whether bf16/fp16 fall back to float32 on CPU, and a model not placed by ``kwargs`` loads straight onto
+    it where it can (``direct_placement``; ``training``: the trainer will get it)."""
     from transformers import AutoModelForCausalLM
 
+    if "device_map" not in kwargs:
+        kwargs.update(direct_placement(device, training=training))
     return AutoModelForCausalLM.from_pretrained(
         path, dtype=torch_dtype(dtype, device), trust_remote_code=trust_remote_code, **kwargs
     )

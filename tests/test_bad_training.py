@@ -66,6 +66,32 @@ def _plain_dpo(**top):
     return build
 
 
+def _sharded_fsdp_save(ctx: Ctx, monkeypatch) -> None:
+    """The policy's save as under FSDP with ``SHARDED_STATE_DICT`` (the repo's fsdp.yaml before issue 22):
+    transformers' own ``Trainer.save_model`` runs its FSDP branch, which writes no weights for that state
+    dict type. FSDP itself cannot run here (accelerate 1.16 turns it on only for GPU-type launches), so only
+    the save sees it: the trainer is marked FSDP and the accelerate state holds a real FSDP2 plugin set to
+    SHARDED_STATE_DICT, both for the call alone."""
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+    from transformers import Trainer
+
+    real = Trainer.save_model
+
+    def save_model(self, output_dir=None, _internal_call=False):
+        state, fsdp = AcceleratorState._shared_state, self.is_fsdp_enabled
+        state["fsdp_plugin"] = FullyShardedDataParallelPlugin(fsdp_version=2, state_dict_type="SHARDED_STATE_DICT")
+        self.is_fsdp_enabled = True
+        try:
+            return real(self, output_dir, _internal_call)
+        finally:
+            self.is_fsdp_enabled = fsdp
+            del state["fsdp_plugin"]
+
+    monkeypatch.setattr(Trainer, "save_model", save_model)
+    _quiet(ctx, monkeypatch)
+
+
 def _nothing_saved(ctx: Ctx) -> None:
     assert not list((ctx.tmp / "out").glob("*.safetensors")), "a plain DPO round saved NaN weights"
 
@@ -197,6 +223,11 @@ CASES: dict[str, Case] = {
                                group="20.1", after_load=True, check=_not_published, setup=_quiet),
     "plain-dpo-weights-not-finite": Case(_plain_dpo(learning_rate=1.0e39, max_grad_norm=0.0), "NaN or infinite",
                                          group="20.1", after_load=True, check=_nothing_saved, setup=_quiet),
+    # a save that writes no weights (FSDP with SHARDED_STATE_DICT) is refused before the policy is published
+    "sharded-fsdp-save-writes-no-weights": Case(_one_round(), "iter_1/policy not published: no loadable weights "
+                                                "written (the save wrote no weight file); with FSDP set "
+                                                "fsdp_state_dict_type: FULL_STATE_DICT", group="issue 22",
+                                                after_load=True, check=_not_published, setup=_sharded_fsdp_save),
     # a max_length every prompt fills (TRL drops each such pair) is refused before training, no policy published
     "max-length-below-every-prompt": Case(_one_round(max_length=3), "raise max_length", group="20.2",
                                           after_load=True, check=_not_published, setup=_quiet),

@@ -21,11 +21,15 @@ from eva_plugin.solver.training import _reference
 
 @pytest.fixture
 def loads(monkeypatch):
-    """Every causal-LM load: (path, keywords, the loaded model's attention implementation)."""
+    """Every causal-LM load: (path, keywords, the loaded model's attention implementation). The read-back
+    of a saved policy onto the meta device (``training.saved_weights_fault``: file headers, no model that
+    runs) is no load of a model to use, and not recorded."""
     seen: list[tuple[str, dict, str]] = []
     original = AutoModelForCausalLM.from_pretrained
 
     def spy(path, *args, **kwargs):
+        if kwargs.get("device_map") == "meta":
+            return original(path, *args, **kwargs)
         model = original(path, *args, **kwargs)
         seen.append((str(path), kwargs, model.config._attn_implementation))
         return model

@@ -69,7 +69,7 @@ class TransformersBackend(BackendBase):
         self.tokenizer.padding_side = "left"
         with whole_weights():
             self.model = load_causal_lm(self.model_path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                        **model_kwargs)
+                                        device=self.device, **model_kwargs)
         if quantized(model_kwargs):  # placed by its device map; a quantized model cannot be moved
             self.device = str(self.model.device)
         else:

@@ -12,7 +12,7 @@ import torch
 
 from eva_plugin.batching import context_limit
 from eva_plugin.generation import Conversation, last_user_turn
-from eva_plugin.modeling import load_tokenizer, pick_device, release, torch_dtype, whole_weights
+from eva_plugin.modeling import direct_placement, load_tokenizer, pick_device, release, torch_dtype, whole_weights
 from eva_plugin.options import ModelContext
 from eva_plugin.progress import bar
 from eva_plugin.rewards.options import EmbeddingOptions
@@ -77,7 +77,8 @@ class EmbeddingSimilarityReward:
         self.tokenizer.padding_side = "right"
         with whole_weights():
             self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                   dtype=torch_dtype(dtype, self.device))
+                                                   dtype=torch_dtype(dtype, self.device),
+                                                   **direct_placement(self.device))
         self.model.to(self.device).eval()
         self.device = str(self.model.device)
         limit = context_limit(self.model, self.tokenizer)  # never past the model's positions

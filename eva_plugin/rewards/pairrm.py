@@ -26,7 +26,15 @@ from torch import nn
 from eva_plugin.batching import length_batches
 from eva_plugin.errors import RecipeError
 from eva_plugin.generation import Conversation, last_user_turn
-from eva_plugin.modeling import load_tokenizer, loading_options, pick_device, release, torch_dtype, whole_weights
+from eva_plugin.modeling import (
+    direct_placement,
+    load_tokenizer,
+    loading_options,
+    pick_device,
+    release,
+    torch_dtype,
+    whole_weights,
+)
 from eva_plugin.options import ModelContext
 from eva_plugin.progress import bar
 from eva_plugin.rewards.options import PREFIXES, PairRMOptions, pairrm_config_fault
@@ -105,7 +113,7 @@ class PairRMReward:
                               f"({', '.join(map(str, ids.values()))}) are not the ones config.json names")
         with whole_weights():
             self.model = pair_ranker_class().from_pretrained(path, config=config, dtype=torch_dtype(dtype, self.device),
-                                                             **extra)
+                                                             **extra, **direct_placement(self.device))
         self.model.to(self.device).eval()
         self.device = str(self.model.device)
 

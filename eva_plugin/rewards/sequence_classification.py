@@ -6,7 +6,15 @@ import torch
 
 from eva_plugin.batching import context_limit, length_batches
 from eva_plugin.generation import Conversation
-from eva_plugin.modeling import load_tokenizer, loading_options, pick_device, release, torch_dtype, whole_weights
+from eva_plugin.modeling import (
+    direct_placement,
+    load_tokenizer,
+    loading_options,
+    pick_device,
+    release,
+    torch_dtype,
+    whole_weights,
+)
 from eva_plugin.options import ModelContext
 from eva_plugin.progress import bar
 from eva_plugin.rewards.options import SequenceClassificationOptions
@@ -52,6 +60,7 @@ class SequenceClassificationReward:
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 path, dtype=torch_dtype(dtype, self.device), trust_remote_code=trust_remote_code,
                 **loading_options(revision=revision, attn_implementation=attn_implementation),
+                **direct_placement(self.device),
             )
         # The head reads the last token that is not the model's pad id. A checkpoint without a
         # pad id would read padding (or, with pad = eos, skip a closing eos), so such a model
