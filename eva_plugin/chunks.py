@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -171,17 +169,11 @@ class ChunkedCall:
         """One finished chunk, written under a temporary name, fsynced and renamed into place."""
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"{self.prefix}{indices[0]}-{uuid.uuid4().hex[:8]}.json"
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{final.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                # NaN and ±inf stay as they are (a reward model may give them); floats round-trip exactly
-                json.dump({"indices": indices, "results": results, "counts": counts}, fh, allow_nan=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from eva_plugin.artifacts import write_atomic  # artifacts imports this module
+
+        # NaN and ±inf stay as they are (a reward model may give them); floats round-trip exactly
+        write_atomic(final, lambda fh: json.dump({"indices": indices, "results": results, "counts": counts}, fh,
+                                                 allow_nan=True))
         return final
 
 
