@@ -27,6 +27,7 @@ from typing import Any
 
 from datasets import Dataset, load_from_disk
 
+from eva_plugin.atomic import write_atomic
 from eva_plugin.chunks import folder_name
 from eva_plugin.content import hash_file
 from eva_plugin.errors import StaleArtifactError
@@ -56,22 +57,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """Write strict JSON (non-finite floats become null) under a temporary name, fsync, rename."""
     write_atomic(path, lambda fh: json.dump(finite_or_none(data), fh, indent=2, sort_keys=True, default=str,
                                             allow_nan=False))
-
-
-def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """``write(text file)`` into ``.<name>.*.tmp`` beside ``path`` (a name leftover clean-up knows),
-    fsync, rename onto ``path``; nothing is left behind when it fails."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: Path) -> dict:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from eva_plugin import progress
+from eva_plugin.atomic import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +170,6 @@ class ChunkedCall:
         """One finished chunk, written under a temporary name, fsynced and renamed into place."""
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"{self.prefix}{indices[0]}-{uuid.uuid4().hex[:8]}.json"
-        from eva_plugin.artifacts import write_atomic  # artifacts imports this module
-
         # NaN and ±inf stay as they are (a reward model may give them); floats round-trip exactly
         write_atomic(final, lambda fh: json.dump({"indices": indices, "results": results, "counts": counts}, fh,
                                                  allow_nan=True))
