@@ -59,7 +59,7 @@ def check_plugins(eva: EvaArguments) -> None:
         raise RecipeError(f"unknown eva.weighting {short_repr(eva.weighting)}; known: {', '.join(WEIGHTINGS)}")
     for kind, key in PLUGIN_KEYS:
         name = _value(eva, key)
-        if name is None and key == "creator_reward_type":  # null: reward_type's
+        if name is None:  # a key that may be left null takes another's plugin (creator_reward_type: reward_type's)
             continue
         if name not in plugins.registry(kind):
             known = ", ".join(plugins.names(kind))
@@ -105,8 +105,8 @@ BUILTIN_REWARD_TYPES = ("sequence_classification", "embedding", "pairwise", "pai
 
 def rewarders(eva: EvaArguments) -> list:
     """The recipe's reward models: the solver's, and the creator's where it is another one."""
-    solver, creator = eva.rewarder("solver"), eva.rewarder("creator")
-    return [solver] if creator.same_model(solver) else [solver, creator]
+    solver = eva.rewarder("solver")
+    return [solver] if eva.one_rewarder() else [solver, eva.rewarder("creator")]
 
 
 def check_model_paths(recipe_model: str | None, eva: EvaArguments, creator: str | None, *,

@@ -219,13 +219,12 @@ class Iteration:
         (the stages that use rewards drop it per response) and is said once, naming ``what``."""
         if not prompts:  # everything reused: no model to load
             return [], {"scored": 0, "nonfinite_rewards": 0}
-        rewarder = self.rewarders[role]
-        self.make_room(rewarder)
-        model = self.run.runtime.shards.together(rewarder.get)
-        plugin, key = self.eva.rewarder(role).type, self.eva.rewarder(role).key
-        rewards = shared_score(self.run.runtime.shards, model, [user_turn(p) for p in prompts], responses, plugin,
-                               chunks=self.run.runtime.chunks)
-        check_spread(rewards, prompts, responses, plugin, f"iteration {self.t}, {what} rewards", key)
+        held, named = self.rewarders[role], self.eva.rewarder(role)  # the model, and how the recipe names it
+        self.make_room(held)
+        model = self.run.runtime.shards.together(held.get)
+        rewards = shared_score(self.run.runtime.shards, model, [user_turn(p) for p in prompts], responses,
+                               named.type, chunks=self.run.runtime.chunks)
+        check_spread(rewards, prompts, responses, named.type, f"iteration {self.t}, {what} rewards", named.key)
         rewards = length_penalised(rewards, responses, self.eva.length_penalty)
         scored, bad = sum(map(len, rewards)), count_nonfinite(rewards)
         if bad:

@@ -135,6 +135,15 @@ def direct_placement(device: str | None = None, *, training: bool = False) -> di
     return {"device_map": {"": target.index if target.index is not None else torch.cuda.current_device()}}
 
 
+def load_scorer(model_cls, path: str, device: str, dtype: str | None = None, **kwargs):
+    """A model that scores (a reward model): ``model_cls.from_pretrained(path, **kwargs)`` with all its
+    weights on this process (``whole_weights``), straight onto ``device`` where it can
+    (``direct_placement``), then on ``device`` in eval mode."""
+    with whole_weights():
+        model = model_cls.from_pretrained(path, dtype=torch_dtype(dtype, device), **kwargs, **direct_placement(device))
+    return model.to(device).eval()
+
+
 def load_causal_lm(path: str, dtype: str | None = None, trust_remote_code: bool = False,
                    device: str | None = None, training: bool = False, **kwargs):
     """``AutoModelForCausalLM.from_pretrained``; ``kwargs`` are ``model_kwargs(model_args, path)``

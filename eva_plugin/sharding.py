@@ -142,7 +142,8 @@ class Shards:
                 "process is that much slower, raise eva.collective_timeout, else look for the process that hangs"
             ) from err
 
-    def _gather(self, payload: Any) -> list[Any]:
+    def gather(self, payload: Any) -> list[Any]:
+        """Every process's (picklable) ``payload`` by rank, on every process."""
         import torch.distributed as dist
 
         out: list[Any] = [None] * self.world
@@ -168,7 +169,7 @@ class Shards:
             value = fn()
         except Exception as err:  # reported to the other processes, then re-raised here
             error, failure = err, f"{type(err).__name__}: {err}"
-        self._raise_failures(self._gather(failure), error)
+        self._raise_failures(self.gather(failure), error)
         return value
 
     def from_main(self, fn: Callable[[], T], heartbeat: float | None = None) -> T:
@@ -235,7 +236,7 @@ class Shards:
             payload = ("ok", key, reused.signature(), mine, results, counts)
         except Exception as err:
             payload, error = ("error", f"{type(err).__name__}: {err}"), err
-        gathered = self._gather(payload)
+        gathered = self.gather(payload)
         self._raise_failures([p[1] if p[0] == "error" else None for p in gathered], error)
         if len({p[1] for p in gathered}) > 1:
             raise ProcessFailed("the processes were asked to share different item lists (a plugin that draws "

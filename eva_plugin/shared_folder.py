@@ -46,7 +46,7 @@ def check_shared_folder(runtime, root: Path) -> None:
     root = Path(root)
     token, wait = runtime.on_main(lambda: _write_token(root), share=True)
     try:
-        readings = runtime.shards._gather(_reading(root, token, wait))
+        readings = runtime.shards.gather(_reading(root, token, wait))
     finally:
         if runtime.is_main:
             (root / TOKEN).unlink(missing_ok=True)

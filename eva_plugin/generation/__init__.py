@@ -47,6 +47,10 @@ class Generations:
     last_error: str = ""
 
 
+#: The counters of ``Generations.usage`` (``cost`` is added when a price is set), in the report's order.
+USAGE_KEYS = ("requests", "requests_cached", "retries", "requests_failed", "prompt_tokens", "completion_tokens")
+
+
 def usage_stats(usage: dict[str, float]) -> dict[str, float]:
     """A remote backend's ``usage`` as a manifest shows it: whole counts, the cost to 6 decimals."""
     return {key: round(value, 6) if key == "cost" else int(value) for key, value in usage.items()}

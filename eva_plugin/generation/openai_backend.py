@@ -34,7 +34,7 @@ from requests.adapters import HTTPAdapter
 
 from eva_plugin import secrets
 from eva_plugin.errors import EvaError
-from eva_plugin.generation import BackendBase, Conversation, Generations, SamplingParams
+from eva_plugin.generation import USAGE_KEYS, BackendBase, Conversation, Generations, SamplingParams
 from eva_plugin.generation.options import OpenAIOptions
 from eva_plugin.generation.pacing import Pacer, backoff_delay, retry_after, server_delay
 from eva_plugin.generation.request_cache import RequestCache, request_key
@@ -47,8 +47,6 @@ logger = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 429}
 #: Statuses that no retry and no other prompt can fix: the run stops.
 DENIED_STATUS = {401, 403}
-#: The counters of ``Generations.usage`` (``cost`` is added when a price is set).
-USAGE_KEYS = ("requests", "requests_cached", "retries", "requests_failed", "prompt_tokens", "completion_tokens")
 
 
 class ServerError(RuntimeError):

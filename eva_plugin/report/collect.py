@@ -9,6 +9,7 @@ from statistics import mean, median
 from typing import Any
 
 from eva_plugin import stage_list
+from eva_plugin.generation import USAGE_KEYS
 from eva_plugin.report.run_folder import iteration_dirs, load, read_json, read_manifests
 
 HIST_BINS = 10
@@ -147,8 +148,8 @@ def costs(manifests) -> dict:
                 for s, m in stages.items()} for t, stages in manifests.items()}
 
 
-#: What a stage that asked an LLM server counted (``generation.openai_backend``), in the report's order.
-API_KEYS = ("requests", "requests_cached", "retries", "requests_failed", "prompt_tokens", "completion_tokens", "cost")
+#: What a stage that asked an LLM server counted (``generation.Generations.usage``), in the report's order.
+API_KEYS = (*USAGE_KEYS, "cost")
 
 
 def api_usage(manifests) -> dict:

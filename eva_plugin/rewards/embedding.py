@@ -12,7 +12,7 @@ import torch
 
 from eva_plugin.batching import context_limit
 from eva_plugin.generation import Conversation, last_user_turn
-from eva_plugin.modeling import direct_placement, load_tokenizer, pick_device, release, torch_dtype, whole_weights
+from eva_plugin.modeling import load_scorer, load_tokenizer, pick_device, release
 from eva_plugin.options import ModelContext
 from eva_plugin.progress import bar
 from eva_plugin.rewards.options import EmbeddingOptions
@@ -75,11 +75,7 @@ class EmbeddingSimilarityReward:
         self.max_length = max_length
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "right"
-        with whole_weights():
-            self.model = AutoModel.from_pretrained(path, trust_remote_code=trust_remote_code,
-                                                   dtype=torch_dtype(dtype, self.device),
-                                                   **direct_placement(self.device))
-        self.model.to(self.device).eval()
+        self.model = load_scorer(AutoModel, path, self.device, dtype, trust_remote_code=trust_remote_code)
         self.device = str(self.model.device)
         limit = context_limit(self.model, self.tokenizer)  # never past the model's positions
         self.max_length = min(int(max_length), limit) if limit else int(max_length)

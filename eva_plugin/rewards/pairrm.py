@@ -27,13 +27,11 @@ from eva_plugin.batching import length_batches
 from eva_plugin.errors import RecipeError
 from eva_plugin.generation import Conversation, last_user_turn
 from eva_plugin.modeling import (
-    direct_placement,
+    load_scorer,
     load_tokenizer,
     loading_options,
     pick_device,
     release,
-    torch_dtype,
-    whole_weights,
 )
 from eva_plugin.options import ModelContext
 from eva_plugin.progress import bar
@@ -111,10 +109,7 @@ class PairRMReward:
         if any(ids[key] != getattr(config, key) for key in PREFIXES):
             raise RecipeError(f"reward model {path}: the tokenizer's ids of {', '.join(PREFIXES.values())} "
                               f"({', '.join(map(str, ids.values()))}) are not the ones config.json names")
-        with whole_weights():
-            self.model = pair_ranker_class().from_pretrained(path, config=config, dtype=torch_dtype(dtype, self.device),
-                                                             **extra, **direct_placement(self.device))
-        self.model.to(self.device).eval()
+        self.model = load_scorer(pair_ranker_class(), path, self.device, dtype, config=config, **extra)
         self.device = str(self.model.device)
 
     def _encode(self, text: str, prefix: str, limit: int) -> list[int]:

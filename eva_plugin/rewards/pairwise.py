@@ -18,7 +18,7 @@ import torch
 
 from eva_plugin.batching import context_limit, length_batches
 from eva_plugin.generation import Conversation, last_user_turn
-from eva_plugin.modeling import load_causal_lm, load_tokenizer, loading_options, pick_device, release, whole_weights
+from eva_plugin.modeling import load_scorer, load_tokenizer, loading_options, pick_device, release
 from eva_plugin.options import ModelContext
 from eva_plugin.progress import bar
 from eva_plugin.rewards.options import PAIRWISE_TEMPLATE, PairwiseOptions
@@ -59,10 +59,10 @@ class PairwisePreferenceReward:
         self.rng = np.random.default_rng(seed)
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code, revision=revision)
         self.tokenizer.padding_side = "left"
-        with whole_weights():
-            self.model = load_causal_lm(path, dtype=dtype, device=self.device, trust_remote_code=trust_remote_code,
-                                        **loading_options(revision=revision, attn_implementation=attn_implementation))
-        self.model.to(self.device).eval()
+        from transformers import AutoModelForCausalLM
+
+        self.model = load_scorer(AutoModelForCausalLM, path, self.device, dtype, trust_remote_code=trust_remote_code,
+                                 **loading_options(revision=revision, attn_implementation=attn_implementation))
         self.device = str(self.model.device)
         self.max_length = context_limit(self.model, self.tokenizer)
         ids = [self.tokenizer.encode(label, add_special_tokens=False) for label in labels]

@@ -7,13 +7,11 @@ import torch
 from eva_plugin.batching import context_limit, length_batches
 from eva_plugin.generation import Conversation
 from eva_plugin.modeling import (
-    direct_placement,
+    load_scorer,
     load_tokenizer,
     loading_options,
     pick_device,
     release,
-    torch_dtype,
-    whole_weights,
 )
 from eva_plugin.options import ModelContext
 from eva_plugin.progress import bar
@@ -56,17 +54,13 @@ class SequenceClassificationReward:
         self.max_length = max_length
         self.max_batch_tokens = max_batch_tokens
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code, revision=revision)
-        with whole_weights():
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                path, dtype=torch_dtype(dtype, self.device), trust_remote_code=trust_remote_code,
-                **loading_options(revision=revision, attn_implementation=attn_implementation),
-                **direct_placement(self.device),
-            )
+        self.model = load_scorer(AutoModelForSequenceClassification, path, self.device, dtype,
+                                 trust_remote_code=trust_remote_code,
+                                 **loading_options(revision=revision, attn_implementation=attn_implementation))
         # The head reads the last token that is not the model's pad id. A checkpoint without a
         # pad id would read padding (or, with pad = eos, skip a closing eos), so such a model
         # gets, per batch, a pad id that occurs in none of the batch's sequences.
         self.pad_id = self.model.config.pad_token_id
-        self.model.to(self.device).eval()
         self.device = str(self.model.device)
         limit = context_limit(self.model, self.tokenizer)  # never past the model's positions
         self.max_length = min(int(max_length), limit) if limit else int(max_length)
