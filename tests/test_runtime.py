@@ -124,6 +124,20 @@ def test_rates_divide_the_counters_by_the_seconds():
     assert rates({"tokens_generated": 0, "rows": 3}, 2.0) == {} and rates({"scored": 4}, 0.0) == {}
 
 
+class _Model:
+    """A model that records its loads, frees and pauses in ``events``."""
+
+    def __init__(self, name: str, events: list[str]) -> None:
+        self.name, self.events = name, events
+        events.append(f"load {name}")
+
+    def close(self) -> None:
+        self.events.append(f"free {self.name}")
+
+    def pause(self) -> None:
+        self.events.append(f"pause {self.name}")
+
+
 def test_a_backend_that_reserves_the_gpu_never_shares_it(write_recipe):
     """vLLM reserves most of the GPU: the reward model loads only after the engine paused (it sleeps,
     keeping what it can for the same weights), and the engine wakes only after the reward model is
@@ -136,22 +150,11 @@ def test_a_backend_that_reserves_the_gpu_never_shares_it(write_recipe):
     assert exclusive("vllm") and not exclusive("transformers")
     loop = EvaLoop(load_recipe(["--config", str(write_recipe())]))
     events: list[str] = []
-
-    class Model:
-        def __init__(self, name: str) -> None:
-            self.name = name
-            events.append(f"load {name}")
-
-        def close(self) -> None:
-            events.append(f"free {self.name}")
-
-        def pause(self) -> None:
-            events.append(f"pause {self.name}")
-
     for reserves in (True, False):
         events.clear()
         it = Iteration(loop.run_facts, 1)
-        it.policy, reward = OnDemand(lambda: Model("policy")), OnDemand(lambda: Model("reward"))
+        it.policy = OnDemand(lambda: _Model("policy", events))
+        reward = OnDemand(lambda: _Model("reward", events))
         it.rewarders = {"solver": reward, "creator": reward}
         it.evolver_llm = it.policy
         it._exclusive = {id(it.policy): reserves}
@@ -179,17 +182,8 @@ def test_two_reward_models_are_never_held_together(write_recipe, models):
     it = Iteration(loop.run_facts, 1)
     assert it.rewarders["creator"] is not it.rewarders["solver"]
     events: list[str] = []
-
-    class Model:
-        def __init__(self, name: str) -> None:
-            self.name = name
-            events.append(f"load {name}")
-
-        def close(self) -> None:
-            events.append(f"free {self.name}")
-
-    it.policy = it.evolver_llm = OnDemand(lambda: Model("policy"))
-    it.rewarders = {"creator": OnDemand(lambda: Model("creator")), "solver": OnDemand(lambda: Model("solver"))}
+    it.policy = it.evolver_llm = OnDemand(lambda: _Model("policy", events))
+    it.rewarders = {role: OnDemand(lambda role=role: _Model(role, events)) for role in ("creator", "solver")}
     it._exclusive = {}
     for needed in (it.policy, it.rewarders["creator"], it.policy, it.rewarders["solver"]):
         it.make_room(needed)
