@@ -296,8 +296,9 @@ def saved_weights_fault(folder: Path, trust_remote_code: bool = False) -> str:
     transformers.logging.set_verbosity_error()  # the loader's own report: said below, in one line
     try:
         with whole_weights():
+            # use_kernels=False: transformers >= 5.25 swaps in hub kernels by default, and they refuse "meta"
             _, info = AutoModelForCausalLM.from_pretrained(folder, device_map="meta", output_loading_info=True,
-                                                          ignore_mismatched_sizes=True,
+                                                          ignore_mismatched_sizes=True, use_kernels=False,
                                                           trust_remote_code=trust_remote_code)
     except (OSError, ValueError, RuntimeError) as err:
         return f"transformers cannot load it: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
