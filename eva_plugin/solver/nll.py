@@ -61,12 +61,17 @@ class NLLDPOTrainer(DPOTrainer):
             return super()._compute_loss(model, inputs, return_outputs)
         recorder = _FirstCall(model)
         result = super()._compute_loss(recorder, inputs, return_outputs)
-        loss = result[0] if return_outputs else result
-        nll = length_normalised_nll(recorder.outputs.log_probs, inputs["completion_mask"], self.nll_length_power)
+        loss = self.plus_nll(result[0] if return_outputs else result, recorder.outputs.log_probs,
+                             inputs["completion_mask"])
+        return (loss, result[1]) if return_outputs else loss
+
+    def plus_nll(self, loss: torch.Tensor, log_probs: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+        """``loss`` + ``nll_alpha`` · the length-normalised NLL of y+ from the policy forward's per-token
+        ``log_probs``; the NLL is logged as the ``nll_per_token`` metric (gathered over the processes)."""
+        nll = length_normalised_nll(log_probs, completion_mask, self.nll_length_power)
         mode = "train" if self.model.training else "eval"
         self._metrics[mode]["nll_per_token"].append(self.accelerator.gather(nll.detach()).mean().item())
-        loss = loss + self.nll_alpha * nll
-        return (loss, result[1]) if return_outputs else loss
+        return loss + self.nll_alpha * nll
 
 
 class NLLCPOTrainer(CPOTrainer):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from trl import DPOTrainer
 
-from eva_plugin.solver.nll import NLLDPOTrainer, _FirstCall, length_normalised_nll
+from eva_plugin.solver.nll import NLLDPOTrainer, _FirstCall
 
 #: Per-pair columns the soft SPPO loss reads (``solver.pairs.build_pairs`` writes them).
 PROBABILITIES = ("chosen_probability", "rejected_probability")
@@ -90,8 +90,5 @@ class SoftSPPOTrainer(NLLDPOTrainer):
         loss = soft_sppo_loss(chosen_logps - ref_chosen, rejected_logps - ref_rejected,
                               chosen_p, rejected_p, self.beta).mean()
         if self.nll_alpha:
-            nll = length_normalised_nll(policy.outputs.log_probs, completion_mask, self.nll_length_power)
-            mode = "train" if self.model.training else "eval"
-            self._metrics[mode]["nll_per_token"].append(self.accelerator.gather(nll.detach()).mean().item())
-            loss = loss + self.nll_alpha * nll
+            loss = self.plus_nll(loss, policy.outputs.log_probs, completion_mask)
         return (loss, result[1]) if return_outputs else loss
