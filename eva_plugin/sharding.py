@@ -101,6 +101,12 @@ class Shards:
     def reset_counts(self) -> None:
         self.items = [0] * self.world
 
+    def count_items(self, rank: int, n: int) -> None:
+        """Process ``rank`` worked on ``n`` more items (the counts start at zero when none were kept yet)."""
+        if len(self.items) != self.world:
+            self.reset_counts()
+        self.items[rank] += n
+
     @property
     def rank(self) -> int:
         return self.state.process_index
@@ -214,16 +220,12 @@ class Shards:
         the item list (a ``fingerprint``); processes holding different lists stop with an error.
         With ``chunks`` (a stage that keeps its finished chunks), the items of chunks finished before
         are taken from them, and each process works through the rest of its share chunk by chunk."""
-        if len(self.items) != self.world:
-            self.reset_counts()
         names = self._chunk_names(chunks)
         if self.world == 1:
             reused = chunks.load(names, n) if chunks else Reused()
             mine = [i for i in range(n) if i not in reused.results]
-            self.items[0] += len(mine)
+            self.count_items(0, len(mine))
             results, counts = self._work(work, mine, chunks, write=True)
-            if len(results) != len(mine):
-                raise RuntimeError(f"work on {len(mine)} items returned {len(results)} results")
             return _merged(n, reused, [(mine, results, counts)], chunks)
         mine = assignment(n, self.rank, self.world, group_size)
         payload, error, reused = None, None, Reused()
@@ -231,8 +233,6 @@ class Shards:
             reused = chunks.load(names, n) if chunks else reused
             mine = [i for i in mine if i not in reused.results]
             results, counts = self._work(work, mine, chunks, write=self.rank % group_size == 0)
-            if len(results) != len(mine):
-                raise RuntimeError(f"work on {len(mine)} items returned {len(results)} results")
             payload = ("ok", key, reused.signature(), mine, results, counts)
         except Exception as err:
             payload, error = ("error", f"{type(err).__name__}: {err}"), err
@@ -246,7 +246,7 @@ class Shards:
                                 "must be one folder that every process sees (a filesystem every node shares)")
         parts = []
         for rank, (_, _, _, indices, results, counts) in enumerate(gathered):
-            self.items[rank] += len(indices)
+            self.count_items(rank, len(indices))
             if rank % group_size == 0:  # a second rank of the same engine: the same results again
                 parts.append((indices, results, counts))
         return _merged(n, reused, parts, chunks)
@@ -262,7 +262,11 @@ class Shards:
     @staticmethod
     def _work(work: ShardWork, mine: list[int], chunks: ChunkedCall | None,
               write: bool) -> tuple[list[Any], dict[str, int]]:
-        return chunks.run(work, mine, write) if chunks else work(mine)
+        """``work`` over this process's items ``mine`` (chunk by chunk with ``chunks``): one result per item."""
+        results, counts = chunks.run(work, mine, write) if chunks else work(mine)
+        if len(results) != len(mine):
+            raise RuntimeError(f"work on {len(mine)} items returned {len(results)} results")
+        return results, counts
 
     def _raise_failures(self, failures: list[str | None], own: BaseException | None) -> None:
         if own is not None:
@@ -298,9 +302,7 @@ def generate(shards: Shards, backend, conversations: list[Conversation], n: int,
     process alone (one global limit on requests in flight) and every process gets its result."""
     seeds = prompt_seeds(params.seed, conversations)
     if getattr(backend, "remote", False):
-        if len(shards.items) != shards.world:
-            shards.reset_counts()
-        shards.items[0] += len(conversations)
+        shards.count_items(0, len(conversations))
         return shards.from_main(lambda: backend.generate(conversations, n, params, seeds))
 
     def work(idx: list[int]) -> tuple[list, dict[str, int]]:
