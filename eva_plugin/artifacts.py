@@ -28,7 +28,7 @@ from typing import Any
 from datasets import Dataset, load_from_disk
 
 from eva_plugin.atomic import write_atomic
-from eva_plugin.chunks import folder_name
+from eva_plugin.chunks import folder_name, parse_folder_name
 from eva_plugin.content import hash_file
 from eva_plugin.errors import StaleArtifactError
 
@@ -115,20 +115,20 @@ def remove_leftovers(root: Path) -> list[Path]:
 
 
 ITERATION = re.compile(r"^iter_\d+$")
-CHUNKS = re.compile(r"^\.(\w+)\.chunks-(\w+)$")
 
 
 def _published_chunks(folder: Path, name: str) -> bool:
     """Whether ``name`` in the iteration folder ``folder`` is the chunk folder of a stage published since
     with the same fingerprint (a run killed between publishing and removing it)."""
-    match = CHUNKS.match(name)
-    if not match:
+    parsed = parse_folder_name(name)
+    if parsed is None:
         return False
+    stage, stage_fingerprint = parsed
     try:
-        manifest = read_json(folder / match[1] / MANIFEST)
+        manifest = read_json(folder / stage / MANIFEST)
     except (OSError, ValueError):
         return False
-    return isinstance(manifest, dict) and manifest.get("fingerprint") == match[2]
+    return isinstance(manifest, dict) and manifest.get("fingerprint") == stage_fingerprint
 
 
 def file_hashes(folder: Path) -> dict[str, str]:

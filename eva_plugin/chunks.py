@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,6 +35,15 @@ ShardWork = Callable[[list[int]], tuple[list[Any], dict[str, int]]]
 def folder_name(stage: str, stage_fingerprint: str) -> str:
     """The chunk folder of ``stage`` run under ``stage_fingerprint``, beside the stage folders."""
     return f".{stage}.chunks-{stage_fingerprint}"
+
+
+_FOLDER = re.compile(r"^\.(\w+)\.chunks-(\w+)$")
+
+
+def parse_folder_name(name: str) -> tuple[str, str] | None:
+    """``(stage, stage fingerprint)`` of a ``folder_name``; None for any other name."""
+    match = _FOLDER.match(name)
+    return (match[1], match[2]) if match else None
 
 
 @dataclass

@@ -130,8 +130,8 @@ class _Span:
             held.tqdm.close()
 
 
-class _SpanBar:
-    """One part's view of a span's bar: updates go to it; closing is the span's."""
+class _SpanBar(_NoBar):
+    """One part's view of a span's bar: updates go to it; closing (a no-op here) is the span's."""
 
     disable = False
 
@@ -140,12 +140,3 @@ class _SpanBar:
 
     def update(self, n: float = 1) -> None:
         self.tqdm.update(n)
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self) -> _SpanBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
