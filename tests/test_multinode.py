@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from datasets import load_from_disk
-from test_multiprocess import BIN, ROOT, _column_equal
+from test_multiprocess import BIN, ROOT, assert_same_stage, twin_recipes
 
 from eva_plugin.shared_folder import MISSING, TOKEN, not_shared, read_token, wait_seconds
 from eva_plugin.stage_list import round_stages
@@ -180,13 +178,7 @@ def test_two_machines_write_the_artifacts_of_one_process(write_recipe, tmp_path)
     from eva_plugin.dpo import run_recipe
     from eva_plugin.recipe import load_recipe
 
-    one = write_recipe("one.yaml", output_dir=str(tmp_path / "one"),
-                       eva={"prompts_per_iteration": 8, "generation": {"max_new_tokens": 12, "batch_size": 3}})
-    cfg = yaml.safe_load(one.read_text())
-    cfg["output_dir"] = str(tmp_path / "two")
-    two = tmp_path / "two.yaml"
-    two.write_text(yaml.safe_dump(cfg))
-
+    one, two = twin_recipes(write_recipe, tmp_path)
     run_recipe(load_recipe(["--config", str(one)]), stop_after="iter_1/pairs")
     results = launch_machines(tmp_path, "-m", "eva_plugin.dpo", "--config", str(two))
     assert [code for code, _, _ in results] == [0, 0], _failed(results)
@@ -194,13 +186,7 @@ def test_two_machines_write_the_artifacts_of_one_process(write_recipe, tmp_path)
 
     out_one, out_two = tmp_path / "one", tmp_path / "two"
     for stage in ("iter_0/seed_pool", *(f"iter_1/{s}" for s in round_stages("eva")[:-1])):
-        a, b = load_from_disk(str(out_one / stage / "data")), load_from_disk(str(out_two / stage / "data"))
-        assert a.column_names == b.column_names and len(a) == len(b) > 0, stage
-        for name in a.column_names:
-            assert _column_equal(name, a[name], b[name]), f"{stage}: column {name} differs"
-        m1, m2 = (json.loads((out / stage / "manifest.json").read_text()) for out in (out_one, out_two))
-        assert m1["fingerprint"] == m2["fingerprint"], stage
-        assert m1.get("tokens_generated") == m2.get("tokens_generated"), stage
+        m2 = assert_same_stage(out_one, out_two, stage)
         if "items_per_process" in m2:
             assert len(m2["items_per_process"]) == 2 and min(m2["items_per_process"]) > 0, stage
     for t in (1, 2):

@@ -59,6 +59,31 @@ def _column_equal(name: str, a: list, b: list) -> bool:
     return a == b
 
 
+def twin_recipes(write_recipe, tmp_path: Path) -> tuple[Path, Path]:
+    """``one.yaml`` (2 EVA iterations on the tiny models, writing ``one/``) and ``two.yaml``, the same
+    recipe writing ``two/``."""
+    one = write_recipe("one.yaml", output_dir=str(tmp_path / "one"),
+                       eva={"prompts_per_iteration": 8, "generation": {"max_new_tokens": 12, "batch_size": 3}})
+    cfg = yaml.safe_load(one.read_text())
+    cfg["output_dir"] = str(tmp_path / "two")
+    two = tmp_path / "two.yaml"
+    two.write_text(yaml.safe_dump(cfg))
+    return one, two
+
+
+def assert_same_stage(out_one: Path, out_two: Path, stage: str) -> dict:
+    """The data of ``stage`` (``iter_T/NAME``) agree in both run folders (texts exactly, floats within 1e-5),
+    and so do its fingerprint and tokens generated; the second run's manifest."""
+    a, b = load_from_disk(str(out_one / stage / "data")), load_from_disk(str(out_two / stage / "data"))
+    assert a.column_names == b.column_names and len(a) == len(b) > 0, stage
+    for name in a.column_names:
+        assert _column_equal(name, a[name], b[name]), f"{stage}: column {name} differs"
+    m1, m2 = (json.loads((out / stage / "manifest.json").read_text()) for out in (out_one, out_two))
+    assert m1["fingerprint"] == m2["fingerprint"], stage
+    assert m1.get("tokens_generated") == m2.get("tokens_generated"), stage
+    return m2
+
+
 @pytest.mark.slow
 def test_two_processes_write_the_artifacts_of_one(write_recipe, tmp_path):
     """Both runs: 2 EVA iterations on tiny models. Iteration 1's data artifacts must agree (texts
@@ -66,13 +91,7 @@ def test_two_processes_write_the_artifacts_of_one(write_recipe, tmp_path):
     from eva_plugin.dpo import run_recipe as run
     from eva_plugin.recipe import load_recipe
 
-    one = write_recipe("one.yaml", output_dir=str(tmp_path / "one"),
-                       eva={"prompts_per_iteration": 8, "generation": {"max_new_tokens": 12, "batch_size": 3}})
-    two_cfg = yaml.safe_load(one.read_text())
-    two_cfg["output_dir"] = str(tmp_path / "two")
-    two = tmp_path / "two.yaml"
-    two.write_text(yaml.safe_dump(two_cfg))
-
+    one, two = twin_recipes(write_recipe, tmp_path)
     run(load_recipe(["--config", str(one)]), stop_after="iter_1/pairs")
     first = launch_two("-m", "eva_plugin.dpo", "--config", str(two), "--stop_after", "iter_1/creator_rewards")
     assert "stopped after iter_1/creator_rewards as asked" in first.stdout
@@ -88,15 +107,7 @@ def test_two_processes_write_the_artifacts_of_one(write_recipe, tmp_path):
 
     out_one, out_two = tmp_path / "one", tmp_path / "two"
     for stage in round_stages("eva")[:-1]:
-        a = load_from_disk(str(out_one / "iter_1" / stage / "data"))
-        b = load_from_disk(str(out_two / "iter_1" / stage / "data"))
-        assert a.column_names == b.column_names and len(a) == len(b) > 0, stage
-        for name in a.column_names:
-            assert _column_equal(name, a[name], b[name]), f"iter_1/{stage}: column {name} differs"
-        m1 = json.loads((out_one / "iter_1" / stage / "manifest.json").read_text())
-        m2 = json.loads((out_two / "iter_1" / stage / "manifest.json").read_text())
-        assert m1["fingerprint"] == m2["fingerprint"], stage
-        assert m1.get("tokens_generated") == m2.get("tokens_generated"), stage
+        m2 = assert_same_stage(out_one, out_two, f"iter_1/{stage}")
         if stage in ("creator_samples", "creator_rewards", "evolved", "solver_samples", "solver_rewards"):
             shares = m2["items_per_process"]
             assert len(shares) == 2 and min(shares) > 0, f"{stage}: both processes worked ({shares})"
